@@ -1,0 +1,36 @@
+# `make run` and `make test` do all setup on a fresh machine: they create .venv when missing
+# and install the pinned requirements (again only when a requirements file changed).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+PORT ?= 8501
+
+.PHONY: run test lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.run-deps: requirements.txt constraints.txt | $(PY)
+	$(PIP) -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt constraints.txt | $(PY)
+	$(PIP) -r requirements.txt -r requirements-dev.txt
+	touch $(VENV)/.run-deps $@
+
+run: $(VENV)/.run-deps
+	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+lint: $(VENV)/.dev-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: $(VENV)/.run-deps
+	$(PY) bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Ascent's engine: data, tasks, models, training, export, runtime and the run queue."""

@@ -1,0 +1,364 @@
+"""The command line: `python -m core ...`, the same operations as the pages.
+
+Every command takes --json and then prints exactly one JSON document. Errors print one line
+on stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import AscentError, PredictError
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _fmt_time(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)) for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+# --- commands: each returns (json document, human text) ------------------------------------
+
+
+def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.data.ingest import ingest_file
+
+    ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task)
+    rep = ds.report
+    text = (
+        f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} rows, target '{ds.schema['target']}'\n"
+        f"features: {', '.join(f['name'] for f in ds.schema['features'])}"
+    )
+    if rep.get("dropped_columns"):
+        text += "\ndropped: " + "; ".join(f"{c} ({r})" for c, r in rep["dropped_columns"].items())
+    if "class_counts" in rep:
+        text += f"\nclasses: {rep['class_counts']} (imbalance {rep['imbalance_ratio']})"
+    return ds, text
+
+
+def cmd_datasets_list(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.data.ingest import list_datasets
+
+    items = list_datasets()
+    rows = [[str(d.id), d.name, d.task, str(d.n_items), _fmt_time(d.created_at)] for d in items]
+    return items, _table(rows, ["id", "name", "task", "rows", "created"]) if rows else "no datasets yet"
+
+
+def cmd_datasets_show(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.data.ingest import get_dataset
+
+    ds = get_dataset(a.id)
+    return ds, json.dumps(to_jsonable(ds), indent=2)
+
+
+def cmd_datasets_delete(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.data.ingest import delete_dataset
+
+    delete_dataset(a.id)
+    return {"deleted": a.id}, f"dataset {a.id} deleted"
+
+
+def _run_document(run_id: int) -> dict[str, Any]:
+    from core import jobs
+
+    doc = to_jsonable(jobs.get_run(run_id))
+    doc["artifacts"] = {art.kind: art.path for art in jobs.artifacts(run_id)}
+    return doc
+
+
+def _run_text(doc: dict[str, Any]) -> str:
+    lines = [
+        f"run {doc['id']} '{doc['name']}': {doc['status']}  ({doc['task']} / {doc['model']}, device {doc['device'] or '-'})"
+    ]
+    if doc["metrics"]:
+        lines.append("metrics: " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(doc["metrics"].items())))
+    for kind, path in doc.get("artifacts", {}).items():
+        lines.append(f"{kind}: {path}")
+    if doc["error"]:
+        lines.append(f"error: {doc['error']}")
+    return "\n".join(lines)
+
+
+def _wait_for(run_id: int, timeout: float | None) -> tuple[Any, str]:
+    from core import jobs
+    from core.worker import start_background_worker
+
+    if not jobs.worker_alive():
+        start_background_worker()
+    run = jobs.wait(run_id, timeout_s=timeout)
+    doc = _run_document(run_id)
+    if run.status != "succeeded":
+        raise _RunEnded(doc)
+    return doc, _run_text(doc)
+
+
+class _RunEnded(Exception):
+    """A waited-for run that did not succeed: print it, then exit non-zero."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__(
+            f"run {doc['id']} {doc['status']}: {(doc['error'] or '').splitlines()[0] if doc['error'] else 'not finished in time'}"
+        )
+        self.doc = doc
+
+
+def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+
+    cfg = jobs.config_for(
+        a.dataset,
+        model=a.model,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        device=a.device,
+        precision=a.precision,
+        name=a.name,
+        patience=a.patience,
+    )
+    run = jobs.submit(cfg)
+    if a.wait:
+        return _wait_for(run.id, a.timeout)
+    return _run_document(
+        run.id
+    ), f"run {run.id} queued ({run.model} on dataset {run.dataset_id}); `python -m core runs show {run.id}`"
+
+
+def cmd_runs_list(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+
+    runs = jobs.list_runs(status=a.status, limit=a.limit)
+    rows = []
+    for r in runs:
+        main = next(
+            (f"{k}={r.best_metrics[k]:.4g}" for k in ("val_f1_macro", "val_rmse") if k in r.best_metrics), "-"
+        )
+        rows.append([str(r.id), r.name, r.task, r.model, r.status, main, _fmt_time(r.created_at)])
+    return runs, _table(
+        rows, ["id", "name", "task", "model", "status", "main metric", "created"]
+    ) if rows else "no runs yet"
+
+
+def cmd_runs_show(a: argparse.Namespace) -> tuple[Any, str]:
+    doc = _run_document(a.id)
+    return doc, _run_text(doc)
+
+
+def cmd_runs_cancel(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+
+    status = jobs.cancel(a.id)
+    note = "cancelled" if status == "cancelled" else f"cancel requested (run is {status})"
+    return {"id": a.id, "status": status}, f"run {a.id}: {note}"
+
+
+def cmd_runs_resume(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+
+    run = jobs.resume(a.id)
+    if a.wait:
+        return _wait_for(run.id, a.timeout)
+    how = "from its last checkpoint" if run.config.get("resume") else "from the start (no checkpoint)"
+    return _run_document(run.id), f"run {run.id} queued again; it continues {how}"
+
+
+def _read_rows(path: Path) -> dict[str, list[Any]]:
+    import pandas as pd
+
+    if not path.is_file():
+        raise PredictError(f"{path} does not exist")
+    try:
+        df = (
+            pd.read_parquet(path)
+            if path.suffix.lower() in {".parquet", ".pq"}
+            else pd.read_csv(path, sep=None, engine="python")
+        )
+    except Exception as exc:
+        raise PredictError(f"{path.name} is not a readable table: {exc}") from exc
+    df.columns = [str(c).strip() for c in df.columns]
+    return {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
+
+
+def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+    from core.runtime import Predictor, RuntimeInputError
+
+    run = jobs.get_run(a.run)
+    onnx_path = next((art.path for art in jobs.artifacts(a.run) if art.kind == "onnx"), None)
+    if onnx_path is None or not Path(onnx_path).exists():
+        raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
+    predictor = Predictor(onnx_path)
+    results, lines = [], []
+    for file in a.files:
+        try:
+            preds = predictor.predict_table(_read_rows(Path(file)))
+        except RuntimeInputError as exc:
+            raise PredictError(f"{file}: {exc}") from exc
+        for i, p in enumerate(preds):
+            item = {"file": file, "row": i, **to_jsonable(p)}
+            if p.value is None:
+                item.pop("value")
+            else:
+                item.pop("label"), item.pop("probabilities")
+            results.append(item)
+            shown = (
+                f"{p.value:.6g}"
+                if p.value is not None
+                else f"{p.label}  ({p.probabilities[p.label or '']:.1%})"
+            )
+            lines.append(f"{file}:{i}  {shown}")
+    doc = {
+        "run": a.run,
+        "provider": predictor.provider,
+        "latency_ms": predictor.last_latency_ms,
+        "predictions": results,
+    }
+    return doc, "\n".join([*lines, f"({predictor.provider})"])
+
+
+def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.models import all_models, models_for
+
+    specs = models_for(a.task) if a.task else all_models()
+    doc = [
+        {"name": m.name, "tasks": list(m.tasks), "description": m.description, "default": m.default}
+        for m in specs
+    ]
+    rows = [[m.name, ",".join(m.tasks), m.description] for m in specs]
+    return doc, _table(rows, ["name", "tasks", "description"])
+
+
+def cmd_worker(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.worker import Worker
+
+    Worker(poll_s=a.poll, idle_exit_s=a.idle_exit).run()
+    return {"stopped": True}, "worker stopped"
+
+
+def cmd_run(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.execute import execute_run
+
+    code = execute_run(a.id)
+    if code:
+        raise SystemExit(code)
+    return {"id": a.id}, f"run {a.id} done"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    parser = argparse.ArgumentParser(prog="python -m core", description="Ascent from the command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(
+        parent: Any, name: str, fn: Callable[[argparse.Namespace], tuple[Any, str]], help: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    ds = sub.add_parser("datasets", help="add, list, show, delete datasets").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(ds, "add", cmd_datasets_add, "add a CSV or Parquet table")
+    p.add_argument("path")
+    p.add_argument("--name")
+    p.add_argument("--target", help="the column to predict (default: target/label/class/y, else the last)")
+    p.add_argument("--task", choices=["tabular-classification", "tabular-regression"], help="force the task")
+    add(ds, "list", cmd_datasets_list, "list datasets")
+    add(ds, "show", cmd_datasets_show, "a dataset with its schema and quality report").add_argument(
+        "id", type=int
+    )
+    add(ds, "delete", cmd_datasets_delete, "delete a dataset and its files").add_argument("id", type=int)
+
+    p = add(sub, "train", cmd_train, "queue a training run")
+    p.add_argument("--dataset", type=int, required=True)
+    p.add_argument("--model")
+    p.add_argument("--name")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--wait", action="store_true", help="wait for the run, starting a worker if none is alive")
+    p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
+
+    runs = sub.add_parser("runs", help="list, show, cancel, resume runs").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(runs, "list", cmd_runs_list, "list runs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=100)
+    add(runs, "show", cmd_runs_show, "a run with metrics and artifacts").add_argument("id", type=int)
+    add(runs, "cancel", cmd_runs_cancel, "cancel a queued or running run").add_argument("id", type=int)
+    p = add(runs, "resume", cmd_runs_resume, "queue a lost, failed or cancelled run again")
+    p.add_argument("id", type=int)
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--timeout", type=float)
+
+    p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("files", nargs="+", metavar="FILE")
+
+    add(sub, "models", cmd_models, "list registered models").add_argument("--task")
+    p = add(sub, "worker", cmd_worker, "run a worker in the foreground")
+    p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--poll", type=float, default=1.0)
+    add(sub, "run", cmd_run, "(internal) execute one claimed run").add_argument("id", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
+    try:
+        doc, text = args.fn(args)
+    except _RunEnded as ended:
+        if args.json:
+            print(json.dumps(ended.doc, indent=2))
+        else:
+            print(_run_text(ended.doc))
+        print(f"error: {ended}", file=sys.stderr)
+        return 1
+    except AscentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 1
+    print(json.dumps(to_jsonable(doc), indent=2) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Settings for Ascent, read from ASCENT_* environment variables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where data lives, which database to use and how runs are supervised."""
+
+    model_config = SettingsConfigDict(env_prefix="ASCENT_")
+
+    # Datasets, run folders and the default SQLite database live here.
+    home: Path = Path.home() / ".ascent"
+    # Any SQLAlchemy URL; empty means SQLite at $ASCENT_HOME/ascent.db.
+    database_url: str = ""
+    # "auto" picks CUDA when present, else CPU; "cpu" or "cuda" force one.
+    device: str = "auto"
+    # Uploads larger than this are refused before they are read.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    # Seconds between heartbeats of a running run and of a worker.
+    heartbeat_s: float = 2.0
+    # A running run whose heartbeat is older than this is lost.
+    lost_after_s: float = 30.0
+    # A worker started on demand by `train --wait` exits after this long without work.
+    worker_idle_exit_s: float = 300.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'ascent.db'}"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+def get_settings() -> Settings:
+    """Settings as the environment says now (cheap; tests change the environment)."""
+    return Settings()
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """The torch device a run should use: CUDA when asked for or available, else CPU."""
+    import torch
+
+    if requested == "auto":
+        requested = get_settings().device
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but no GPU is visible; use --device cpu")
+    return requested
+
+
+def database() -> str:
+    """Point db/ at the configured database and return its URL."""
+    from db import session
+
+    url = get_settings().resolved_database_url
+    session.configure(url)
+    return url
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs, stored with the run and with its checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    dataset_id: int
+    model: str = "mlp"
+    name: str = ""
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0)
+    # Fraction of all optimiser steps spent warming the learning rate up from zero.
+    warmup_fraction: float = Field(0.05, ge=0, le=0.5)
+    # Stop after this many epochs without a better validation metric (0 = never).
+    patience: int = Field(8, ge=0)
+    val_fraction: float = Field(0.2, gt=0, lt=0.9)
+    seed: int = 0
+    # "auto": bf16 autocast on GPUs that support it, fp16 on other GPUs, fp32 on the CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    # Model options read by the registered builder (e.g. hidden sizes of the MLP).
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    # Continue from the run's last checkpoint instead of starting afresh.
+    resume: bool = False
+
+    def params(self) -> dict[str, str]:
+        """A flat string copy for the params table."""
+        return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump().items()}

@@ -1,0 +1,1 @@
+"""Turning uploads into datasets: safe ingest, task detection, validation, quality reports."""

@@ -1,0 +1,25 @@
+"""Errors a user can hit. Each message says what is wrong and what to do about it."""
+
+
+class AscentError(Exception):
+    """Base of the errors shown to users as one line (st.error, or the CLI's stderr)."""
+
+
+class DatasetError(AscentError):
+    """An upload that cannot become a dataset; nothing was written."""
+
+
+class ConfigError(AscentError):
+    """A run configuration that cannot be trained (unknown model, wrong task...)."""
+
+
+class NotFoundError(AscentError):
+    """A dataset, run or artifact id that does not exist."""
+
+
+class ExportError(AscentError):
+    """The model could not be exported or the export does not match PyTorch."""
+
+
+class PredictError(AscentError):
+    """Input a model cannot take."""

@@ -1,0 +1,103 @@
+"""One run, start to finish, in its own process (`python -m core run ID`, launched by the worker).
+
+Trains with a heartbeat thread that also watches for a cancel request, keeps the best
+checkpoint, exports and checks the ONNX file, and closes the run with its final status.
+Everything printed here lands in the run's log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import traceback
+
+from core import checkpoint, jobs
+from core.config import RunConfig, database, get_settings, resolve_device
+from core.data.ingest import get_dataset
+from core.errors import AscentError, ExportError
+from core.tasks import get_task
+from core.train import BEST, EpochResult, train
+from db.models import RunStatus
+
+
+def device_label(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _heartbeat_loop(run_id: int, stop: threading.Event, done: threading.Event) -> None:
+    interval = get_settings().heartbeat_s
+    while not done.wait(interval):
+        try:
+            if jobs.heartbeat(run_id):
+                stop.set()
+        except Exception as exc:  # a database hiccup must not kill the run
+            _log(f"heartbeat failed: {exc}")
+
+
+def execute_run(run_id: int) -> int:
+    """Train, export and close run `run_id`. Returns the process exit code."""
+    database()
+    run = jobs.get_run(run_id)
+    cfg = RunConfig.model_validate(run.config)
+    out = jobs.run_dir(run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    stop, done = threading.Event(), threading.Event()
+    beat = threading.Thread(target=_heartbeat_loop, args=(run_id, stop, done), daemon=True)
+    beat.start()
+    try:
+        device = resolve_device(cfg.device)
+        jobs.set_process(run_id, os.getpid(), device_label(device))
+        _log(
+            f"run {run_id}: {cfg.task} / {cfg.model} on {device_label(device)}"
+            + (" (resumed)" if cfg.resume else "")
+        )
+        dataset = get_dataset(cfg.dataset_id)
+        task = get_task(cfg.task)
+        data = task.prepare(dataset, cfg, device)
+        (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        _log(f"data: {data.n_train} train / {data.n_val} validation samples")
+
+        def on_epoch(result: EpochResult) -> None:
+            jobs.record_metrics(run_id, step=result.step, epoch=result.epoch, values=result.metrics)
+            shown = "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+            _log(f"epoch {result.epoch}/{cfg.epochs}  {shown}" + ("  *best" if result.improved else ""))
+
+        outcome = train(cfg, data, device=device, run_dir=out, on_epoch=on_epoch, should_stop=stop.is_set)
+        _log(f"training {outcome.status} after {outcome.epochs_run} epochs; best epoch {outcome.best_epoch}")
+        if outcome.status == "cancelled":
+            jobs.finish(
+                run_id, RunStatus.CANCELLED, f"cancelled on request during epoch {outcome.epochs_run + 1}"
+            )
+            return 0
+        if not (out / BEST).exists():
+            raise ExportError("no epoch produced a finite validation metric, so there is no model to export")
+        checkpoint.load_weights(out / BEST, data.model)
+        jobs.record_artifact(run_id, "checkpoint", out / BEST)
+        jobs.record_artifact(run_id, "config", out / "config.json")
+        check = task.export(data, cfg, dataset, out / "model.onnx", run_id)
+        values = {"export_max_abs_diff": check.max_abs_diff, "export_n_samples": float(check.n_samples)}
+        if check.top1_agreement is not None:
+            values["export_top1_agreement"] = check.top1_agreement
+        jobs.record_metrics(run_id, step=0, epoch=outcome.epochs_run, values=values)
+        jobs.record_artifact(run_id, "onnx", out / "model.onnx")
+        _log(
+            f"exported {check.path}: max |torch - ort| = {check.max_abs_diff:.3g}, top-1 agreement = {check.top1_agreement} on {check.n_samples} samples ({check.provider})"
+        )
+        jobs.finish(run_id, RunStatus.SUCCEEDED)
+        return 0
+    except Exception as exc:
+        traceback.print_exc()
+        message = str(exc) if isinstance(exc, AscentError) else f"{type(exc).__name__}: {exc}"
+        jobs.finish(run_id, RunStatus.FAILED, message)
+        return 1
+    finally:
+        done.set()

@@ -1,0 +1,133 @@
+"""torch -> ONNX with metadata, then a self-check of ONNX Runtime against PyTorch on real data."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from core.errors import ExportError
+from core.tasks import ExportCheck
+
+TWO_GB = 2 * 1024**3
+
+
+class ExportConfig(BaseModel):
+    """How a model is exported and how closely ONNX Runtime must agree with PyTorch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    opset: int = 18
+    # Allowed max |PyTorch - ORT|, relative to max(1, largest PyTorch output).
+    tolerance: float = 1e-3
+    # Classification exports must pick the same top-1 class this often.
+    min_top1_agreement: float = 0.99
+    batch_size: int = 1024
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    input_names: list[str],
+    output_name: str,
+    metadata: dict[str, Any],
+    cfg: ExportConfig | None = None,
+) -> None:
+    """Write `module` to `path` with a dynamic batch axis and `ascent.*` metadata_props."""
+    import onnx
+
+    cfg = cfg or ExportConfig()
+    module = module.eval().to("cpu")
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # Modules take `*inputs`, which torch.export sees as one positional tuple.
+    dynamic_shapes = (tuple({0: batch} for _ in example_inputs),)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+            program = torch.onnx.export(
+                module,
+                example_inputs,
+                dynamo=True,
+                input_names=input_names,
+                output_names=[output_name],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=cfg.opset,
+                verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(tmp))
+        model = onnx.load(str(tmp))
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        for extra in path.parent.glob(tmp.name + "*.data"):
+            extra.unlink()
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    large = model.ByteSize() > TWO_GB
+    onnx.save_model(
+        model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None
+    )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
+
+
+@torch.no_grad()
+def check_parity(
+    path: Path,
+    module: torch.nn.Module,
+    inputs: tuple[np.ndarray, ...],
+    *,
+    classification: bool,
+    cfg: ExportConfig | None = None,
+) -> ExportCheck:
+    """Run PyTorch and ONNX Runtime on the same real inputs; raise ExportError on disagreement."""
+    from core.runtime import create_session
+
+    cfg = cfg or ExportConfig()
+    module = module.eval().to("cpu")
+    session = create_session(path)
+    names = [i.name for i in session.get_inputs()]
+    n = len(inputs[0])
+    max_diff, agree, largest = 0.0, 0, 0.0
+    for start in range(0, n, cfg.batch_size):
+        chunk = tuple(x[start : start + cfg.batch_size] for x in inputs)
+        expected = module(*(torch.from_numpy(x) for x in chunk)).float().numpy()
+        (got,) = session.run(None, dict(zip(names, chunk, strict=True)))
+        max_diff = max(max_diff, float(np.max(np.abs(expected - got))) if expected.size else 0.0)
+        largest = max(largest, float(np.max(np.abs(expected))) if expected.size else 0.0)
+        if classification:
+            agree += int((expected.argmax(1) == got.argmax(1)).sum())
+    top1 = agree / n if classification and n else None
+    check = ExportCheck(
+        path=str(path),
+        max_abs_diff=max_diff,
+        top1_agreement=top1,
+        n_samples=n,
+        provider=str(session.get_providers()[0]),
+        bytes=path.stat().st_size,
+    )
+    if max_diff > cfg.tolerance * max(1.0, largest):
+        raise ExportError(
+            f"ONNX Runtime differs from PyTorch by {max_diff:.3g} (tolerance {cfg.tolerance:g})"
+        )
+    if top1 is not None and top1 < cfg.min_top1_agreement:
+        raise ExportError(f"ONNX Runtime agrees with PyTorch on only {top1:.1%} of top-1 classes")
+    return check

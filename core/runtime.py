@@ -1,0 +1,161 @@
+"""Predictions from an exported ONNX file alone.
+
+Needs only numpy and onnxruntime (it imports nothing else of Ascent's): the task, labels,
+input spec and category code tables are read from the file's metadata_props.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class RuntimeInputError(ValueError):
+    """Input that does not match what the model takes."""
+
+
+def as_category(value: Any) -> str | None:
+    """The one text form of a category value, used at ingest, training and prediction."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    text = str(value).strip()
+    return text or None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    value: float | None = None
+
+
+def create_session(path: str | Path, providers: Sequence[str] | None = None) -> Any:
+    """An InferenceSession on the best provider this machine has (CUDA, else CPU).
+
+    Check `session.get_providers()` for the one that runs: a provider that is available but
+    cannot start (no driver) is dropped by falling back to the CPU.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    available = set(ort.get_available_providers())
+    if not _cuda_driver_present():
+        # The GPU build lists CUDA even where no driver is installed; asking for it then
+        # only prints errors before the CPU takes over.
+        available -= {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+    chosen = [p for p in (providers or PREFERRED_PROVIDERS) if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except Exception:
+        if chosen == ["CPUExecutionProvider"]:
+            raise
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _cuda_driver_present() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+class Predictor:
+    """An exported Ascent model, ready to predict."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        self.session = create_session(self.path, providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.task: str = meta.get("ascent.task", "")
+        self.labels: list[str] = json.loads(meta.get("ascent.labels", "[]"))
+        self.inputs: list[dict[str, Any]] = json.loads(meta.get("ascent.inputs", "[]"))
+        self.preprocess: str = meta.get("ascent.preprocess", "")
+        self.run: dict[str, Any] = json.loads(meta.get("ascent.run", "{}"))
+        self.last_latency_ms = 0.0
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for spec in self.inputs for c in spec.get("columns", [])]
+
+    def encode_table(self, table: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+        """Raw column values -> the model's input arrays (category text -> int64 codes)."""
+        missing = [c for c in self.columns if c not in table]
+        if missing:
+            raise RuntimeInputError(
+                f"missing column(s) {', '.join(missing)}; the model takes: {', '.join(self.columns)}"
+            )
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            cols = spec["columns"]
+            if spec["dtype"] == "float32":
+                feeds[spec["name"]] = np.stack([_to_float(table[c]) for c in cols], axis=1).astype(np.float32)
+            else:
+                codes = spec["codes"]
+                feeds[spec["name"]] = np.stack([_to_codes(table[c], codes[c]) for c in cols], axis=1).astype(
+                    np.int64
+                )
+        return feeds
+
+    def run_feeds(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        start = time.perf_counter()
+        (out,) = self.session.run(None, dict(feeds))
+        self.last_latency_ms = (time.perf_counter() - start) * 1000
+        return np.asarray(out)
+
+    def predict_table(self, table: Mapping[str, Sequence[Any]]) -> list[Prediction]:
+        out = self.run_feeds(self.encode_table(table))
+        return self.decode(out)
+
+    def decode(self, out: np.ndarray) -> list[Prediction]:
+        if self.task.endswith("regression"):
+            return [Prediction(value=float(v)) for v in out.reshape(-1)]
+        result = []
+        for row in out:
+            best = int(np.argmax(row))
+            probs = {label: float(p) for label, p in zip(self.labels, row, strict=True)}
+            result.append(Prediction(label=self.labels[best], probabilities=probs))
+        return result
+
+
+def _to_float(values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v) if v is not None and v != "" else math.nan
+        except (TypeError, ValueError):
+            out[i] = math.nan
+    return out
+
+
+def _to_codes(values: Sequence[Any], categories: Sequence[str]) -> np.ndarray:
+    """Code 0 is missing or unseen; category i has code i + 1."""
+    table = {c: i + 1 for i, c in enumerate(categories)}
+    return np.array([table.get(as_category(v) or "", 0) for v in values], dtype=np.int64)

@@ -1,0 +1,183 @@
+"""The training loop: a plain function. Metrics leave through `on_epoch`; it knows no SQL.
+
+AdamW, cosine schedule with linear warm-up (set per step), autocast on CUDA (bf16 where the GPU
+supports it, else fp16 with a gradient scaler), early stopping on the task's main validation
+metric, the best weights and a resumable training state written as safetensors every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from core import checkpoint
+from core.config import RunConfig
+from core.tasks import TaskData
+
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int  # 1-based
+    step: int  # optimiser steps so far
+    metrics: dict[str, float]
+    improved: bool
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    status: Literal["completed", "early_stopped", "cancelled"]
+    epochs_run: int
+    best_epoch: int
+    best_value: float | None
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, None for plain fp32."""
+    if not device.startswith("cuda") or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _improved(value: float, loss: float, state: dict[str, Any], mode: str) -> bool:
+    """Better main metric, or the same one with a lower validation loss (ties are common
+    on small validation splits, where accuracy saturates early)."""
+    best, best_loss = state["best"], state["best_loss"]
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    if value == best:
+        return loss < best_loss
+    return value < best if mode == "min" else value > best
+
+
+@torch.no_grad()
+def evaluate(data: TaskData, autocast: Any) -> dict[str, float]:
+    """Validation loss and the task's metrics over the whole validation split."""
+    data.model.eval()
+    outputs, targets = [], []
+    for inputs, y in data.val:
+        with autocast():
+            out = data.model(*inputs)
+        outputs.append(out.float())
+        targets.append(y)
+    out_all, y_all = torch.cat(outputs), torch.cat(targets)
+    metrics = {"val_loss": float(data.loss_fn(out_all, y_all))}
+    metrics.update(data.evaluate(out_all, y_all))
+    return metrics
+
+
+def train(
+    cfg: RunConfig,
+    data: TaskData,
+    *,
+    device: str,
+    run_dir: Path,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    """Train `data.model` as `cfg` says; resumes from run_dir/last.safetensors when cfg.resume."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = data.model.to(device)
+    dtype = autocast_dtype(cfg.precision, device)
+    autocast: Callable[[], Any] = (
+        (lambda: torch.autocast(device_type="cuda", dtype=dtype)) if dtype else nullcontext
+    )
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(data.train))  # type: ignore[arg-type]
+    total_steps = cfg.epochs * steps_per_epoch
+    # The learning rate is a function of the step alone, so resuming needs no scheduler state.
+    lr_factor = cosine_with_warmup(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
+
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step": 0,
+        "best": None,
+        "best_loss": None,
+        "best_epoch": 0,
+        "stale": 0,
+    }
+    if cfg.resume and (run_dir / LAST).exists():
+        state = checkpoint.load_training_state(run_dir / LAST, model, optimizer)
+    meta = {"config": cfg.model_dump(mode="json"), **data.extra}
+
+    status: Literal["completed", "early_stopped", "cancelled"] = "completed"
+    for epoch in range(state["epoch"], cfg.epochs):
+        if hasattr(data.train, "epoch"):
+            data.train.epoch = epoch
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        started = time.perf_counter()
+        for inputs, y in data.train:
+            lr = cfg.lr * lr_factor(state["step"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast():
+                loss = data.loss_fn(model(*inputs), y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+            state["step"] += 1
+            if should_stop is not None and should_stop():
+                status = "cancelled"
+                break
+        if status == "cancelled":
+            break
+        train_loss = float(loss_sum) / max(1, seen)  # one sync per epoch
+        seconds = time.perf_counter() - started
+        metrics = {
+            "train_loss": train_loss,
+            **evaluate(data, autocast),
+            "samples_per_sec": seen / max(seconds, 1e-9),
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        value = metrics[data.main_metric]
+        improved = _improved(value, metrics["val_loss"], state, data.mode)
+        state["epoch"] = epoch + 1
+        if improved:
+            state.update(best=value, best_loss=metrics["val_loss"], best_epoch=epoch + 1, stale=0)
+            checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch + 1})
+        else:
+            state["stale"] += 1
+        checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
+        if on_epoch is not None:
+            on_epoch(EpochResult(epoch + 1, state["step"], metrics, improved))
+        if cfg.patience and state["stale"] >= cfg.patience:
+            status = "early_stopped"
+            break
+        if should_stop is not None and should_stop():
+            status = "cancelled"
+            break
+    return TrainOutcome(status, state["epoch"], state["best_epoch"], state["best"])

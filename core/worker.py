@@ -1,0 +1,168 @@
+"""The worker: claims queued runs one at a time and runs each in a child process.
+
+It marks runs whose heartbeat stopped as lost when it starts, kills a child that ignores a
+cancel request, and closes a run its child left `running` (crash, kill) as failed with the
+reason and the log's last lines.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from types import FrameType
+
+from core import jobs
+from core.config import database, get_settings
+from db import queries
+from db.models import RunStatus
+from db.queries import RunInfo
+from db.session import session_scope
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_TAIL_LINES = 20
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.exists():
+        return ""
+    with path.open(errors="replace") as f:
+        return "".join(deque(f, maxlen=lines)).rstrip()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return f"the training process was killed by {name}{hint}"
+    return f"the training process exited with code {code}"
+
+
+class Worker:
+    def __init__(
+        self, *, poll_s: float = 1.0, idle_exit_s: float | None = None, cancel_grace_s: float = 20.0
+    ) -> None:
+        self.poll_s = poll_s
+        self.idle_exit_s = idle_exit_s
+        self.cancel_grace_s = cancel_grace_s
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.stopping = False
+        self.worker_id = 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _beat(self) -> None:
+        with session_scope() as session:
+            queries.worker_heartbeat(session=session, worker_id=self.worker_id)
+
+    def run(self) -> None:
+        """Serve the queue until stopped (SIGTERM/SIGINT) or idle for idle_exit_s."""
+        database()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        with session_scope() as session:
+            self.worker_id = queries.register_worker(
+                session=session, hostname=socket.gethostname(), pid=os.getpid()
+            )
+        try:
+            lost = jobs.recover_lost()
+            if lost:
+                print(f"marked lost (heartbeat stopped): {lost}", flush=True)
+            idle_since = time.monotonic()
+            while not self.stopping:
+                self._beat()
+                run = jobs.claim(self.name)
+                if run is None:
+                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
+                        break
+                    time.sleep(self.poll_s)
+                    continue
+                print(f"run {run.id}: started", flush=True)
+                self.supervise(run)
+                print(f"run {run.id}: {jobs.get_run(run.id).status}", flush=True)
+                idle_since = time.monotonic()
+        finally:
+            with session_scope() as session:
+                queries.stop_worker(session=session, worker_id=self.worker_id)
+
+    def supervise(self, run: RunInfo) -> None:
+        """Run one claimed run in a child process and make sure it ends in a final state."""
+        out = jobs.run_dir(run.id)
+        out.mkdir(parents=True, exist_ok=True)
+        log_path = out / "run.log"
+        heartbeat_s = get_settings().heartbeat_s
+        with log_path.open("ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "core", "run", str(run.id)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=child_env(),
+            )
+        jobs.record_artifact(run.id, "log", log_path, hash_file=False)
+        cancel_seen: float | None = None
+        last_beat = 0.0
+        while child.poll() is None:
+            time.sleep(min(0.2, heartbeat_s))
+            now = time.monotonic()
+            if now - last_beat >= heartbeat_s:
+                last_beat = now
+                self._beat()
+                if cancel_seen is None and jobs.get_run(run.id).cancel_requested:
+                    cancel_seen = now
+            if cancel_seen is not None and now - cancel_seen > self.cancel_grace_s:
+                child.kill()
+            if self.stopping:
+                child.terminate()
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        code = child.wait()
+        jobs.record_artifact(run.id, "log", log_path, hash_file=False)
+        if jobs.get_run(run.id).status != RunStatus.RUNNING:
+            return
+        tail = log_tail(log_path)
+        if cancel_seen is not None:
+            jobs.finish(run.id, RunStatus.CANCELLED, "cancelled on request (the process was stopped)")
+        elif self.stopping:
+            jobs.finish(
+                run.id, RunStatus.LOST, "the worker was stopped during the run; `runs resume` continues it"
+            )
+        else:
+            reason = _exit_reason(code) if code else "the training process exited without closing the run"
+            jobs.finish(run.id, RunStatus.FAILED, f"{reason}\n--- last lines of the log ---\n{tail}")
+
+
+def start_background_worker(idle_exit_s: float | None = None) -> subprocess.Popen[bytes]:
+    """Start `python -m core worker` detached, logging to ASCENT_HOME/worker.log."""
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    idle = settings.worker_idle_exit_s if idle_exit_s is None else idle_exit_s
+    with (settings.home / "worker.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "core", "worker", "--idle-exit", str(idle)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=child_env(),
+            start_new_session=True,
+        )

@@ -1,0 +1,1 @@
+"""Ascent's tracking store: tables, sessions and typed queries. Imports nothing of Ascent's."""

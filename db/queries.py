@@ -1,0 +1,455 @@
+"""Typed functions over the tracking store. They return frozen dataclasses, never ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Artifact,
+    Dataset,
+    LatestMetric,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    Worker,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    id: int
+    name: str
+    task: str
+    format: str
+    path: str
+    sha256: str
+    bytes: int
+    n_items: int
+    schema: dict[str, Any]
+    report: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    name: str
+    dataset_id: int | None
+    task: str
+    model: str
+    status: str
+    config: dict[str, Any]
+    device: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    cancel_requested: bool
+    error: str | None
+    tags: list[str]
+    worker: str | None
+    pid: int | None
+    attempts: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    key: str
+    step: int
+    epoch: int
+    value: float
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    id: int
+    run_id: int
+    kind: str
+    path: str
+    sha256: str | None
+    bytes: int
+
+
+def lower_is_better(key: str) -> bool:
+    """Loss-like metrics improve downwards; everything else upwards."""
+    return any(word in key for word in ("loss", "rmse", "mae", "error"))
+
+
+def _dataset(row: Dataset) -> DatasetInfo:
+    return DatasetInfo(
+        id=row.id,
+        name=row.name,
+        task=row.task,
+        format=row.format,
+        path=row.path,
+        sha256=row.sha256,
+        bytes=row.bytes,
+        n_items=row.n_items,
+        schema=dict(row.schema_),
+        report=dict(row.report),
+        created_at=row.created_at,
+    )
+
+
+def _run(row: Run, latest: list[LatestMetric] | None = None) -> RunInfo:
+    latest = latest or []
+    return RunInfo(
+        id=row.id,
+        name=row.name,
+        dataset_id=row.dataset_id,
+        task=row.task,
+        model=row.model,
+        status=row.status,
+        config=dict(row.config),
+        device=row.device,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        heartbeat_at=row.heartbeat_at,
+        cancel_requested=row.cancel_requested,
+        error=row.error,
+        tags=list(row.tags or []),
+        worker=row.worker,
+        pid=row.pid,
+        attempts=row.attempts,
+        metrics={m.key: m.value for m in latest},
+        best_metrics={m.key: m.best for m in latest},
+    )
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+def add_dataset(
+    *,
+    session: Session,
+    name: str,
+    task: str,
+    format: str,
+    path: str,
+    sha256: str,
+    bytes: int,
+    n_items: int,
+    schema: dict[str, Any],
+    report: dict[str, Any],
+) -> DatasetInfo:
+    row = Dataset(
+        name=name,
+        task=task,
+        format=format,
+        path=path,
+        sha256=sha256,
+        bytes=bytes,
+        n_items=n_items,
+        schema_=schema,
+        report=report,
+    )
+    session.add(row)
+    session.flush()
+    return _dataset(row)
+
+
+def set_dataset_path(*, session: Session, dataset_id: int, path: str) -> None:
+    session.execute(update(Dataset).where(Dataset.id == dataset_id).values(path=path))
+
+
+def get_dataset(*, session: Session, dataset_id: int) -> DatasetInfo | None:
+    row = session.get(Dataset, dataset_id)
+    return _dataset(row) if row else None
+
+
+def list_datasets(*, session: Session) -> list[DatasetInfo]:
+    rows = session.scalars(select(Dataset).order_by(Dataset.id.desc()))
+    return [_dataset(r) for r in rows]
+
+
+def delete_dataset(*, session: Session, dataset_id: int) -> bool:
+    result = session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+def create_run(
+    *,
+    session: Session,
+    name: str,
+    dataset_id: int | None,
+    task: str,
+    model: str,
+    config: dict[str, Any],
+    params: dict[str, str],
+) -> RunInfo:
+    row = Run(name=name, dataset_id=dataset_id, task=task, model=model, config=config)
+    session.add(row)
+    session.flush()
+    session.add_all(Param(run_id=row.id, key=k, value=v) for k, v in params.items())
+    session.flush()
+    return _run(row)
+
+
+def get_run(*, session: Session, run_id: int) -> RunInfo | None:
+    row = session.get(Run, run_id)
+    if row is None:
+        return None
+    latest = list(session.scalars(select(LatestMetric).where(LatestMetric.run_id == run_id)))
+    return _run(row, latest)
+
+
+def list_runs(
+    *, session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+) -> list[RunInfo]:
+    """Runs, newest first, each with its latest metrics, read in one query."""
+    page = select(Run.id).order_by(Run.id.desc()).limit(limit).offset(offset)
+    if status:
+        page = page.where(Run.status == status)
+    ids = page.subquery()
+    stmt = (
+        select(Run, LatestMetric)
+        .join(ids, ids.c.id == Run.id)
+        .outerjoin(LatestMetric, LatestMetric.run_id == Run.id)
+        .order_by(Run.id.desc())
+    )
+    grouped: dict[int, tuple[Run, list[LatestMetric]]] = {}
+    for run, latest in session.execute(stmt).tuples():
+        entry = grouped.setdefault(run.id, (run, []))
+        if latest is not None:
+            entry[1].append(latest)
+    return [_run(run, latest) for run, latest in grouped.values()]
+
+
+def count_runs(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Run)) or 0
+
+
+def get_params(*, session: Session, run_id: int) -> dict[str, str]:
+    rows = session.scalars(select(Param).where(Param.run_id == run_id).order_by(Param.key))
+    return {p.key: p.value for p in rows}
+
+
+def claim_next_run(*, session: Session, worker: str) -> RunInfo | None:
+    """Mark the oldest queued run as running for `worker`; None when the queue is empty.
+
+    PostgreSQL skips rows other workers hold locked; the status guard on the update makes
+    the claim safe on SQLite too, where the write lock serialises claims.
+    """
+    candidate = session.scalar(
+        select(Run.id)
+        .where(Run.status == RunStatus.QUEUED.value)
+        .order_by(Run.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if candidate is None:
+        return None
+    now = utcnow()
+    result = session.execute(
+        update(Run)
+        .where(Run.id == candidate, Run.status == RunStatus.QUEUED.value)
+        .values(
+            status=RunStatus.RUNNING.value,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            attempts=Run.attempts + 1,
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    session.flush()
+    return get_run(session=session, run_id=candidate)
+
+
+def set_run_process(*, session: Session, run_id: int, pid: int, device: str | None) -> None:
+    values: dict[str, Any] = {"pid": pid}
+    if device is not None:
+        values["device"] = device
+    session.execute(update(Run).where(Run.id == run_id).values(**values))
+
+
+def heartbeat(*, session: Session, run_id: int) -> bool:
+    """Beat the run's heartbeat; returns whether a cancel was requested."""
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
+        .values(heartbeat_at=utcnow())
+    )
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def request_cancel(*, session: Session, run_id: int) -> str | None:
+    """Cancel a queued run at once, or ask a running one to stop. Returns the new status."""
+    row = session.get(Run, run_id, with_for_update=True)
+    if row is None:
+        return None
+    if row.status == RunStatus.QUEUED.value:
+        row.status = RunStatus.CANCELLED.value
+        row.finished_at = utcnow()
+        row.error = "cancelled before it started"
+    elif row.status == RunStatus.RUNNING.value:
+        row.cancel_requested = True
+    session.flush()
+    return row.status
+
+
+def finish_run(*, session: Session, run_id: int, status: RunStatus, error: str | None = None) -> bool:
+    """Close a running run with its final status. False when it was no longer running."""
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
+        .values(status=status.value, error=error, finished_at=utcnow(), pid=None)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_stale_lost(*, session: Session, older_than: datetime) -> list[int]:
+    """Runs still `running` whose heartbeat stopped before `older_than` become `lost`."""
+    stale = list(
+        session.scalars(
+            select(Run.id).where(
+                Run.status == RunStatus.RUNNING.value,
+                or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < older_than),
+            )
+        )
+    )
+    if stale:
+        session.execute(
+            update(Run)
+            .where(Run.id.in_(stale), Run.status == RunStatus.RUNNING.value)
+            .values(
+                status=RunStatus.LOST.value,
+                finished_at=utcnow(),
+                pid=None,
+                error="heartbeat stopped: the process running it died or lost the database",
+            )
+        )
+    return stale
+
+
+def requeue_run(*, session: Session, run_id: int) -> bool:
+    """Put a lost, failed or cancelled run back in the queue (resume)."""
+    finished = (RunStatus.LOST.value, RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+    result = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(finished))
+        .values(
+            status=RunStatus.QUEUED.value,
+            cancel_requested=False,
+            error=None,
+            finished_at=None,
+            worker=None,
+            pid=None,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def update_run_config(*, session: Session, run_id: int, config: dict[str, Any]) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(config=config))
+
+
+def set_tags(*, session: Session, run_id: int, tags: list[str]) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(tags=tags))
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def log_metrics(*, session: Session, run_id: int, step: int, epoch: int, values: dict[str, float]) -> None:
+    """Append metric points and keep latest_metrics (last and best value) current."""
+    now = utcnow()
+    session.add_all(
+        Metric(run_id=run_id, key=k, step=step, epoch=epoch, value=float(v), timestamp=now)
+        for k, v in values.items()
+    )
+    existing = {
+        m.key: m
+        for m in session.scalars(
+            select(LatestMetric).where(LatestMetric.run_id == run_id, LatestMetric.key.in_(list(values)))
+        )
+    }
+    for key, raw in values.items():
+        value = float(raw)
+        row = existing.get(key)
+        if row is None:
+            session.add(
+                LatestMetric(
+                    run_id=run_id,
+                    key=key,
+                    value=value,
+                    best=value,
+                    step=step,
+                    epoch=epoch,
+                    timestamp=now,
+                )
+            )
+            continue
+        better = value < row.best if lower_is_better(key) else value > row.best
+        row.value, row.step, row.epoch, row.timestamp = value, step, epoch, now
+        if better:
+            row.best = value
+    session.flush()
+
+
+def metric_history(*, session: Session, run_id: int) -> list[MetricPoint]:
+    rows = session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id))
+    return [MetricPoint(m.key, m.step, m.epoch, m.value, m.timestamp) for m in rows]
+
+
+# --- artifacts --------------------------------------------------------------------------
+
+
+def add_artifact(
+    *, session: Session, run_id: int, kind: str, path: str, sha256: str | None, bytes: int
+) -> ArtifactInfo:
+    """Record an artifact; one row per (run, kind), replaced when written again."""
+    session.execute(delete(Artifact).where(Artifact.run_id == run_id, Artifact.kind == kind))
+    row = Artifact(run_id=run_id, kind=kind, path=path, sha256=sha256, bytes=bytes)
+    session.add(row)
+    session.flush()
+    return ArtifactInfo(row.id, run_id, kind, path, sha256, bytes)
+
+
+def list_artifacts(*, session: Session, run_id: int) -> list[ArtifactInfo]:
+    rows = session.scalars(select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.id))
+    return [ArtifactInfo(a.id, a.run_id, a.kind, a.path, a.sha256, a.bytes) for a in rows]
+
+
+# --- workers ----------------------------------------------------------------------------
+
+
+def register_worker(*, session: Session, hostname: str, pid: int) -> int:
+    row = Worker(hostname=hostname, pid=pid)
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def worker_heartbeat(*, session: Session, worker_id: int) -> None:
+    session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow()))
+
+
+def stop_worker(*, session: Session, worker_id: int) -> None:
+    session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+
+
+def alive_workers(*, session: Session, since: datetime) -> list[tuple[int, str, int]]:
+    """(id, hostname, pid) of workers that beat after `since` and have not stopped."""
+    rows = session.execute(
+        select(Worker.id, Worker.hostname, Worker.pid).where(
+            Worker.stopped_at.is_(None), Worker.heartbeat_at >= since
+        )
+    )
+    return [(r[0], r[1], r[2]) for r in rows]

@@ -1,0 +1,180 @@
+"""Shared fixtures: a private ASCENT_HOME and database per test, real data from scikit-learn,
+and a real worker process that each test stops."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("ASCENT_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _fresh_postgres_db() -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"ascent_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_postgres_db(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run a test on SQLite always and on PostgreSQL when ASCENT_TEST_DATABASE_URL is set."""
+    if request.param == "postgresql" and not PG_ADMIN_URL:
+        pytest.skip("ASCENT_TEST_DATABASE_URL is not set (CI sets it)")
+    return str(request.param)
+
+
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[Path]:
+    from db import session
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("ASCENT_HOME", str(home))
+    monkeypatch.setenv("ASCENT_HEARTBEAT_S", "0.3")
+    monkeypatch.setenv("ASCENT_LOST_AFTER_S", "3")
+    monkeypatch.setenv("ASCENT_WORKER_IDLE_EXIT_S", "30")
+    monkeypatch.setenv("ASCENT_DEVICE", "cpu")
+    pg_name = None
+    if backend == "postgresql":
+        url, pg_name = _fresh_postgres_db()
+        monkeypatch.setenv("ASCENT_DATABASE_URL", url)
+    else:
+        monkeypatch.delenv("ASCENT_DATABASE_URL", raising=False)
+    try:
+        yield home
+    finally:
+        _stop_workers(home)
+        session.dispose_all()
+        if pg_name:
+            _drop_postgres_db(pg_name)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """ASCENT_HOME in tmp_path with a SQLite database."""
+    yield from _home(tmp_path, monkeypatch, "sqlite")
+
+
+@pytest.fixture
+def any_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iterator[Path]:
+    """ASCENT_HOME in tmp_path on each database backend."""
+    yield from _home(tmp_path, monkeypatch, backend)
+
+
+def _stop_workers(home: Path) -> None:
+    """Stop every worker (and its child) a test started through the CLI or a fixture."""
+    import signal
+
+    from core import config
+    from db import queries
+    from db.session import session_scope
+
+    try:
+        config.database()
+        with session_scope() as s:
+            from datetime import UTC, datetime, timedelta
+
+            workers = queries.alive_workers(session=s, since=datetime.now(UTC) - timedelta(days=1))
+            running = [r.pid for r in queries.list_runs(session=s, status="running") if r.pid]
+    except Exception:
+        return
+    for pid in [p for _, _, p in workers] + running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid in [p for _, _, p in workers] + running:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def worker(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `python -m core worker` process for this test's home, stopped afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "worker", "--poll", "0.2"],
+        cwd=ROOT,
+        stdout=(home.parent / "worker.out").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real tables shipped by scikit-learn, written as the files a user would upload."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine
+
+    d = tmp_path_factory.mktemp("data")
+    load_wine(as_frame=True).frame.to_csv(d / "wine.csv", index=False)
+    load_diabetes(as_frame=True, scaled=False).frame.to_csv(d / "diabetes.csv", index=False)
+    iris = load_iris(as_frame=True)
+    frame = iris.frame.copy()
+    frame["target"] = [iris.target_names[t] for t in iris.target]
+    frame.to_parquet(d / "iris.parquet", index=False)
+    bc = load_breast_cancer(as_frame=True).frame
+    bc.to_csv(d / "breast_cancer.tsv", sep="\t", index=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic table large enough that training takes a while (cancel, crash, resume)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    x = rng.normal(size=(n, 8)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] ** 2 > 0.5).astype(int)
+    df = pd.DataFrame(x, columns=[f"f{i}" for i in range(8)])
+    df["colour"] = rng.choice(["red", "green", "blue"], size=n)
+    df["label"] = y
+    path = tmp_path_factory.mktemp("big") / "big.csv"
+    df.to_csv(path, index=False)
+    return path
