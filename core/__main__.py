@@ -121,9 +121,8 @@ class _RunEnded(Exception):
     """A waited-for run that did not succeed: print it, then exit non-zero."""
 
     def __init__(self, doc: dict[str, Any]) -> None:
-        super().__init__(
-            f"run {doc['id']} {doc['status']}: {(doc['error'] or '').splitlines()[0] if doc['error'] else 'not finished in time'}"
-        )
+        reason = (doc["error"] or "").split("\n", 1)[0] or "it has not finished yet"
+        super().__init__(f"run {doc['id']} is {doc['status']}: {reason}")
         self.doc = doc
 
 

@@ -57,7 +57,9 @@ def resolve_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was requested but no GPU is visible; use --device cpu")
+        from core.errors import ConfigError
+
+        raise ConfigError("the run asks for CUDA but no GPU is visible here; use --device cpu or auto")
     return requested
 
 

@@ -116,6 +116,7 @@ class Worker:
                 cwd=ROOT,
                 env=child_env(),
             )
+        jobs.set_process(run.id, child.pid)
         jobs.record_artifact(run.id, "log", log_path, hash_file=False)
         cancel_seen: float | None = None
         last_beat = 0.0
@@ -125,7 +126,9 @@ class Worker:
             if now - last_beat >= heartbeat_s:
                 last_beat = now
                 self._beat()
-                if cancel_seen is None and jobs.get_run(run.id).cancel_requested:
+                # The run is alive while its supervisor and its process are, even before the
+                # child's own heartbeat starts (imports, data loading).
+                if jobs.heartbeat(run.id) and cancel_seen is None:
                     cancel_seen = now
             if cancel_seen is not None and now - cancel_seen > self.cancel_grace_s:
                 child.kill()

@@ -149,3 +149,17 @@ def test_cancel_and_resume_from_the_command_line(home: Path, data_dir: Path) -> 
     assert resumed["status"] == "succeeded" and resumed["attempts"] == 1
     proc = cli("runs", "resume", str(queued["id"]), ok=False)
     assert "only lost, failed or cancelled runs resume" in proc.stderr
+
+
+def test_a_failed_run_with_wait_prints_the_run_and_exits_non_zero(
+    home: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    ds = cli_json("datasets", "add", str(data_dir / "wine.csv"))
+    Path(ds["path"], "data.parquet").write_bytes(b"not parquet any more")
+    proc = cli("train", "--dataset", str(ds["id"]), "--epochs", "2", "--wait", "--json", ok=False)
+    assert proc.returncode == 1
+    run = json.loads(proc.stdout)
+    assert run["status"] == "failed" and "Parquet" in run["error"]
+    assert proc.stderr.count("\n") == 1 and f"run {run['id']} is failed" in proc.stderr
+    proc = cli("predict", "--run", str(run["id"]), str(data_dir / "wine.csv"), ok=False)
+    assert "has no exported model" in proc.stderr

@@ -6,13 +6,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import wait_for
 
 from core import jobs
 from core.config import RunConfig
 from core.data.ingest import ingest_file
+from core.errors import ConfigError
 from core.worker import Worker
 
 LONG = {"epochs": 200, "batch_size": 16, "patience": 0}
@@ -26,14 +29,17 @@ def _first_epoch_done(run_id: int) -> bool:
     return any(p.key == "val_loss" for p in jobs.metric_history(run_id))
 
 
+def _start_long_run(path: Path) -> int:
+    """Queue a run that takes minutes and wait until its first epoch is recorded."""
+    run_id = _submit(ingest_file(path).id, **LONG)
+    wait_for(lambda: _first_epoch_done(run_id), timeout=120)
+    return run_id
+
+
 def test_submit_queues_a_checked_config(home: Path, data_dir: Path) -> None:
     ds = ingest_file(data_dir / "wine.csv")
     run = jobs.submit(RunConfig(task=ds.task, dataset_id=ds.id, epochs=3))
     assert run.status == "queued" and run.name == "mlp-wine" and run.config["epochs"] == 3
-    import pytest
-
-    from core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="cannot train"):
         jobs.submit(RunConfig(task=ds.task, dataset_id=ds.id, model="resnet-9000"))
     with pytest.raises(ConfigError, match="is tabular-classification"):
@@ -60,18 +66,14 @@ def test_worker_runs_a_queued_run_to_success(
 def test_cancel_a_running_run_within_seconds(
     home: Path, big_csv: Path, worker: subprocess.Popen[bytes]
 ) -> None:
-    ds = ingest_file(big_csv)
-    run_id = _submit(ds.id, **LONG)
-    wait_for(lambda: _first_epoch_done(run_id), timeout=120)
+    run_id = _start_long_run(big_csv)
     assert jobs.cancel(run_id) == "running"
-    import time
-
     asked = time.monotonic()
     run = jobs.wait(run_id, timeout_s=30)
     assert run.status == "cancelled" and time.monotonic() - asked < 10
     assert "cancelled on request" in (run.error or "")
     # A queued run is cancelled at once, and the worker never starts it.
-    queued = _submit(ds.id, epochs=1)
+    queued = _submit(jobs.get_run(run_id).dataset_id or 0, epochs=1)
     assert jobs.cancel(queued) == "cancelled"
     assert jobs.get_run(queued).started_at is None
 
@@ -79,9 +81,7 @@ def test_cancel_a_running_run_within_seconds(
 def test_a_killed_child_leaves_the_run_failed_with_the_log_tail(
     home: Path, big_csv: Path, worker: subprocess.Popen[bytes]
 ) -> None:
-    ds = ingest_file(big_csv)
-    run_id = _submit(ds.id, **LONG)
-    wait_for(lambda: _first_epoch_done(run_id), timeout=120)
+    run_id = _start_long_run(big_csv)
     os.kill(jobs.get_run(run_id).pid or 0, signal.SIGKILL)
     run = jobs.wait(run_id, timeout_s=30)
     assert run.status == "failed"
@@ -116,8 +116,6 @@ def test_lost_runs_are_found_and_resume_from_their_checkpoint(home: Path, big_cs
         proc.wait()
     assert jobs.get_run(run_id).status == "running"
     # The next worker to start marks it lost once the heartbeat is stale (3 s in tests).
-    import time
-
     time.sleep(3.5)
     assert jobs.recover_lost() == [run_id]
     lost = jobs.get_run(run_id)
@@ -138,9 +136,7 @@ def test_lost_runs_are_found_and_resume_from_their_checkpoint(home: Path, big_cs
 def test_stopping_the_worker_marks_its_run_lost(
     home: Path, big_csv: Path, worker: subprocess.Popen[bytes]
 ) -> None:
-    ds = ingest_file(big_csv)
-    run_id = _submit(ds.id, **LONG)
-    wait_for(lambda: _first_epoch_done(run_id), timeout=120)
+    run_id = _start_long_run(big_csv)
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
     run = jobs.get_run(run_id)

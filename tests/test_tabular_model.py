@@ -167,3 +167,14 @@ def test_schedule_and_precision_choices() -> None:
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(55) < f(20) and f(100) == pytest.approx(0.02)
     assert autocast_dtype("auto", "cpu") is None and autocast_dtype("bf16", "cpu") is None
+
+
+def test_device_choice_on_a_machine_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import resolve_device
+    from core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ASCENT_DEVICE", "auto")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="no GPU is visible"):
+        resolve_device("cuda")

@@ -76,7 +76,13 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
     classification = cfg.task == "tabular-classification"
     if cfg.task != dataset.task:
         raise DatasetError(f"dataset {dataset.id} is {dataset.task}, not {cfg.task}")
-    df = pd.read_parquet(Path(dataset.path) / "data.parquet")
+    try:
+        df = pd.read_parquet(Path(dataset.path) / "data.parquet")
+    except Exception as exc:
+        raise DatasetError(
+            f"dataset {dataset.id}'s stored table cannot be read ({type(exc).__name__}: {exc}); "
+            "add the file again"
+        ) from exc
     df = df[df[target].notna()].reset_index(drop=True)
     numeric, categorical = encode_features(df, schema)
     if classification:
