@@ -50,10 +50,17 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
 
     ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task)
     rep = ds.report
-    text = (
-        f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} rows, target '{ds.schema['target']}'\n"
-        f"features: {', '.join(f['name'] for f in ds.schema['features'])}"
-    )
+    if ds.task == "image-classification":
+        text = f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} images in {len(ds.schema['classes'])} classes"
+        if rep["unreadable"]:
+            text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
+        if rep["cross_class_duplicates"]:
+            text += f"\nsame image in several classes (label errors?): {rep['cross_class_duplicates'][:3]}"
+    else:
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} rows, target '{ds.schema['target']}'\n"
+            f"features: {', '.join(f['name'] for f in ds.schema['features'])}"
+        )
     if rep.get("dropped_columns"):
         text += "\ndropped: " + "; ".join(f"{c} ({r})" for c, r in rep["dropped_columns"].items())
     if "class_counts" in rep:
@@ -140,6 +147,14 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         precision=a.precision,
         name=a.name,
         patience=a.patience,
+        weights=a.weights,
+        init_from_run=a.init_from,
+        image_size=a.image_size,
+        augment=False if a.no_augment else None,
+        freeze_epochs=a.freeze_epochs,
+        backbone_lr_mult=a.backbone_lr_mult,
+        workers=a.workers,
+        cache=a.cache,
     )
     run = jobs.submit(cfg)
     if a.wait:
@@ -213,6 +228,8 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     if onnx_path is None or not Path(onnx_path).exists():
         raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
     predictor = Predictor(onnx_path)
+    if predictor.task == "image-classification":
+        return _predict_images(predictor, a)
     results, lines = [], []
     for file in a.files:
         try:
@@ -238,6 +255,26 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
         "latency_ms": predictor.last_latency_ms,
         "predictions": results,
     }
+    return doc, "\n".join([*lines, f"({predictor.provider})"])
+
+
+def _predict_images(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    from core.runtime import RuntimeInputError
+
+    results, lines = [], []
+    for file in a.files:
+        if not Path(file).is_file():
+            raise PredictError(f"{file} does not exist")
+        try:
+            (pred,) = predictor.predict_images([file])
+        except RuntimeInputError as exc:
+            raise PredictError(f"{file}: {exc}") from exc
+        top = [{"label": label, "probability": p} for label, p in pred.top(a.top_k)]
+        results.append(
+            {"file": file, "label": pred.label, "top": top, "latency_ms": predictor.last_latency_ms}
+        )
+        lines.append(f"{file}  " + "  ".join(f"{t['label']} {t['probability']:.1%}" for t in top))
+    doc = {"run": a.run, "provider": predictor.provider, "predictions": results}
     return doc, "\n".join([*lines, f"({predictor.provider})"])
 
 
@@ -270,6 +307,8 @@ def cmd_run(a: argparse.Namespace) -> tuple[Any, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.data.ingest import TASKS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
     parser = argparse.ArgumentParser(prog="python -m core", description="Ascent from the command line")
@@ -285,11 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="add, list, show, delete datasets").add_subparsers(
         dest="action", required=True
     )
-    p = add(ds, "add", cmd_datasets_add, "add a CSV or Parquet table")
+    p = add(ds, "add", cmd_datasets_add, "add a CSV/Parquet table or a zip of images")
     p.add_argument("path")
     p.add_argument("--name")
     p.add_argument("--target", help="the column to predict (default: target/label/class/y, else the last)")
-    p.add_argument("--task", choices=["tabular-classification", "tabular-regression"], help="force the task")
+    p.add_argument("--task", choices=list(TASKS), help="force the task")
     add(ds, "list", cmd_datasets_list, "list datasets")
     add(ds, "show", cmd_datasets_show, "a dataset with its schema and quality report").add_argument(
         "id", type=int
@@ -307,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    images = p.add_argument_group("images")
+    images.add_argument("--weights", help="default, none, imagenet (download) or a weights file")
+    images.add_argument(
+        "--init-from", type=int, metavar="RUN", help="fine-tune the best checkpoint of an earlier run"
+    )
+    images.add_argument("--image-size", type=int)
+    images.add_argument("--no-augment", action="store_true", help="no random crops, flips or colour jitter")
+    images.add_argument("--freeze-epochs", type=int, help="train only the head for this many epochs")
+    images.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to the head")
+    images.add_argument("--workers", type=int, help="data loading processes")
+    images.add_argument("--cache", choices=["auto", "on", "off"], help="keep decoded images in memory")
     p.add_argument("--wait", action="store_true", help="wait for the run, starting a worker if none is alive")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
 
@@ -325,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)
+    p.add_argument("--top-k", type=int, default=5, help="images: how many classes to show")
     p.add_argument("files", nargs="+", metavar="FILE")
 
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")

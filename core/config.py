@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     # Uploads larger than this are refused before they are read.
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Zip uploads: at most this many bytes once unpacked, and this many entries.
+    max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
+    max_zip_entries: int = 200_000
     # Seconds between heartbeats of a running run and of a worker.
     heartbeat_s: float = 2.0
     # A running run whose heartbeat is older than this is lost.
@@ -99,6 +102,24 @@ class RunConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     # Continue from the run's last checkpoint instead of starting afresh.
     resume: bool = False
+
+    # --- images -------------------------------------------------------------------------
+    # Initial weights: "default" (the model's offline default: ImageNet where a package ships
+    # them, else random), "none" (random init), "imagenet" (download), or a weights file path.
+    weights: str = "default"
+    # Start from the best checkpoint of an earlier run (a new head when the classes differ).
+    init_from_run: int | None = None
+    image_size: int = Field(224, ge=16, le=1024)
+    augment: bool = True
+    # Train only the head for this many epochs first.
+    freeze_epochs: int = Field(0, ge=0)
+    # Learning rate of the backbone relative to the head; None: 0.1 when starting from
+    # pretrained weights, 1 otherwise.
+    backbone_lr_mult: float | None = Field(None, gt=0, le=1)
+    # DataLoader processes; None picks from the dataset size and CPU count.
+    workers: int | None = Field(None, ge=0, le=32)
+    # Keep decoded, resized images in memory ("auto": when they fit in 1 GB).
+    cache: Literal["auto", "on", "off"] = "auto"
 
     def params(self) -> dict[str, str]:
         """A flat string copy for the params table."""

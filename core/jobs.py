@@ -45,7 +45,9 @@ def config_for(dataset_id: int, **overrides: object) -> RunConfig:
     """A RunConfig for a dataset with its task's default model and any overrides given."""
     dataset = get_dataset(dataset_id)
     values = {k: v for k, v in overrides.items() if v is not None}
-    values.setdefault("model", default_model(dataset.task))
+    model = str(values.setdefault("model", default_model(dataset.task)))
+    for key, value in get_model(model, dataset.task).defaults.items():
+        values.setdefault(key, value)
     return RunConfig(task=dataset.task, dataset_id=dataset_id, **values)  # type: ignore[arg-type]
 
 

@@ -45,6 +45,32 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
     value: float | None = None
 
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k most probable labels, best first."""
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
+
+
+def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
+    """An image file (path, bytes or file object) as uint8 [H, W, 3] RGB at `size` (h, w).
+
+    The one resize used for validation in training and for prediction: EXIF rotation applied,
+    transparency composited on white, then a bilinear resize of the whole image (no crop).
+    """
+    import io
+
+    from PIL import Image, ImageOps
+
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    with Image.open(source) as opened:
+        img = ImageOps.exif_transpose(opened)
+        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size, (255, 255, 255))
+            img.paste(rgba, mask=rgba.getchannel("A"))
+        img = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).copy()
+
 
 def create_session(path: str | Path, providers: Sequence[str] | None = None) -> Any:
     """An InferenceSession on the best provider this machine has (CUDA, else CPU).
@@ -133,6 +159,21 @@ class Predictor:
     def predict_table(self, table: Mapping[str, Sequence[Any]]) -> list[Prediction]:
         out = self.run_feeds(self.encode_table(table))
         return self.decode(out)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the model takes, from its input spec."""
+        shape = self.inputs[0]["shape"]
+        return int(shape[1]), int(shape[2])
+
+    def predict_images(self, sources: Sequence[Any]) -> list[Prediction]:
+        """Image files (paths, bytes or file objects), resized as in validation."""
+        size = self.image_size
+        try:
+            batch = np.stack([load_image(s, size) for s in sources])
+        except Exception as exc:
+            raise RuntimeInputError(f"cannot read an image: {type(exc).__name__}: {exc}") from exc
+        return self.decode(self.run_feeds({self.inputs[0]["name"]: batch}))
 
     def decode(self, out: np.ndarray) -> list[Prediction]:
         if self.task.endswith("regression"):

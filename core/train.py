@@ -102,13 +102,16 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = data.model.to(device)
+    if data.channels_last and device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
     dtype = autocast_dtype(cfg.precision, device)
     autocast: Callable[[], Any] = (
         (lambda: torch.autocast(device_type="cuda", dtype=dtype)) if dtype else nullcontext
     )
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(data.train))  # type: ignore[arg-type]
+    groups = data.param_groups or [{"params": list(model.parameters()), "lr_mult": 1.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(data.train))
     total_steps = cfg.epochs * steps_per_epoch
     # The learning rate is a function of the step alone, so resuming needs no scheduler state.
     lr_factor = cosine_with_warmup(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
@@ -127,8 +130,9 @@ def train(
 
     status: Literal["completed", "early_stopped", "cancelled"] = "completed"
     for epoch in range(state["epoch"], cfg.epochs):
-        if hasattr(data.train, "epoch"):
-            data.train.epoch = epoch
+        data.train.epoch = epoch
+        for param in data.freeze:
+            param.requires_grad_(epoch >= cfg.freeze_epochs)
         model.train()
         loss_sum = torch.zeros((), device=device)
         seen = 0
@@ -136,7 +140,7 @@ def train(
         for inputs, y in data.train:
             lr = cfg.lr * lr_factor(state["step"])
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_mult"]
             with autocast():
                 loss = data.loss_fn(model(*inputs), y)
             optimizer.zero_grad(set_to_none=True)
@@ -161,7 +165,7 @@ def train(
             "train_loss": train_loss,
             **evaluate(data, autocast),
             "samples_per_sec": seen / max(seconds, 1e-9),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": max(group["lr"] for group in optimizer.param_groups),
         }
         value = metrics[data.main_metric]
         improved = _improved(value, metrics["val_loss"], state, data.mode)

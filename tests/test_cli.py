@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -163,3 +164,43 @@ def test_a_failed_run_with_wait_prints_the_run_and_exits_non_zero(
     assert proc.stderr.count("\n") == 1 and f"run {run['id']} is failed" in proc.stderr
     proc = cli("predict", "--run", str(run["id"]), str(data_dir / "wine.csv"), ok=False)
     assert "has no exported model" in proc.stderr
+
+
+def test_images_end_to_end(home: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    from core.data.samples import fashion_mnist_zip
+
+    z = fashion_mnist_zip(tmp_path / "clothes.zip", per_class=40, classes=("trouser", "sneaker", "bag"))
+    ds = cli_json("datasets", "add", str(z))
+    assert ds["task"] == "image-classification" and ds["n_items"] == 120
+    run = cli_json("train", "--dataset", str(ds["id"]), "--image-size", "64", "--epochs", "3", "--wait")
+    assert run["model"] == "efficientnet-lite0" and run["config"]["weights"] == "default"
+    assert run["status"] == "succeeded" and run["metrics"]["export_top1_agreement"] == 1.0
+
+    held_out = fashion_mnist_zip(tmp_path / "new.zip", per_class=3, classes=("trouser", "bag"), offset=500)
+    with zipfile.ZipFile(held_out) as zf:
+        zf.extractall(tmp_path / "new")
+    files = sorted((tmp_path / "new").rglob("*.png"))
+    result = cli_json("predict", "--run", str(run["id"]), "--top-k", "2", *map(str, files))
+    preds = result["predictions"]
+    assert len(preds) == 6 and all(len(p["top"]) == 2 for p in preds)
+    assert all(p["top"][0]["probability"] >= p["top"][1]["probability"] for p in preds)
+    truth = [f.parent.name for f in files]
+    assert sum(p["label"] == t for p, t in zip(preds, truth, strict=True)) >= 4
+
+    plain = _plain_onnxruntime(
+        Path(run["artifacts"]["onnx"]),
+        "from PIL import Image\n"
+        "spec = json.loads(meta['ascent.inputs'])[0]\n"
+        "h, w = spec['shape'][1], spec['shape'][2]\n"
+        f"paths = {[str(f) for f in files]!r}\n"
+        "feeds = {'image': np.stack([np.asarray(Image.open(p).convert('RGB').resize((w, h), Image.BILINEAR)) for p in paths])}",
+        tmp_path,
+    )
+    assert [plain["labels"][int(np.argmax(row))] for row in plain["out"]] == [p["label"] for p in preds]
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    proc = cli("predict", "--run", str(run["id"]), str(bad), ok=False)
+    assert proc.returncode == 1 and "cannot read an image" in proc.stderr

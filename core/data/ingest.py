@@ -6,19 +6,22 @@ folder and moved into place only in the same transaction that writes the `datase
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.config import database, get_settings
-from core.data import tabular
+from core.data import images, tabular
 from core.errors import DatasetError, NotFoundError
 from db import queries
 from db.queries import DatasetInfo
 from db.session import session_scope
 
-TASKS = ("tabular-classification", "tabular-regression")
+TASKS = ("tabular-classification", "tabular-regression", "image-classification")
 
 
 def sha256_file(path: Path) -> str:
@@ -51,38 +54,90 @@ def ingest_file(
     target: str | None = None,
     task: str | None = None,
 ) -> DatasetInfo:
-    """Check an uploaded file, store it and record it as a dataset."""
+    """Check an uploaded file (a table or a zip of images), store it and record it."""
     path = Path(path)
     size = _check_size(path)
     if task is not None and task not in TASKS:
         raise DatasetError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
     suffix = path.suffix.lower()
+    if suffix == ".zip":
+        if task not in (None, "image-classification"):
+            raise DatasetError(f"a zip of images is image-classification, not {task}")
+        return _ingest_images(path, name=name, size=size)
+    if task == "image-classification":
+        raise DatasetError("image-classification takes a zip of class folders or a CSV of path,label")
     if suffix not in tabular.TABLE_SUFFIXES:
         raise DatasetError(
-            f"{path.name}: unsupported file type '{suffix or 'none'}'; upload a CSV, TSV or Parquet table"
+            f"{path.name}: unsupported file type '{suffix or 'none'}'; upload a CSV, TSV or Parquet "
+            "table, or a zip of images"
         )
     df = tabular.read_table(path)
     task, schema, report = tabular.inspect_table(df, target, task)
     schema["source"] = path.name
 
+    def write(staging: Path) -> None:
+        df.to_parquet(staging / "data.parquet", index=False)
+        shutil.copyfile(path, staging / f"original{suffix}")
+
+    fmt = "parquet" if suffix in {".parquet", ".pq"} else "csv"
+    return _store(path, name, task, fmt, size, len(df), schema, report, write)
+
+
+def _ingest_images(path: Path, *, name: str | None, size: int) -> DatasetInfo:
+    settings = get_settings()
+    limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
+    files, items, report = images.inspect_zip(path, limits)
+    schema = {
+        "task": "image-classification",
+        "classes": sorted(report["class_counts"]),
+        "source": path.name,
+        "index": "index.parquet",
+    }
+
+    def write(staging: Path) -> None:
+        import pandas as pd
+
+        root = staging / "images"
+        for rel, data in files.items():
+            target = root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(
+            staging / "index.parquet", index=False
+        )
+
+    return _store(path, name, "image-classification", "zip", size, len(items), schema, report, write)
+
+
+def _store(
+    path: Path,
+    name: str | None,
+    task: str,
+    fmt: str,
+    size: int,
+    n_items: int,
+    schema: dict[str, Any],
+    report: dict[str, Any],
+    write: Callable[[Path], None],
+) -> DatasetInfo:
+    """Write the files in a staging folder and move it into place with the dataset row."""
     settings = get_settings()
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=settings.datasets_dir))
     final: Path | None = None
     try:
-        df.to_parquet(staging / "data.parquet", index=False)
-        shutil.copyfile(path, staging / f"original{suffix}")
+        write(staging)
         database()
         with session_scope() as session:
             info = queries.add_dataset(
                 session=session,
                 name=name or path.stem,
                 task=task,
-                format="parquet" if suffix in {".parquet", ".pq"} else "csv",
+                format=fmt,
                 path="",
                 sha256=sha256_file(path),
                 bytes=size,
-                n_items=len(df),
+                n_items=n_items,
                 schema=schema,
                 report=report,
             )

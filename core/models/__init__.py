@@ -19,26 +19,33 @@ class ModelSpec:
     description: str
     build: Callable[..., Any]
     default: bool
+    # RunConfig values this model wants unless the user sets them (e.g. image_size, lr).
+    defaults: dict[str, Any]
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    *, tasks: tuple[str, ...], description: str, default: bool = False
+    *,
+    tasks: tuple[str, ...],
+    description: str,
+    default: bool = False,
+    defaults: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a builder under its function name (underscores read as dashes)."""
+    """Register a builder under `name` or its function name (underscores read as dashes)."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        name = fn.__name__.strip("_").replace("_", "-")
-        _REGISTRY[name] = ModelSpec(name, tasks, description, fn, default)
+        key = name or fn.__name__.strip("_").replace("_", "-")
+        _REGISTRY[key] = ModelSpec(key, tasks, description, fn, default, dict(defaults or {}))
         return fn
 
     return decorate
 
 
 def _load() -> None:
-    from core.models import tabular  # noqa: F401  (registers on import)
+    from core.models import tabular, vision  # noqa: F401  (register on import)
 
 
 def all_models() -> list[ModelSpec]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import torch
+from torch.nn import functional as F
 
 from core.config import RunConfig
 from core.errors import ConfigError
@@ -46,13 +48,78 @@ class TensorBatches:
             yield tuple(x[idx] if x is not None else None for x in self.inputs), self.target[idx]
 
 
+class DeviceLoader:
+    """A DataLoader whose batches arrive on the device, reshuffled per epoch from the seed."""
+
+    def __init__(
+        self,
+        loader: torch.utils.data.DataLoader[Any],
+        device: str,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.loader, self.device, self.generator, self.seed = loader, device, generator, seed
+        self.non_blocking = device.startswith("cuda")
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def epoch(self) -> int:
+        return 0
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed * 100_003 + value)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for inputs, y in self.loader:
+            moved = tuple(x.to(self.device, non_blocking=self.non_blocking) for x in inputs)
+            yield moved, y.to(self.device, non_blocking=self.non_blocking)
+
+
+def split_indices(
+    y: np.ndarray, *, stratify: bool, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices; per class when stratified (a class of one row trains)."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(len(y))]
+    train, val = [], []
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_val = min(max(round(val_fraction * len(rows)), 1), len(rows) - 1) if len(rows) >= 2 else 0
+        val.append(rows[:n_val])
+        train.append(rows[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out.float(), y)
+
+
+def classification_metrics(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 over the classes present in the labels or the predictions."""
+    pred = out.argmax(1)
+    k = out.shape[1]
+    tp = torch.bincount(y[pred == y], minlength=k).float()
+    predicted = torch.bincount(pred, minlength=k).float()
+    actual = torch.bincount(y, minlength=k).float()
+    present = (predicted + actual) > 0
+    f1 = 2 * tp / (predicted + actual).clamp(min=1)
+    return {
+        "val_accuracy": float((pred == y).float().mean()),
+        "val_f1_macro": float(f1[present].mean()),
+    }
+
+
 @dataclass
 class TaskData:
     """What a task hands the training loop."""
 
     model: torch.nn.Module
-    train: TensorBatches | Iterable[Batch]
-    val: TensorBatches | Iterable[Batch]
+    train: TensorBatches | DeviceLoader
+    val: TensorBatches | DeviceLoader
     n_train: int
     n_val: int
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,6 +129,12 @@ class TaskData:
     mode: Literal["min", "max"]
     # Stored in checkpoint metadata: what it takes to rebuild and export the model.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optimiser groups, each with an "lr_mult" (e.g. a slower pretrained backbone).
+    param_groups: list[dict[str, Any]] | None = None
+    # Parameters held fixed during the first cfg.freeze_epochs epochs.
+    freeze: list[torch.nn.Parameter] = field(default_factory=list)
+    # Convolutional models run channels-last on CUDA.
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,9 +163,9 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import tabular
+    from core.tasks import image, tabular
 
-    modules: dict[str, Task] = {t: tabular for t in tabular.TASKS}
+    modules: dict[str, Task] = {t: m for m in (tabular, image) for t in m.TASKS}
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")
     return modules[name]

@@ -23,29 +23,17 @@ from core.export import check_parity, export_onnx
 from core.models import get_model
 from core.models.tabular import TabularNet
 from core.runtime import as_category
-from core.tasks import ExportCheck, TaskData, TensorBatches
+from core.tasks import (
+    ExportCheck,
+    TaskData,
+    TensorBatches,
+    classification_metrics,
+    cross_entropy,
+    split_indices,
+)
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("tabular-classification", "tabular-regression")
-
-
-def split_indices(
-    y: np.ndarray, *, stratify: bool, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation row indices; per class when stratified (classes of one row train)."""
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(len(y))]
-    train, val = [], []
-    for rows in groups:
-        rows = rng.permutation(rows)
-        n_val = round(val_fraction * len(rows))
-        if len(rows) >= 2:
-            n_val = min(max(n_val, 1), len(rows) - 1)
-        else:
-            n_val = 0
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 def encode_features(df: pd.DataFrame, schema: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -71,6 +59,7 @@ def encode_features(df: pd.DataFrame, schema: dict[str, Any]) -> tuple[np.ndarra
 
 
 def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+    torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
     schema = dataset.schema
     target = schema["target"]
     classification = cfg.task == "tabular-classification"
@@ -136,8 +125,8 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
         val=TensorBatches(val_in, val_y, max(cfg.batch_size, 1024), shuffle=False),
         n_train=len(train_idx),
         n_val=len(val_idx),
-        loss_fn=_cross_entropy if classification else _mse,
-        evaluate=_classification_metrics
+        loss_fn=cross_entropy if classification else _mse,
+        evaluate=classification_metrics
         if classification
         else _regression_metrics(extra["y_mean"], extra["y_std"]),
         main_metric="val_f1_macro" if classification else "val_rmse",
@@ -146,26 +135,8 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
     )
 
 
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out.float(), y)
-
-
 def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out.float().squeeze(1), y)
-
-
-def _classification_metrics(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    pred = out.argmax(1)
-    k = out.shape[1]
-    tp = torch.bincount(y[pred == y], minlength=k).float()
-    predicted = torch.bincount(pred, minlength=k).float()
-    actual = torch.bincount(y, minlength=k).float()
-    present = (predicted + actual) > 0
-    f1 = 2 * tp / (predicted + actual).clamp(min=1)
-    return {
-        "val_accuracy": float((pred == y).float().mean()),
-        "val_f1_macro": float(f1[present].mean()),
-    }
 
 
 def _regression_metrics(y_mean: float, y_std: float):  # type: ignore[no-untyped-def]

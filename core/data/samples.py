@@ -1,0 +1,69 @@
+"""Sample datasets built from data that installed packages ship: no download needed.
+
+Tables come from scikit-learn; images from Debian's Fashion-MNIST (`dataset-fashion-mnist`).
+Tests, benchmarks and the studio's one-click samples use the same files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot",
+)  # fmt: skip
+
+
+def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels int [N]) from the Debian package's idx files."""
+    prefix = "train" if split == "train" else "t10k"
+    images_path = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.exists():
+        raise FileNotFoundError(f"{images_path} is missing; install Debian's dataset-fashion-mnist")
+    with gzip.open(images_path) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8).astype(np.int64)
+    return images, labels
+
+
+def fashion_mnist_zip(
+    dest: Path,
+    *,
+    per_class: int,
+    classes: tuple[str, ...] = FASHION_MNIST_CLASSES,
+    split: str = "train",
+    offset: int = 0,
+) -> Path:
+    """A zip of class folders of PNG images, `per_class` images of each class, as a user uploads."""
+    from PIL import Image
+
+    images, labels = fashion_mnist(split)
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in classes:
+            index = FASHION_MNIST_CLASSES.index(name)
+            rows = np.flatnonzero(labels == index)[offset : offset + per_class]
+            for i in rows:
+                buf = io.BytesIO()
+                Image.fromarray(images[i], mode="L").save(buf, format="PNG")
+                zf.writestr(f"fashion/{name}/{i}.png", buf.getvalue())
+    return dest
+
+
+def sklearn_csv(name: str, dest: Path) -> Path:
+    """wine, iris, breast_cancer (classification) or diabetes (regression) as a CSV file."""
+    from sklearn import datasets
+
+    loader = {
+        "wine": datasets.load_wine,
+        "iris": datasets.load_iris,
+        "breast_cancer": datasets.load_breast_cancer,
+        "diabetes": lambda as_frame: datasets.load_diabetes(as_frame=as_frame, scaled=False),
+    }[name]
+    loader(as_frame=True).frame.to_csv(dest, index=False)
+    return dest

@@ -1,0 +1,234 @@
+"""Images: classification by fine-tuning a pretrained backbone or training from scratch.
+
+Models take uint8 NHWC RGB at a fixed size. Validation and prediction resize whole images
+with `core.runtime.load_image`; training adds random resized crops, flips and light colour
+jitter on top of the same resize. Small datasets are decoded once and kept in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from core import checkpoint
+from core.config import RunConfig, get_settings
+from core.errors import ConfigError, DatasetError
+from core.export import ExportConfig, check_parity, export_onnx
+from core.models import get_model
+from core.models.vision import ImageClassifier, load_matching
+from core.runtime import load_image
+from core.tasks import (
+    DeviceLoader,
+    ExportCheck,
+    TaskData,
+    classification_metrics,
+    cross_entropy,
+    split_indices,
+)
+from db.queries import DatasetInfo
+
+TASKS: tuple[str, ...] = ("image-classification",)
+CACHE_LIMIT_BYTES = 1 << 30
+MAX_PARITY_IMAGES = 256
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Images by index as uint8 HWC tensors; from memory when cached, else decoded on demand."""
+
+    def __init__(
+        self, files: list[Path], labels: np.ndarray, size: int, *, augment: bool, cache: np.ndarray | None
+    ) -> None:
+        self.files, self.labels, self.size, self.cache = files, labels, size, cache
+        self.augment = _augmentation(size) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, i: int) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache[i]
+        return load_image(self.files[i], (self.size, self.size))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(self.image(i))
+        if self.augment is not None:
+            img = self.augment(img.permute(2, 0, 1)).permute(1, 2, 0).contiguous()
+        return img, int(self.labels[i])
+
+
+def _augmentation(size: int) -> Any:
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
+    )
+
+
+def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+    images = torch.stack([b[0] for b in batch])
+    return (images,), torch.tensor([b[1] for b in batch], dtype=torch.int64)
+
+
+def _decode_all(files: list[Path], size: int) -> np.ndarray:
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, f in enumerate(files):
+        out[i] = load_image(f, (size, size))
+    return out
+
+
+def _init_from_run(model: ImageClassifier, cfg: RunConfig) -> None:
+    """Start from an earlier run's best checkpoint; the head is new when the classes differ."""
+    path = get_settings().runs_dir / str(cfg.init_from_run) / "best.safetensors"
+    if not path.exists():
+        raise ConfigError(f"run {cfg.init_from_run} has no checkpoint to start from")
+    earlier = checkpoint.read_metadata(path).get("config", {}).get("model")
+    if earlier != cfg.model:
+        raise ConfigError(f"run {cfg.init_from_run} trained {earlier}; fine-tune it with --model {earlier}")
+    from safetensors.torch import load_file
+
+    fresh = load_matching(model, load_file(str(path)), source=f"run {cfg.init_from_run}'s checkpoint")
+    print(
+        f"initialised from run {cfg.init_from_run}" + (f"; new: {', '.join(fresh)}" if fresh else ""),
+        flush=True,
+    )
+
+
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+    torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
+    root = Path(dataset.path)
+    try:
+        index = pd.read_parquet(root / "index.parquet")
+    except Exception as exc:
+        raise DatasetError(
+            f"dataset {dataset.id}'s image index cannot be read ({exc}); add the zip again"
+        ) from exc
+    classes: list[str] = dataset.schema["classes"]
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = index["label"].map(lookup).to_numpy(np.int64)
+    files = [root / "images" / p for p in index["path"]]
+    train_idx, val_idx = split_indices(y, stratify=True, val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+    spec = get_model(cfg.model, cfg.task)
+    net = spec.build(len(classes), cfg)
+    model = ImageClassifier(net)
+    pretrained = net.pretrained
+    if cfg.init_from_run is not None:
+        _init_from_run(model, cfg)
+        pretrained = True
+
+    size = cfg.image_size
+    fits = len(files) * size * size * 3 <= CACHE_LIMIT_BYTES
+    cached = _decode_all(files, size) if cfg.cache == "on" or (cfg.cache == "auto" and fits) else None
+    cpus = os.cpu_count() or 1
+    workers = (
+        cfg.workers
+        if cfg.workers is not None
+        else (0 if cached is not None and not cfg.augment else min(4, cpus - 1))
+    )
+    cuda = device.startswith("cuda")
+
+    def subset(idx: np.ndarray, augment: bool) -> ImageDataset:
+        return ImageDataset(
+            [files[i] for i in idx],
+            y[idx],
+            size,
+            augment=augment,
+            cache=None if cached is None else cached[idx],
+        )
+
+    generator = torch.Generator()
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": cuda,
+        "collate_fn": _collate,
+        "persistent_workers": workers > 0,
+    }
+    train_set = subset(train_idx, cfg.augment)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=RandomSampler(train_set, generator=generator),
+        drop_last=len(train_idx) > cfg.batch_size,
+        **common,
+    )
+    val_loader = DataLoader(
+        subset(val_idx, False), batch_size=max(cfg.batch_size, 64), shuffle=False, **common
+    )
+
+    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
+    groups = [
+        {"params": model.backbone_parameters(), "lr_mult": mult},
+        {"params": model.head_parameters(), "lr_mult": 1.0},
+    ]
+    return TaskData(
+        model=model,
+        train=DeviceLoader(train_loader, device, generator, cfg.seed),
+        val=DeviceLoader(val_loader, device),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        loss_fn=cross_entropy,
+        evaluate=classification_metrics,
+        main_metric="val_f1_macro",
+        mode="max",
+        extra={"task": cfg.task, "classes": classes, "image_size": size, "pretrained": pretrained},
+        param_groups=groups,
+        freeze=model.backbone_parameters() if cfg.freeze_epochs else [],
+        channels_last=True,
+    )
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(inputs[0]), dim=1)
+
+
+def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
+    """model.onnx: uint8 NHWC RGB images in, class probabilities out; checked on validation images."""
+    assert isinstance(data.val, DeviceLoader)
+    val_set = data.val.loader.dataset
+    assert isinstance(val_set, ImageDataset)
+    n = min(len(val_set), MAX_PARITY_IMAGES)
+    images = np.stack([val_set.image(i) for i in range(n)])
+    size = cfg.image_size
+    wrapper = _Probabilities(data.model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    spec = [
+        {
+            "name": "image",
+            "dtype": "uint8",
+            "shape": ["batch", size, size, 3],
+            "layout": "NHWC",
+            "color": "RGB",
+        }
+    ]
+    metadata = {
+        "ascent.task": cfg.task,
+        "ascent.labels": json.dumps(dataset.schema["classes"]),
+        "ascent.inputs": json.dumps(spec),
+        "ascent.preprocess": (
+            f"decode to RGB (EXIF rotation applied, transparency on white), resize the whole image to "
+            f"{size}x{size} with bilinear filtering (no crop), uint8 NHWC; scaling and normalisation are in the graph"
+        ),
+        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
+        "ascent.output": "probabilities",
+    }
+    example = torch.from_numpy(np.concatenate([images[:2], images[:2]])[:2].copy())
+    export_onnx(
+        wrapper, (example,), path, input_names=["image"], output_name="probabilities", metadata=metadata
+    )
+    return check_parity(path, wrapper, (images,), classification=True, cfg=ExportConfig(batch_size=32))
