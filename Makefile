@@ -32,6 +32,7 @@ test: lint
 bench: $(VENV)/.run-deps
 	$(PY) bench/train_overhead.py
 	$(PY) bench/inference.py
+	$(PY) bench/runs_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -66,6 +66,15 @@ def resolve_device(requested: str = "auto") -> str:
     return requested
 
 
+def describe_device() -> str:
+    """The device runs use by default, in words: the GPU's name, or the CPU."""
+    import torch
+
+    if get_settings().device == "cpu" or not torch.cuda.is_available():
+        return "CPU (no GPU visible)"
+    return f"{torch.cuda.get_device_name(0)} (CUDA)"
+
+
 def database() -> str:
     """Point db/ at the configured database and return its URL."""
     from db import session

@@ -16,8 +16,9 @@ from core import checkpoint, jobs
 from core.config import RunConfig, database, get_settings, resolve_device
 from core.data.ingest import get_dataset
 from core.errors import AscentError, ExportError
+from core.report import build_report
 from core.tasks import get_task
-from core.train import BEST, EpochResult, train
+from core.train import BEST, EpochResult, Progress, predict_split, train
 from db.models import RunStatus
 
 
@@ -33,11 +34,11 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _heartbeat_loop(run_id: int, stop: threading.Event, done: threading.Event) -> None:
+def _heartbeat_loop(run_id: int, progress: Progress, stop: threading.Event, done: threading.Event) -> None:
     interval = get_settings().heartbeat_s
     while not done.wait(interval):
         try:
-            if jobs.heartbeat(run_id):
+            if jobs.heartbeat(run_id, progress.as_dict()):
                 stop.set()
         except Exception as exc:  # a database hiccup must not kill the run
             _log(f"heartbeat failed: {exc}")
@@ -51,7 +52,8 @@ def execute_run(run_id: int) -> int:
     out = jobs.run_dir(run_id)
     out.mkdir(parents=True, exist_ok=True)
     stop, done = threading.Event(), threading.Event()
-    beat = threading.Thread(target=_heartbeat_loop, args=(run_id, stop, done), daemon=True)
+    progress = Progress()
+    beat = threading.Thread(target=_heartbeat_loop, args=(run_id, progress, stop, done), daemon=True)
     beat.start()
     try:
         device = resolve_device(cfg.device)
@@ -71,7 +73,15 @@ def execute_run(run_id: int) -> int:
             shown = "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
             _log(f"epoch {result.epoch}/{cfg.epochs}  {shown}" + ("  *best" if result.improved else ""))
 
-        outcome = train(cfg, data, device=device, run_dir=out, on_epoch=on_epoch, should_stop=stop.is_set)
+        outcome = train(
+            cfg,
+            data,
+            device=device,
+            run_dir=out,
+            on_epoch=on_epoch,
+            should_stop=stop.is_set,
+            progress=progress,
+        )
         _log(f"training {outcome.status} after {outcome.epochs_run} epochs; best epoch {outcome.best_epoch}")
         if outcome.status == "cancelled":
             jobs.finish(
@@ -80,9 +90,12 @@ def execute_run(run_id: int) -> int:
             return 0
         if not (out / BEST).exists():
             raise ExportError("no epoch produced a finite validation metric, so there is no model to export")
+        progress.phase = "exporting"
         checkpoint.load_weights(out / BEST, data.model)
         jobs.record_artifact(run_id, "checkpoint", out / BEST)
         jobs.record_artifact(run_id, "config", out / "config.json")
+        (out / "report.json").write_text(json.dumps(build_report(*predict_split(data), data.extra)))
+        jobs.record_artifact(run_id, "report", out / "report.json")
         check = task.export(data, cfg, dataset, out / "model.onnx", run_id)
         values = {"export_max_abs_diff": check.max_abs_diff, "export_n_samples": float(check.n_samples)}
         if check.top1_agreement is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import socket
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from core.config import RunConfig, database, get_settings
 from core.data.ingest import get_dataset, sha256_file
@@ -13,7 +14,7 @@ from core.errors import ConfigError, NotFoundError
 from core.models import default_model, get_model
 from db import queries
 from db.models import FINISHED, RunStatus
-from db.queries import ArtifactInfo, MetricPoint, RunInfo
+from db.queries import ArtifactInfo, MetricPoint, RunFilter, RunInfo
 from db.session import session_scope
 
 
@@ -60,10 +61,66 @@ def get_run(run_id: int) -> RunInfo:
     return run
 
 
-def list_runs(status: str | None = None, limit: int = 100, offset: int = 0) -> list[RunInfo]:
+def list_runs(
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    *,
+    where: RunFilter | None = None,
+    sort: str = "created",
+    descending: bool = True,
+    metric: str | None = None,
+) -> list[RunInfo]:
     database()
     with session_scope() as session:
-        return queries.list_runs(session=session, status=status, limit=limit, offset=offset)
+        return queries.list_runs(
+            session=session,
+            status=status,
+            limit=limit,
+            offset=offset,
+            where=where,
+            sort=sort,
+            descending=descending,
+            metric=metric,
+        )
+
+
+def count_runs(where: RunFilter | None = None) -> int:
+    database()
+    with session_scope() as session:
+        return queries.count_runs(session=session, where=where)
+
+
+def params(run_id: int) -> dict[str, str]:
+    database()
+    with session_scope() as session:
+        return queries.get_params(session=session, run_id=run_id)
+
+
+def rename(run_id: int, name: str) -> None:
+    name = name.strip()
+    if not name:
+        raise ConfigError("a run needs a name")
+    get_run(run_id)
+    with session_scope() as session:
+        queries.rename_run(session=session, run_id=run_id, name=name[:200])
+
+
+def set_tags(run_id: int, tags: list[str]) -> None:
+    get_run(run_id)
+    clean = sorted({t.strip() for t in tags if t.strip()})
+    with session_scope() as session:
+        queries.set_tags(session=session, run_id=run_id, tags=clean)
+
+
+def delete_run(run_id: int) -> None:
+    """Delete a finished or queued run, its rows and its files."""
+    run = get_run(run_id)
+    if run.status == RunStatus.RUNNING:
+        raise ConfigError(f"run {run_id} is running; cancel it before deleting it")
+    with session_scope() as session:
+        queries.delete_run(session=session, run_id=run_id)
+    shutil.rmtree(run_dir(run_id), ignore_errors=True)
 
 
 def artifacts(run_id: int) -> list[ArtifactInfo]:
@@ -106,10 +163,10 @@ def claim(worker: str) -> RunInfo | None:
         return queries.claim_next_run(session=session, worker=worker)
 
 
-def heartbeat(run_id: int) -> bool:
-    """Beat a running run's heartbeat; True when a cancel was requested."""
+def heartbeat(run_id: int, progress: dict[str, Any] | None = None) -> bool:
+    """Beat a running run's heartbeat (with its progress); True when a cancel was requested."""
     with session_scope() as session:
-        return queries.heartbeat(session=session, run_id=run_id)
+        return queries.heartbeat(session=session, run_id=run_id, progress=progress)
 
 
 def set_process(run_id: int, pid: int, device: str | None = None) -> None:
@@ -156,10 +213,11 @@ def worker_alive() -> bool:
         return bool(queries.alive_workers(session=session, since=since))
 
 
-def worker_name() -> str:
-    import os
+def start_worker() -> None:
+    """Start a background worker for this ASCENT_HOME (the studio does when none is alive)."""
+    from core.worker import start_background_worker
 
-    return f"{socket.gethostname()}:{os.getpid()}"
+    start_background_worker()
 
 
 def wait(run_id: int, *, timeout_s: float | None = None, poll_s: float = 0.5) -> RunInfo:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,34 @@ class EpochResult:
     step: int  # optimiser steps so far
     metrics: dict[str, float]
     improved: bool
+
+
+@dataclass
+class Progress:
+    """Where a run is now; the loop updates it, the heartbeat thread stores it."""
+
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    phase: str = "preparing"  # preparing, training, validating, exporting
+    first_step: int = 0  # the step this attempt started at (resume)
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, Any]:
+        done = self.step - self.first_step
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if done > 0 and elapsed > 0 else None
+        eta = (self.total_steps - self.step) / rate if rate else None
+        return {
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "phase": self.phase,
+            "steps_per_sec": rate,
+            "eta_s": eta,
+        }
 
 
 @dataclass(frozen=True)
@@ -74,8 +102,10 @@ def _improved(value: float, loss: float, state: dict[str, Any], mode: str) -> bo
 
 
 @torch.no_grad()
-def evaluate(data: TaskData, autocast: Any) -> dict[str, float]:
-    """Validation loss and the task's metrics over the whole validation split."""
+def predict_split(
+    data: TaskData, autocast: Callable[[], Any] = nullcontext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs (float32) and the targets over the whole validation split."""
     data.model.eval()
     outputs, targets = [], []
     for inputs, y in data.val:
@@ -83,7 +113,12 @@ def evaluate(data: TaskData, autocast: Any) -> dict[str, float]:
             out = data.model(*inputs)
         outputs.append(out.float())
         targets.append(y)
-    out_all, y_all = torch.cat(outputs), torch.cat(targets)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(data: TaskData, autocast: Callable[[], Any] = nullcontext) -> dict[str, float]:
+    """Validation loss and the task's metrics over the whole validation split."""
+    out_all, y_all = predict_split(data, autocast)
     metrics = {"val_loss": float(data.loss_fn(out_all, y_all))}
     metrics.update(data.evaluate(out_all, y_all))
     return metrics
@@ -97,6 +132,7 @@ def train(
     run_dir: Path,
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> TrainOutcome:
     """Train `data.model` as `cfg` says; resumes from run_dir/last.safetensors when cfg.resume."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,10 +163,15 @@ def train(
     if cfg.resume and (run_dir / LAST).exists():
         state = checkpoint.load_training_state(run_dir / LAST, model, optimizer)
     meta = {"config": cfg.model_dump(mode="json"), **data.extra}
+    progress = progress or Progress()
+    progress.epochs, progress.total_steps = cfg.epochs, total_steps
+    progress.step = progress.first_step = state["step"]
+    progress.started = time.monotonic()
 
     status: Literal["completed", "early_stopped", "cancelled"] = "completed"
     for epoch in range(state["epoch"], cfg.epochs):
         data.train.epoch = epoch
+        progress.epoch, progress.phase = epoch + 1, "training"
         for param in data.freeze:
             param.requires_grad_(epoch >= cfg.freeze_epochs)
         model.train()
@@ -154,6 +195,7 @@ def train(
             loss_sum += loss.detach() * len(y)
             seen += len(y)
             state["step"] += 1
+            progress.step = state["step"]
             if should_stop is not None and should_stop():
                 status = "cancelled"
                 break
@@ -161,6 +203,7 @@ def train(
             break
         train_loss = float(loss_sum) / max(1, seen)  # one sync per epoch
         seconds = time.perf_counter() - started
+        progress.phase = "validating"
         metrics = {
             "train_loss": train_loss,
             **evaluate(data, autocast),

@@ -108,6 +108,8 @@ class Run(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     pid: Mapped[int | None]
     attempts: Mapped[int] = mapped_column(default=0)
+    # Live progress of a running run (epoch, step, total_steps, eta_s...), written with the heartbeat.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Param(Base):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, String, cast, delete, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     Artifact,
@@ -57,6 +57,7 @@ class RunInfo:
     worker: str | None
     pid: int | None
     attempts: int
+    progress: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     best_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -122,6 +123,7 @@ def _run(row: Run, latest: list[LatestMetric] | None = None) -> RunInfo:
         worker=row.worker,
         pid=row.pid,
         attempts=row.attempts,
+        progress=dict(row.progress) if row.progress else None,
         metrics={m.key: m.value for m in latest},
         best_metrics={m.key: m.best for m in latest},
     )
@@ -207,30 +209,102 @@ def get_run(*, session: Session, run_id: int) -> RunInfo | None:
     return _run(row, latest)
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a table shows; every field narrows the selection."""
+
+    status: str | None = None
+    task: str | None = None
+    dataset_id: int | None = None
+    text: str | None = None  # in the name, model or tags
+
+
+SORTS = ("created", "name", "status", "model", "task", "duration")
+
+
+def _filtered(stmt: Select[Any], f: RunFilter | None) -> Select[Any]:
+    if f is None:
+        return stmt
+    if f.status:
+        stmt = stmt.where(Run.status == f.status)
+    if f.task:
+        stmt = stmt.where(Run.task == f.task)
+    if f.dataset_id is not None:
+        stmt = stmt.where(Run.dataset_id == f.dataset_id)
+    if f.text:
+        like = f"%{f.text.lower()}%"
+        stmt = stmt.where(
+            or_(
+                func.lower(Run.name).like(like),
+                func.lower(Run.model).like(like),
+                func.lower(cast(Run.tags, String)).like(like),
+            )
+        )
+    return stmt
+
+
 def list_runs(
-    *, session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+    *,
+    session: Session,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    where: RunFilter | None = None,
+    sort: str = "created",
+    descending: bool = True,
+    metric: str | None = None,
 ) -> list[RunInfo]:
-    """Runs, newest first, each with its latest metrics, read in one query."""
-    page = select(Run.id).order_by(Run.id.desc()).limit(limit).offset(offset)
-    if status:
-        page = page.where(Run.status == status)
-    ids = page.subquery()
+    """One page of runs with their latest metrics, filtered and sorted in SQL.
+
+    `sort` is a column of SORTS, or "metric" to order by the best value of `metric`.
+    """
+    where = where or RunFilter(status=status)
+    page = _filtered(select(Run.id), where)
+    order: Any
+    if sort == "metric" and metric:
+        best = aliased(LatestMetric)
+        page = page.outerjoin(best, (best.run_id == Run.id) & (best.key == metric))
+        order = best.best
+    else:
+        order = {
+            "created": Run.id,
+            "name": Run.name,
+            "status": Run.status,
+            "model": Run.model,
+            "task": Run.task,
+            "duration": func.coalesce(Run.finished_at, Run.heartbeat_at),
+        }.get(sort, Run.id)
+    direction = order.desc() if descending else order.asc()
+    ids = page.order_by(direction.nulls_last(), Run.id.desc()).limit(limit).offset(offset).subquery()
+    position = {run_id: i for i, run_id in enumerate(session.scalars(select(ids.c.id)))}
+    if not position:
+        return []
     stmt = (
         select(Run, LatestMetric)
-        .join(ids, ids.c.id == Run.id)
+        .where(Run.id.in_(list(position)))
         .outerjoin(LatestMetric, LatestMetric.run_id == Run.id)
-        .order_by(Run.id.desc())
     )
     grouped: dict[int, tuple[Run, list[LatestMetric]]] = {}
     for run, latest in session.execute(stmt).tuples():
         entry = grouped.setdefault(run.id, (run, []))
         if latest is not None:
             entry[1].append(latest)
-    return [_run(run, latest) for run, latest in grouped.values()]
+    rows = sorted(grouped.values(), key=lambda item: position[item[0].id])
+    return [_run(run, latest) for run, latest in rows]
 
 
-def count_runs(*, session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Run)) or 0
+def count_runs(*, session: Session, where: RunFilter | None = None) -> int:
+    return session.scalar(_filtered(select(func.count()).select_from(Run), where)) or 0
+
+
+def rename_run(*, session: Session, run_id: int, name: str) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(name=name))
+
+
+def delete_run(*, session: Session, run_id: int) -> bool:
+    """Delete a run and (by cascade) its params, metrics and artifact rows."""
+    result = session.execute(delete(Run).where(Run.id == run_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def get_params(*, session: Session, run_id: int) -> dict[str, str]:
@@ -279,12 +353,13 @@ def set_run_process(*, session: Session, run_id: int, pid: int, device: str | No
     session.execute(update(Run).where(Run.id == run_id).values(**values))
 
 
-def heartbeat(*, session: Session, run_id: int) -> bool:
-    """Beat the run's heartbeat; returns whether a cancel was requested."""
+def heartbeat(*, session: Session, run_id: int, progress: dict[str, Any] | None = None) -> bool:
+    """Beat the run's heartbeat (with its progress); returns whether a cancel was requested."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
     session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
-        .values(heartbeat_at=utcnow())
+        update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING.value).values(**values)
     )
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
 

@@ -1,41 +1,171 @@
-"""Runs: every run in the database with its status and main metric."""
+"""Runs: the table (filter, sort, page), comparison of selected runs, and a run's detail."""
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
-from core import jobs
+from core import jobs, summary
 from core.data.ingest import list_datasets
 from core.errors import AscentError
+from db.models import RunStatus
+from db.queries import SORTS, RunFilter
+
+PAGE_SIZE = 50
 
 st.title("Runs")
-st.caption(
-    "Every training run, newest first. Add data and train from the command line: "
-    "`python -m core datasets add FILE` then `python -m core train --dataset ID --wait`."
-)
+datasets = list_datasets()
+names = {d.id: d.name for d in datasets}
 
-try:
-    runs = jobs.list_runs(limit=500)
-    datasets = {d.id: d.name for d in list_datasets()}
-except AscentError as exc:
-    st.error(str(exc))
+f1, f2, f3, f4 = st.columns(4)
+task = f1.selectbox("Task", [None, *sorted(summary.MAIN_METRIC)], format_func=lambda t: t or "all tasks")
+dataset = f2.selectbox(
+    "Dataset", [None, *names], format_func=lambda i: "all datasets" if i is None else names[i]
+)
+status = f3.selectbox(
+    "Status", [None, *(s.value for s in RunStatus)], format_func=lambda s: s or "any status"
+)
+text = f4.text_input("Search name, model, tags")
+s1, s2, s3 = st.columns([2, 1, 1])
+sort = s1.selectbox(
+    "Sort by", [*SORTS, "metric"], format_func=lambda s: "best main metric" if s == "metric" else s
+)
+descending = s2.toggle("Descending", value=True)
+where = RunFilter(status=status, task=task, dataset_id=dataset, text=text or None)
+total = jobs.count_runs(where)
+pages = max(1, -(-total // PAGE_SIZE))
+page = s3.number_input(f"Page (of {pages})", 1, pages, 1)
+
+if total == 0:
+    st.info("No runs match." if jobs.count_runs() else "No runs yet: launch one on the Train page.")
     st.stop()
 
-if not runs:
-    st.info("No runs yet. Queue one with `python -m core train --dataset ID`.")
-else:
-    rows = []
-    for run in runs:
-        metric = next((k for k in ("val_f1_macro", "val_rmse") if k in run.best_metrics), None)
-        rows.append(
-            {
-                "id": run.id,
-                "name": run.name,
-                "dataset": datasets.get(run.dataset_id or -1, "-"),
-                "task": run.task,
-                "model": run.model,
-                "status": run.status,
-                "main metric": metric or "-",
-                "best": run.best_metrics.get(metric) if metric else None,
-                "created": run.created_at.strftime("%Y-%m-%d %H:%M"),
-            }
+metric = summary.MAIN_METRIC.get(task or "", "val_f1_macro") if sort == "metric" else None
+runs = jobs.list_runs(
+    where=where,
+    sort=sort,
+    descending=descending,
+    metric=metric,
+    limit=PAGE_SIZE,
+    offset=(page - 1) * PAGE_SIZE,
+)
+table = summary.runs_table(runs, names)
+st.caption(f"{total} runs · select rows to compare them or see one in detail")
+event = st.dataframe(
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table"
+)
+ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
+by_id = {r.id: r for r in runs}
+picked = st.multiselect("Also select by id", list(by_id), format_func=lambda i: f"{i} · {by_id[i].name}")
+selected = [r for r in runs if r.id in ticked or r.id in picked]
+
+if len(selected) >= 2:
+    st.header(f"Compare {len(selected)} runs")
+    ids = [r.id for r in selected]
+    labels = {r.id: f"{r.id} · {r.name}" for r in selected}
+    keys = sorted(
+        {p.key for r in selected for p in jobs.metric_history(r.id)}
+        - {"export_max_abs_diff", "export_n_samples", "export_top1_agreement"}
+    )
+    key = st.selectbox("Curve", keys, index=keys.index("val_loss") if "val_loss" in keys else 0)
+    st.line_chart(summary.curves(ids, [key], labels), x_label="epoch")
+    left, right = st.columns(2)
+    left.markdown("**Best metrics**")
+    left.dataframe(summary.metrics_side_by_side(selected), width="stretch")
+    diff = summary.param_diff(ids)
+    right.markdown("**Parameters** (differences highlighted)")
+    only = right.toggle("Only differences")
+    shown = diff[diff["differs"]] if only else diff
+    right.dataframe(
+        shown.drop(columns="differs").style.apply(
+            lambda row: ["background-color: #fff3b0" if diff.loc[row.name, "differs"] else "" for _ in row],
+            axis=1,
+        ),
+        width="stretch",
+    )
+
+run = selected[0] if len(selected) == 1 else None
+if run is None:
+    st.stop()
+
+st.header(f"Run {run.id} · {run.name}")
+st.caption(
+    f"{run.status} · {run.task} · {run.model} · dataset {names.get(run.dataset_id or -1, '(deleted)')} · "
+    f"device {run.device or '-'} · created {summary.when(run.created_at)} · attempts {run.attempts}"
+)
+if run.error:
+    st.error(run.error.splitlines()[0])
+metrics = {k: v for k, v in sorted(run.best_metrics.items()) if not k.startswith("export_")}
+if metrics:
+    st.dataframe(
+        pd.DataFrame({"best": metrics, "last": {k: run.metrics.get(k) for k in metrics}}), width="stretch"
+    )
+    st.line_chart(summary.curves([run.id], ["train_loss", "val_loss"]), x_label="epoch")
+
+report = summary.report(run.id)
+if report and report["kind"] == "classification":
+    st.subheader("Confusion matrix (validation split)")
+    cells = pd.DataFrame(
+        [
+            (t, p, n)
+            for t, row in zip(report["labels"], report["confusion"], strict=True)
+            for p, n in zip(report["labels"], row, strict=True)
+        ],
+        columns=["true", "predicted", "count"],
+    )
+    heat = (
+        alt.Chart(cells)
+        .mark_rect()
+        .encode(
+            x="predicted:N",
+            y="true:N",
+            color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
+            tooltip=["true", "predicted", "count"],
         )
-    st.dataframe(rows, hide_index=True, width="stretch")
+    )
+    st.altair_chart(heat + heat.mark_text(color="black").encode(text="count:Q"), width="stretch")
+    st.dataframe(pd.DataFrame(report["per_class"]), hide_index=True, width="stretch")
+elif report:
+    st.subheader("Predicted against true (validation split)")
+    st.scatter_chart(pd.DataFrame(report["points"], columns=["true", "predicted"]), x="true", y="predicted")
+    st.write(report["residuals"])
+
+if "export_max_abs_diff" in run.metrics:
+    st.subheader("Export check")
+    e1, e2, e3 = st.columns(3)
+    e1.metric("max |PyTorch − ONNX Runtime|", f"{run.metrics['export_max_abs_diff']:.2e}")
+    if "export_top1_agreement" in run.metrics:
+        e2.metric("top-1 agreement", f"{run.metrics['export_top1_agreement']:.2%}")
+    e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
+
+files = summary.artifact_paths(run.id)
+if files:
+    st.subheader("Downloads")
+    cols = st.columns(4)
+    for col, kind in zip(cols, ("onnx", "checkpoint", "config", "report"), strict=True):
+        if kind in files:
+            col.download_button(
+                f"{kind} ({files[kind].stat().st_size / 1e6:.1f} MB)",
+                files[kind].read_bytes(),
+                file_name=files[kind].name,
+                key=f"dl-{kind}",
+            )
+with st.expander("Log"):
+    st.code(summary.log_tail(run.id) or "(empty)", language=None)
+
+with st.expander("Rename, tag, delete"):
+    new_name = st.text_input("Name", value=run.name, key=f"name-{run.id}")
+    tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"tags-{run.id}")
+    if st.button("Save", key=f"save-{run.id}"):
+        try:
+            jobs.rename(run.id, new_name)
+            jobs.set_tags(run.id, tags.split(","))
+            st.rerun()
+        except AscentError as exc:
+            st.error(str(exc))
+    sure = st.checkbox("Yes, delete this run and its files", key=f"sure-{run.id}")
+    if st.button("Delete run", disabled=not sure, key=f"del-{run.id}"):
+        try:
+            jobs.delete_run(run.id)
+            st.rerun()
+        except AscentError as exc:
+            st.error(str(exc))

@@ -61,7 +61,7 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:
@@ -198,3 +198,57 @@ def test_deleting_a_run_cascades_and_a_dataset_leaves_runs(any_home: Path) -> No
     with session_scope() as s:
         assert queries.list_artifacts(session=s, run_id=run_id) == []
         assert queries.metric_history(session=s, run_id=run_id) == []
+
+
+def test_an_old_database_is_upgraded_with_its_rows(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from db.session import _MIGRATIONS, upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with old.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(
+            text(
+                "INSERT INTO runs (name, task, model, status, config, created_at, cancel_requested, tags, attempts) "
+                "VALUES ('old', 'tabular-classification', 'mlp', 'succeeded', '{}', '2026-01-01 00:00:00', 0, '[]', 1)"
+            )
+        )
+    assert "progress" not in {c["name"] for c in inspect(old).get_columns("runs")}
+    upgrade(old)
+    assert "progress" in {c["name"] for c in inspect(old).get_columns("runs")}
+    with session_scope(url) as s:
+        (run,) = queries.list_runs(session=s)
+    assert run.name == "old" and run.progress is None
+    old.dispose()
+
+
+def test_runs_filter_sort_and_count_in_sql(any_home: Path) -> None:
+    database()
+    with session_scope() as s:
+        ds = _dataset(s)
+        ids = [_run(s, ds, name=n) for n in ("beta", "alpha", "gamma")]
+        queries.set_tags(session=s, run_id=ids[2], tags=["baseline"])
+        for run_id, f1 in zip(ids, (0.7, 0.9, 0.8), strict=True):
+            queries.log_metrics(session=s, run_id=run_id, step=1, epoch=1, values={"val_f1_macro": f1})
+        queries.request_cancel(session=s, run_id=ids[0])
+    with session_scope() as s:
+        by_name = queries.list_runs(session=s, sort="name", descending=False)
+        by_metric = queries.list_runs(session=s, sort="metric", metric="val_f1_macro")
+        tagged = queries.list_runs(session=s, where=queries.RunFilter(text="BASE"))
+        queued = queries.RunFilter(status="queued", dataset_id=ds)
+        assert queries.count_runs(session=s, where=queued) == 2
+        assert queries.count_runs(session=s, where=queries.RunFilter(task="tabular-regression")) == 0
+        queries.rename_run(session=s, run_id=ids[1], name="renamed")
+        assert queries.delete_run(session=s, run_id=ids[0])
+    assert [r.name for r in by_name] == ["alpha", "beta", "gamma"]
+    assert [r.id for r in by_metric] == [ids[1], ids[2], ids[0]]
+    assert [r.id for r in tagged] == [ids[2]]
+    with session_scope() as s:
+        assert [r.name for r in queries.list_runs(session=s)] == ["gamma", "renamed"]

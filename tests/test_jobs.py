@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,12 +56,17 @@ def test_worker_runs_a_queued_run_to_success(
     assert run.status == "succeeded", run.error
     assert run.device == "cpu" and run.started_at and run.finished_at and run.heartbeat_at
     kinds = {a.kind: a for a in jobs.artifacts(run_id)}
-    assert set(kinds) == {"log", "checkpoint", "config", "onnx"}
+    assert set(kinds) == {"log", "checkpoint", "config", "report", "onnx"}
     assert kinds["onnx"].sha256 and kinds["onnx"].bytes == Path(kinds["onnx"].path).stat().st_size
     log = Path(kinds["log"].path).read_text()
     assert "epoch 4/4" in log and "exported" in log
     assert run.metrics["export_top1_agreement"] == 1.0
     assert [p.epoch for p in jobs.metric_history(run_id) if p.key == "val_loss"] == [1, 2, 3, 4]
+    report = json.loads(Path(kinds["report"].path).read_text())
+    assert report["labels"] == ["0", "1", "2"] and len(report["confusion"]) == 3
+    assert sum(map(sum, report["confusion"])) == 36 == sum(c["support"] for c in report["per_class"])
+    assert run.progress is not None and run.progress["phase"] == "exporting"
+    assert run.progress["step"] == run.progress["total_steps"] > 0
 
 
 def test_cancel_a_running_run_within_seconds(
@@ -150,3 +156,18 @@ def test_a_run_goes_through_the_queue_on_each_database(any_home: Path, data_dir:
     run = jobs.get_run(run_id)
     assert run.status == "succeeded", run.error
     assert run.best_metrics["val_accuracy"] > 0.5 and run.metrics["export_top1_agreement"] == 1.0
+
+
+def test_rename_tag_and_delete_with_files(home: Path, data_dir: Path) -> None:
+    ds = ingest_file(data_dir / "wine.csv")
+    run_id = _submit(ds.id, epochs=2)
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    jobs.rename(run_id, "  keeper ")
+    jobs.set_tags(run_id, ["b", " a", "", "b"])
+    run = jobs.get_run(run_id)
+    assert run.name == "keeper" and run.tags == ["a", "b"]
+    with pytest.raises(ConfigError, match="needs a name"):
+        jobs.rename(run_id, "   ")
+    assert jobs.run_dir(run_id).exists()
+    jobs.delete_run(run_id)
+    assert not jobs.run_dir(run_id).exists() and jobs.list_runs() == []

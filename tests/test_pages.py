@@ -1,33 +1,122 @@
-"""Pages run in Streamlit's AppTest against a real database."""
+"""Every page in Streamlit's AppTest against a real database: empty, and with runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.data.ingest import ingest_file
+from core.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["home", "datasets", "train", "runs", "predict"]
 
 
-def test_router_and_empty_runs_page(home: Path) -> None:
+def _page(name: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=60).run()
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_on_an_empty_database(home: Path, name: str) -> None:
+    at = _page(name)
+    assert not at.exception
+    assert at.title[0].value == name.capitalize() if name != "home" else at.title[0].value == "Ascent"
+
+
+def test_router_shows_the_device_and_starts_a_worker(home: Path) -> None:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
-    assert at.title[0].value == "Runs"
-    assert "No runs yet" in at.info[0].value
+    assert "Device: **CPU (no GPU visible)**" in at.sidebar.caption[0].value
+    assert jobs.worker_alive()
 
 
-def test_runs_page_lists_runs_from_the_database(home: Path, data_dir: Path) -> None:
-    ds = ingest_file(data_dir / "wine.csv")
-    first = jobs.submit(jobs.config_for(ds.id, epochs=2))
-    second = jobs.submit(jobs.config_for(ds.id, model="linear", name="linear baseline"))
-    jobs.cancel(second.id)
-    at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
-    assert not at.exception
+@pytest.fixture
+def trained(home: Path, data_dir: Path):  # type: ignore[no-untyped-def]
+    """Two finished wine runs and one diabetes run, trained by a real worker."""
+    wine = ingest_file(data_dir / "wine.csv")
+    diabetes = ingest_file(data_dir / "diabetes.csv")
+    ids = [
+        jobs.submit(jobs.config_for(wine.id, epochs=3, name="wine fast")).id,
+        jobs.submit(jobs.config_for(wine.id, epochs=3, lr=0.01, model="linear", name="wine linear")).id,
+        jobs.submit(jobs.config_for(diabetes.id, epochs=3)).id,
+    ]
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    assert [jobs.get_run(i).status for i in ids] == ["succeeded"] * 3
+    return ids
+
+
+def test_every_page_renders_with_runs(trained: list[int]) -> None:
+    for name in PAGES:
+        at = _page(name)
+        assert not at.exception, name
+        assert not at.error, name
+
+
+def test_train_page_launches_a_run(home: Path, data_dir: Path) -> None:
+    ds = ingest_file(data_dir / "iris.parquet")
+    at = _page("train")
+    at.number_input[0].set_value(4)
+    at.text_input[0].set_value("from the page")
+    at.button[0].click().run()
+    assert not at.exception and "queued" in at.success[0].value
+    (run,) = jobs.list_runs()
+    assert run.name == "from the page" and run.dataset_id == ds.id and run.config["epochs"] == 4
+    assert any(f"Run {run.id} · from the page" in m.value for m in at.markdown)
+
+
+def test_runs_page_compares_and_shows_a_run(trained: list[int]) -> None:
+    at = _page("runs")
     table = at.dataframe[0].value
-    assert list(table["id"]) == [second.id, first.id]
-    assert list(table["status"]) == ["cancelled", "queued"]
-    assert list(table["name"]) == ["linear baseline", "mlp-wine"]
-    assert set(table["dataset"]) == {"wine"}
+    assert list(table["id"]) == sorted(trained, reverse=True)
+    assert set(table["status"]) == {"succeeded"}
+    at.multiselect[0].set_value(trained[:2]).run()
+    assert not at.exception
+    assert any("Compare 2 runs" in h.value for h in at.header)
+    params = at.dataframe[2].value
+    assert params.loc["model"].tolist() == ["linear", "mlp"] and params.loc["task"].nunique() == 1
+    next(t for t in at.toggle if t.label == "Only differences").set_value(True).run()
+    assert set(at.dataframe[2].value.index) == {"lr", "model", "name"}
+    at.multiselect[0].set_value([trained[0]]).run()
+    assert any(f"Run {trained[0]} · wine fast" in h.value for h in at.header)
+    assert any("Confusion matrix" in s.value for s in at.subheader)
+    assert any("Export check" in s.value for s in at.subheader)
+
+
+def test_runs_page_filters_and_renames(trained: list[int]) -> None:
+    at = _page("runs")
+    at.text_input[0].set_value("linear").run()
+    assert list(at.dataframe[0].value["name"]) == ["wine linear"]
+    at.selectbox[0].set_value("tabular-regression").run()
+    assert at.info[0].value == "No runs match."
+    at = _page("runs")
+    at.multiselect[0].set_value([trained[2]]).run()
+    assert any("Predicted against true" in s.value for s in at.subheader)
+    name_box = next(t for t in at.text_input if t.label == "Name")
+    name_box.set_value("diabetes baseline")
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert jobs.get_run(trained[2]).name == "diabetes baseline"
+
+
+def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path) -> None:
+    at = _page("predict")
+    at.selectbox[0].set_value(next(r for r in jobs.list_runs() if r.id == trained[0])).run()
+    import pandas as pd
+
+    first = pd.read_csv(data_dir / "wine.csv").iloc[0]
+    for box in at.number_input:
+        box.set_value(float(first[box.label]))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any(m.value.startswith("### ") for m in at.markdown)
+    assert any("on CPUExecutionProvider" in c.value for c in at.caption)
+
+
+def test_home_sample_adds_data_and_queues_a_run(home: Path) -> None:
+    at = _page("home")
+    next(b for b in at.button if b.key == "sample-wine").click().run()
+    assert not at.exception and "queued" in at.success[0].value
+    (run,) = jobs.list_runs()
+    assert run.status == "queued" and run.config["epochs"] == 30

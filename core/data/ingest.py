@@ -154,6 +154,25 @@ def _store(
         raise
 
 
+def ingest_upload(filename: str, data: bytes, **options: str | None) -> DatasetInfo:
+    """Ingest bytes a browser uploaded, under their original file name."""
+    safe = Path(filename).name or "upload"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / safe
+        path.write_bytes(data)
+        return ingest_file(path, **options)
+
+
+def table_columns(filename: str, data: bytes) -> tuple[list[str], str]:
+    """The columns of an uploaded table and the target Ascent would pick."""
+    safe = Path(filename).name or "upload.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / safe
+        path.write_bytes(data)
+        df = tabular.read_table(path)
+    return [str(c) for c in df.columns], tabular.choose_target(df, None)
+
+
 def get_dataset(dataset_id: int) -> DatasetInfo:
     database()
     with session_scope() as session:

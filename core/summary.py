@@ -1,0 +1,143 @@
+"""Tables and series the pages show, shaped from the store (so pages only lay them out)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core import jobs
+from db.queries import DatasetInfo, RunInfo
+
+MAIN_METRIC = {
+    "tabular-classification": "val_f1_macro",
+    "image-classification": "val_f1_macro",
+    "tabular-regression": "val_rmse",
+}
+
+
+def main_metric(run: RunInfo) -> tuple[str, float | None]:
+    key = MAIN_METRIC.get(run.task, "val_loss")
+    return key, run.best_metrics.get(key)
+
+
+def duration_s(run: RunInfo) -> float | None:
+    if run.started_at is None:
+        return None
+    end = run.finished_at or run.heartbeat_at or run.started_at
+    return max(0.0, (end - run.started_at).total_seconds())
+
+
+def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
+    """One row per run: what the Runs and Home pages list."""
+    rows = []
+    for run in runs:
+        key, value = main_metric(run)
+        rows.append(
+            {
+                "id": run.id,
+                "name": run.name,
+                "dataset": datasets.get(run.dataset_id or -1, "(deleted)"),
+                "task": run.task,
+                "model": run.model,
+                "status": run.status,
+                "main metric": key,
+                "best": value,
+                "duration (s)": None if duration_s(run) is None else round(duration_s(run) or 0.0, 1),
+                "created": run.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+                "tags": ", ".join(run.tags),
+            }
+        )
+    columns = [
+        "id",
+        "name",
+        "dataset",
+        "task",
+        "model",
+        "status",
+        "main metric",
+        "best",
+        "duration (s)",
+        "created",
+        "tags",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def curves(run_ids: list[int], keys: list[str], names: dict[int, str] | None = None) -> pd.DataFrame:
+    """Metric values by epoch, one column per (run, key): ready for a line chart."""
+    frames = []
+    for run_id in run_ids:
+        label = (names or {}).get(run_id, f"run {run_id}")
+        points = [p for p in jobs.metric_history(run_id) if p.key in keys]
+        if points:
+            frame = pd.DataFrame(
+                [(p.epoch, f"{label} · {p.key}", p.value) for p in points],
+                columns=["epoch", "series", "value"],
+            )
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["epoch"])
+    data = pd.concat(frames).pivot_table(index="epoch", columns="series", values="value", aggfunc="last")
+    return data.sort_index()
+
+
+def param_diff(run_ids: list[int]) -> pd.DataFrame:
+    """Parameters side by side (one column per run) and whether they differ."""
+    params = {run_id: jobs.params(run_id) for run_id in run_ids}
+    keys = sorted({k for p in params.values() for k in p})
+    table = pd.DataFrame({f"run {r}": [params[r].get(k, "") for k in keys] for r in run_ids}, index=keys)
+    table["differs"] = table.nunique(axis=1) > 1
+    return table
+
+
+def metrics_side_by_side(runs: list[RunInfo]) -> pd.DataFrame:
+    keys = sorted({k for r in runs for k in r.best_metrics if k.startswith(("val_", "export_"))})
+    return pd.DataFrame({f"run {r.id}": [r.best_metrics.get(k) for k in keys] for r in runs}, index=keys)
+
+
+def artifact_paths(run_id: int) -> dict[str, Path]:
+    return {a.kind: Path(a.path) for a in jobs.artifacts(run_id) if Path(a.path).exists()}
+
+
+def report(run_id: int) -> dict[str, Any] | None:
+    path = artifact_paths(run_id).get("report")
+    return json.loads(path.read_text()) if path else None
+
+
+def log_tail(run_id: int, lines: int = 60) -> str:
+    from core.worker import log_tail as tail
+
+    return tail(jobs.run_dir(run_id) / "run.log", lines)
+
+
+def dataset_label(ds: DatasetInfo) -> str:
+    return (
+        f"{ds.id} · {ds.name} ({ds.task}, {ds.n_items} {'images' if ds.task.startswith('image') else 'rows'})"
+    )
+
+
+def preview_table(ds: DatasetInfo, rows: int = 20) -> pd.DataFrame:
+    return pd.read_parquet(Path(ds.path) / "data.parquet").head(rows)
+
+
+def sample_images(ds: DatasetInfo, per_class: int = 6) -> dict[str, list[Path]]:
+    index = pd.read_parquet(Path(ds.path) / "index.parquet")
+    return {
+        str(label): [Path(ds.path) / "images" / p for p in group["path"].head(per_class)]
+        for label, group in index.groupby("label", sort=True)
+    }
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def when(t: datetime | None) -> str:
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"

@@ -1,0 +1,45 @@
+"""Home: what Ascent is, counts, recent runs, and one-click samples that train in a minute."""
+
+import streamlit as st
+
+from core import jobs, summary
+from core.data.ingest import list_datasets
+from core.data.samples import SAMPLES, add_sample
+from core.errors import AscentError
+
+st.title("Ascent")
+st.markdown(
+    "Upload a table or a folder of images, train a model from scratch or fine-tune a pretrained one, "
+    "and get one ONNX file that predicts with ONNX Runtime alone.  \n"
+    "Every run is stored with its metrics, curves, checkpoints and export check, so you can compare them."
+)
+
+datasets = list_datasets()
+runs = jobs.list_runs(limit=8)
+col1, col2, col3 = st.columns(3)
+col1.metric("Datasets", len(datasets))
+col2.metric("Runs", jobs.count_runs())
+col3.metric("Running or queued", sum(r.status in ("running", "queued") for r in jobs.list_runs(limit=1000)))
+
+st.subheader("Start with a sample")
+st.caption("Each button adds a real dataset shipped with installed packages and trains a quick model on it.")
+cols = st.columns(len(SAMPLES))
+for col, sample in zip(cols, SAMPLES.values(), strict=True):
+    with col.container(border=True):
+        st.markdown(f"**{sample.title}**")
+        st.caption(sample.description)
+        if st.button("Add and train", key=f"sample-{sample.key}", icon=":material/rocket_launch:"):
+            try:
+                with st.spinner(f"Adding {sample.title}…"):
+                    ds = add_sample(sample.key)
+                    run = jobs.submit(jobs.config_for(ds.id, **sample.quick_start))
+                st.success(f"Dataset {ds.id} added; run {run.id} queued. Watch it learn on the Train page.")
+            except (AscentError, FileNotFoundError) as exc:
+                st.error(str(exc))
+
+st.subheader("Recent runs")
+if runs:
+    names = {d.id: d.name for d in datasets}
+    st.dataframe(summary.runs_table(runs, names), hide_index=True, width="stretch")
+else:
+    st.info("No runs yet: add a sample above, or upload data on the Datasets page.")

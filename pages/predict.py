@@ -1,0 +1,101 @@
+"""Predict: a finished run's ONNX file, input the way its task takes it, top-k and latency."""
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import jobs, summary
+from core.runtime import Predictor, RuntimeInputError
+
+
+@st.cache_resource(max_entries=8)
+def predictor(path: str, mtime: float) -> Predictor:
+    """One ONNX Runtime session per exported file (and version of it)."""
+    return Predictor(path)
+
+
+def show_top(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
+    top = pd.DataFrame(pred.top(k), columns=["label", "probability"]).set_index("label")
+    st.markdown(f"### {pred.label}")
+    st.bar_chart(top, horizontal=True)
+
+
+st.title("Predict")
+finished = [
+    r for r in jobs.list_runs(status="succeeded", limit=500) if "onnx" in summary.artifact_paths(r.id)
+]
+if not finished:
+    st.info("No finished run with an exported model yet: train one on the Train page.")
+    st.stop()
+
+run = st.selectbox("Run", finished, format_func=lambda r: f"{r.id} · {r.name} ({r.task}, {r.model})")
+path = summary.artifact_paths(run.id)["onnx"]
+model = predictor(str(path), Path(path).stat().st_mtime)
+
+if model.task == "image-classification":
+    h, w = model.image_size
+    st.caption(f"Images are resized to {w}×{h} as in validation. {len(model.labels)} classes.")
+    source = st.radio("Input", ["Upload", "Camera"], horizontal=True)
+    image = (
+        st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"])
+        if source == "Upload"
+        else st.camera_input("Take a picture")
+    )
+    if image is not None:
+        left, right = st.columns([1, 2])
+        left.image(image.getvalue(), width=220)
+        with right:
+            try:
+                (pred,) = model.predict_images([image.getvalue()])
+                show_top(pred)
+                st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
+            except RuntimeInputError as exc:
+                st.error(str(exc))
+else:
+    one, many = st.tabs(["One row", "A CSV of rows"])
+    with one, st.form("row"):
+        row: dict[str, list[object]] = {}
+        for spec in model.inputs:
+            for column in spec["columns"]:
+                if spec["dtype"] == "float32":
+                    row[column] = [st.number_input(column, value=None, format="%g", placeholder="missing")]
+                else:
+                    row[column] = [
+                        st.selectbox(
+                            column,
+                            [None, *spec["codes"][column]],
+                            format_func=lambda v: "(missing)" if v is None else str(v),
+                        )
+                    ]
+        if st.form_submit_button("Predict", type="primary"):
+            (pred,) = model.predict_table(row)
+            if pred.value is not None:
+                st.metric(run.name, f"{pred.value:.4g}")
+            else:
+                show_top(pred)
+            st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
+    with many:
+        upload = st.file_uploader("CSV with the feature columns", type=["csv"])
+        if upload is not None:
+            try:
+                df = pd.read_csv(io.BytesIO(upload.getvalue()))
+                preds = model.predict_table(
+                    {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
+                )
+                out = df.copy()
+                if model.task.endswith("regression"):
+                    out["prediction"] = [p.value for p in preds]
+                else:
+                    out["prediction"] = [p.label for p in preds]
+                    out["probability"] = [p.probabilities[p.label or ""] for p in preds]
+                st.caption(f"{len(out)} rows in {model.last_latency_ms:.1f} ms on {model.provider}")
+                st.dataframe(out, width="stretch")
+                st.download_button(
+                    "Download predictions (CSV)",
+                    out.to_csv(index=False).encode(),
+                    file_name="predictions.csv",
+                )
+            except (RuntimeInputError, ValueError) as exc:
+                st.error(str(exc))

@@ -1,0 +1,131 @@
+"""Train: dataset -> model -> hyper-parameters -> launch; live progress of the runs going on."""
+
+import streamlit as st
+
+from core import jobs, summary
+from core.data.ingest import list_datasets
+from core.errors import AscentError
+from core.models import get_model, models_for
+
+st.title("Train")
+
+datasets = list_datasets()
+if not datasets:
+    st.info("Add a dataset first (Datasets page, or a sample on the Home page).")
+    st.stop()
+
+with st.container(border=True):
+    ds = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+    specs = models_for(ds.task)
+    spec = st.selectbox("Model", specs, format_func=lambda m: f"{m.name} — {m.description}")
+    d = get_model(spec.name, ds.task).defaults
+    with st.form("hyper-parameters"):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.number_input(
+            "Epochs",
+            1,
+            10_000,
+            int(d.get("epochs", 30)),
+            help="Passes over the training split; early stopping may end sooner.",
+        )
+        batch = c2.number_input("Batch size", 1, 65_536, int(d.get("batch_size", 64)))
+        lr = c3.number_input(
+            "Learning rate",
+            1e-6,
+            1.0,
+            float(d.get("lr", 1e-3)),
+            format="%.5f",
+            help="Peak rate of AdamW's cosine schedule, after warm-up.",
+        )
+        c4, c5, c6 = st.columns(3)
+        patience = c4.number_input(
+            "Early-stopping patience",
+            0,
+            1000,
+            8,
+            help="Epochs without a better validation metric before stopping (0: never).",
+        )
+        seed = c5.number_input(
+            "Seed", 0, 2**31 - 1, 0, help="Fixes the train/validation split and initialisation."
+        )
+        precision = c6.selectbox(
+            "Precision",
+            ["auto", "fp32", "bf16", "fp16"],
+            help="auto: bf16 or fp16 autocast on a GPU, fp32 on the CPU.",
+        )
+        options: dict[str, object] = {}
+        if ds.task == "image-classification":
+            c7, c8, c9 = st.columns(3)
+            options["image_size"] = c7.number_input(
+                "Image size (px)", 16, 1024, int(d.get("image_size", 224))
+            )
+            options["weights"] = c8.selectbox(
+                "Initial weights",
+                ["default", "none", "imagenet"],
+                help="default: ImageNet where a package ships them (EfficientNet-Lite0), else random. imagenet downloads them.",
+            )
+            options["freeze_epochs"] = c9.number_input(
+                "Head-only epochs", 0, 100, 0, help="Train only the new head first."
+            )
+            options["augment"] = st.checkbox("Augment (random crops, flips, colour jitter)", value=True)
+        name = st.text_input("Run name (optional)")
+        launch = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
+    if launch:
+        try:
+            cfg = jobs.config_for(
+                ds.id,
+                model=spec.name,
+                epochs=int(epochs),
+                batch_size=int(batch),
+                lr=float(lr),
+                patience=int(patience),
+                seed=int(seed),
+                precision=precision,
+                name=name or None,
+                **options,
+            )
+            run = jobs.submit(cfg)
+            st.success(f"Run {run.id} queued: {run.name}.")
+        except (AscentError, ValueError) as exc:
+            st.error(str(exc))
+
+
+@st.fragment(run_every="2s")
+def live() -> None:
+    active = jobs.list_runs(status="running", limit=20) + jobs.list_runs(status="queued", limit=20)
+    if not active:
+        st.caption("No run is going on. Finished runs are on the Runs page.")
+        return
+    for run in active:
+        with st.container(border=True):
+            st.markdown(
+                f"**Run {run.id} · {run.name}** — {run.status} ({run.model} on {run.device or 'waiting'})"
+            )
+            p = run.progress or {}
+            total = p.get("total_steps") or 0
+            if run.status == "running" and total:
+                rate = p.get("steps_per_sec")
+                samples = run.metrics.get("samples_per_sec")
+                st.progress(
+                    min(1.0, p["step"] / total),
+                    text=f"epoch {p['epoch']}/{p['epochs']} · step {p['step']}/{total} · {p['phase']} · "
+                    f"ETA {summary.format_eta(p.get('eta_s'))}"
+                    + (f" · {samples:,.0f} samples/s" if samples else "")
+                    + (f" · {rate:.1f} steps/s" if rate else ""),
+                )
+                key, _ = summary.main_metric(run)
+                left, right = st.columns(2)
+                losses = summary.curves([run.id], ["train_loss", "val_loss"], {run.id: "loss"})
+                metric = summary.curves([run.id], [key], {run.id: "metric"})
+                if not losses.empty:
+                    left.line_chart(losses, x_label="epoch")
+                if not metric.empty:
+                    right.line_chart(metric, x_label="epoch")
+            elif run.status == "running":
+                st.progress(0.0, text="preparing data and model…")
+            if st.button("Cancel", key=f"cancel-{run.id}", icon=":material/stop:"):
+                st.info(f"Run {run.id}: {jobs.cancel(run.id)}")
+
+
+st.subheader("Going on")
+live()
