@@ -19,7 +19,8 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt constraints.txt | $(PY)
 	touch $(VENV)/.run-deps $@
 
 run: $(VENV)/.run-deps
-	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port $(PORT)
+	$(VENV)/bin/streamlit run streamlit_app.py --server.address 127.0.0.1 --server.port $(PORT) \
+		--server.fileWatcherType none --browser.gatherUsageStats false
 
 lint: $(VENV)/.dev-deps
 	$(VENV)/bin/ruff check .

@@ -12,8 +12,7 @@ def _device() -> str:
 
 
 st.set_page_config(page_title="Ascent", page_icon=":material/monitoring:", layout="wide")
-if not jobs.worker_alive():
-    jobs.start_worker()
+jobs.ensure_worker()
 st.sidebar.caption(f"Device: **{_device()}**")
 page = st.navigation(
     [

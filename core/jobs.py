@@ -213,11 +213,23 @@ def worker_alive() -> bool:
         return bool(queries.alive_workers(session=session, since=since))
 
 
-def start_worker() -> None:
-    """Start a background worker for this ASCENT_HOME (the studio does when none is alive)."""
+_last_start: dict[str, float] = {}
+
+
+def ensure_worker(grace_s: float = 60.0) -> bool:
+    """Start a background worker when none is alive; True when one was started.
+
+    A worker takes a few seconds to register, so this process starts at most one per
+    `grace_s` for a database (the studio calls this on every page view).
+    """
     from core.worker import start_background_worker
 
+    url = database()
+    if worker_alive() or time.monotonic() - _last_start.get(url, -grace_s) < grace_s:
+        return False
     start_background_worker()
+    _last_start[url] = time.monotonic()
+    return True
 
 
 def wait(run_id: int, *, timeout_s: float | None = None, poll_s: float = 0.5) -> RunInfo:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
@@ -30,7 +32,16 @@ def test_router_shows_the_device_and_starts_a_worker(home: Path) -> None:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert "Device: **CPU (no GPU visible)**" in at.sidebar.caption[0].value
-    assert jobs.worker_alive()
+    wait_for(jobs.worker_alive, timeout=60)
+    at.run()  # a rerun while the worker is alive starts no second one
+    assert not at.exception
+    from core import config
+    from db import queries
+    from db.session import session_scope
+
+    config.database()
+    with session_scope() as s:
+        assert len(queries.alive_workers(session=s, since=datetime.now(UTC) - timedelta(minutes=5))) == 1
 
 
 @pytest.fixture

@@ -1,0 +1,176 @@
+"""End to end in real Chromium (Debian's), driven by Playwright, against the studio started on
+127.0.0.1 by the test: a table and an image set, from upload to prediction and comparison.
+Screenshots of each page land in test-output/e2e/."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "test-output" / "e2e"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def studio(home: Path) -> Iterator[str]:
+    """`streamlit run streamlit_app.py` on 127.0.0.1, stopped (with its worker) afterwards."""
+    port = _free_port()
+    log = (home.parent / "streamlit.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def page(studio: str):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=studio)
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+TITLES = {"/": "Home", "/datasets": "Datasets", "/train": "Train", "/runs": "Runs", "/predict": "Predict"}
+
+
+def _open(page, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Enter through the app's front door, then use the sidebar as a person does.
+
+    (A first load straight onto /datasets would run pages/datasets.py as Streamlit's older
+    pages-folder app, without the router; see the README.)"""
+    if page.url in ("about:blank", "") or path == "/":
+        page.goto("/")
+        page.get_by_role("heading", name="Ascent").first.wait_for()
+    if path != "/":
+        page.locator('[data-testid="stSidebarNav"]').get_by_text(TITLES[path], exact=True).click()
+        page.get_by_role("heading", name=TITLES[path]).first.wait_for()
+    _settle(page)
+
+
+def _settle(page) -> None:  # type: ignore[no-untyped-def]
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=120_000)
+
+
+def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    _settle(page)
+    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+
+
+def _launch_and_wait(page, epochs: str, extra: dict[str, str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    _open(page, "/train")
+    page.get_by_role("spinbutton", name="Epochs", exact=True).fill(epochs)
+    for label, value in (extra or {}).items():
+        page.get_by_role("spinbutton", name=label, exact=True).fill(value)
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("queued:").wait_for()
+    _shot(page, "train")
+    page.get_by_text("No run is going on").wait_for(timeout=240_000)
+
+
+def test_table_upload_train_predict_compare(page, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    _open(page, "/")
+    _shot(page, "home-empty")
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(data_dir / "wine.csv"))
+    page.get_by_text("Column to predict").wait_for()
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    _shot(page, "datasets")
+
+    _launch_and_wait(page, "8")
+    _launch_and_wait(page, "4")
+
+    _open(page, "/predict")
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("on CPUExecutionProvider").wait_for()
+    _shot(page, "predict-table")
+
+    _open(page, "/runs")
+    page.get_by_text("2 runs").wait_for()
+    page.get_by_text("Also select by id").click()
+    select = page.locator('[data-testid="stMultiSelect"]')
+    select.locator("input").click()
+    page.get_by_role("option").first.click()
+    select.locator("input").click()
+    page.get_by_role("option").first.click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Compare 2 runs").wait_for()
+    page.get_by_text("Parameters (differences highlighted)").wait_for()
+    _shot(page, "runs-compare")
+
+
+def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.data.samples import fashion_mnist_zip
+
+    z = fashion_mnist_zip(tmp_path / "clothes.zip", per_class=30, classes=("trouser", "sneaker", "bag"))
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(z))
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    page.get_by_text("Quality report").wait_for()
+    _shot(page, "datasets-images")
+
+    _launch_and_wait(page, "2", {"Image size (px)": "64"})
+
+    held_out = fashion_mnist_zip(tmp_path / "one.zip", per_class=1, classes=("sneaker",), offset=700)
+    with zipfile.ZipFile(held_out) as zf:
+        zf.extractall(tmp_path / "one")
+    (image,) = (tmp_path / "one").rglob("*.png")
+    _open(page, "/predict")
+    page.locator('input[type="file"]').set_input_files(str(image))
+    page.get_by_text("ms on CPUExecutionProvider").wait_for()
+    _shot(page, "predict-image")
+    _open(page, "/runs")
+    _shot(page, "runs")
