@@ -48,9 +48,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
     from core.data.ingest import ingest_file
 
-    ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task)
+    ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task, text_column=a.text_column)
     rep = ds.report
-    if ds.task == "image-classification":
+    if ds.task == "text-classification":
+        lengths = rep["length_tokens"]
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} texts in {len(ds.schema['classes'])} classes "
+            f"(text '{ds.schema['text_column']}', label '{ds.schema['label_column']}')\n"
+            f"length in tokens: median {lengths['median']:g}, 95% under {lengths['p95']:g}, max {lengths['max']}"
+        )
+        for key in ("empty_texts", "missing_labels", "duplicate_texts", "conflicting_duplicates"):
+            if rep[key]:
+                text += f"\n{key.replace('_', ' ')}: {rep[key]}"
+    elif ds.task == "image-classification":
         text = f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} images in {len(ds.schema['classes'])} classes"
         if rep["unreadable"]:
             text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
@@ -155,6 +165,11 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         backbone_lr_mult=a.backbone_lr_mult,
         workers=a.workers,
         cache=a.cache,
+        max_length=a.max_length,
+        freeze_layers=a.freeze_layers,
+        grad_accum=a.grad_accum,
+        warmup_fraction=a.warmup,
+        weight_decay=a.weight_decay,
     )
     run = jobs.submit(cfg)
     if a.wait:
@@ -228,6 +243,12 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     if onnx_path is None or not Path(onnx_path).exists():
         raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
     predictor = Predictor(onnx_path)
+    if predictor.task == "text-classification":
+        return _predict_texts(predictor, a)
+    if a.text or a.text_file:
+        raise PredictError(f"run {a.run} is {predictor.task}; --text is for text models")
+    if not a.files:
+        raise PredictError("give the files to predict")
     if predictor.task == "image-classification":
         return _predict_images(predictor, a)
     results, lines = [], []
@@ -276,6 +297,42 @@ def _predict_images(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
         lines.append(f"{file}  " + "  ".join(f"{t['label']} {t['probability']:.1%}" for t in top))
     doc = {"run": a.run, "provider": predictor.provider, "predictions": results}
     return doc, "\n".join([*lines, f"({predictor.provider})"])
+
+
+def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    from core.runtime import RuntimeInputError
+
+    texts = list(a.text or [])
+    if a.text_file:
+        path = Path(a.text_file)
+        if not path.is_file():
+            raise PredictError(f"{path} does not exist")
+        try:
+            content = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PredictError(f"{path.name} is not UTF-8 text") from exc
+        texts += [line for line in content.splitlines() if line.strip()]
+    if a.files:
+        raise PredictError("a text model takes --text or --text-file, not files")
+    if not texts:
+        raise PredictError("give --text TEXT or --text-file FILE (one text per line)")
+    try:
+        preds = predictor.predict_texts(texts)
+    except RuntimeInputError as exc:
+        raise PredictError(str(exc)) from exc
+    results, lines = [], []
+    for text, pred in zip(texts, preds, strict=True):
+        top = [{"label": label, "probability": p} for label, p in pred.top(a.top_k)]
+        results.append({"text": text, "label": pred.label, "top": top})
+        shown = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in top)
+        lines.append(f"{text[:60]!r}  {shown}")
+    doc = {
+        "run": a.run,
+        "provider": predictor.provider,
+        "latency_ms": predictor.last_latency_ms,
+        "predictions": results,
+    }
+    return doc, "\n".join([*lines, f"({predictor.provider}, {predictor.last_latency_ms:.1f} ms)"])
 
 
 def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
@@ -329,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name")
     p.add_argument("--target", help="the column to predict (default: target/label/class/y, else the last)")
     p.add_argument("--task", choices=list(TASKS), help="force the task")
+    p.add_argument("--text-column", help="text-classification: the column holding the text")
     add(ds, "list", cmd_datasets_list, "list datasets")
     add(ds, "show", cmd_datasets_show, "a dataset with its schema and quality report").add_argument(
         "id", type=int
@@ -346,8 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    images = p.add_argument_group("images")
-    images.add_argument("--weights", help="default, none, imagenet (download) or a weights file")
+    p.add_argument("--warmup", type=float, help="fraction of the steps spent warming the learning rate up")
+    p.add_argument("--weight-decay", type=float)
+    images = p.add_argument_group("images and text")
+    images.add_argument(
+        "--weights",
+        help="images: default, none, imagenet (download) or a weights file; "
+        "text: a Hugging Face model folder or hub id",
+    )
     images.add_argument(
         "--init-from", type=int, metavar="RUN", help="fine-tune the best checkpoint of an earlier run"
     )
@@ -357,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to the head")
     images.add_argument("--workers", type=int, help="data loading processes")
     images.add_argument("--cache", choices=["auto", "on", "off"], help="keep decoded images in memory")
+    texts = p.add_argument_group("text")
+    texts.add_argument("--max-length", type=int, help="tokens per text (default: the data's 95th percentile)")
+    texts.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many lower layers")
+    texts.add_argument("--grad-accum", type=int, help="an optimiser step every this many batches")
     p.add_argument("--wait", action="store_true", help="wait for the run, starting a worker if none is alive")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
 
@@ -375,8 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("--top-k", type=int, default=5, help="images: how many classes to show")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--top-k", type=int, default=5, help="images and text: how many classes to show")
+    p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
+    p.add_argument("--text-file", help="text models: a file with one text per line")
+    p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
 
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")

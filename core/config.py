@@ -130,6 +130,14 @@ class RunConfig(BaseModel):
     # Keep decoded, resized images in memory ("auto": when they fit in 1 GB).
     cache: Literal["auto", "on", "off"] = "auto"
 
+    # --- text ---------------------------------------------------------------------------
+    # Tokens per text (longer ones are cut); None: the data's 95th percentile, at most 256.
+    max_length: int | None = Field(None, ge=8, le=4096)
+    # Freeze the embeddings and this many lower transformer layers (0: train everything).
+    freeze_layers: int = Field(0, ge=0, le=100)
+    # Optimiser step every this many batches (a larger effective batch in the same memory).
+    grad_accum: int = Field(1, ge=1, le=1024)
+
     def params(self) -> dict[str, str]:
         """A flat string copy for the params table."""
         return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump().items()}

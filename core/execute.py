@@ -102,6 +102,8 @@ def execute_run(run_id: int) -> int:
             values["export_top1_agreement"] = check.top1_agreement
         jobs.record_metrics(run_id, step=0, epoch=outcome.epochs_run, values=values)
         jobs.record_artifact(run_id, "onnx", out / "model.onnx")
+        if (out / "tokenizer.json").exists():
+            jobs.record_artifact(run_id, "tokenizer", out / "tokenizer.json")
         _log(
             f"exported {check.path}: max |torch - ort| = {check.max_abs_diff:.3g}, top-1 agreement = {check.top1_agreement} on {check.n_samples} samples ({check.provider})"
         )

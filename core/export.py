@@ -39,32 +39,24 @@ def export_onnx(
     output_name: str,
     metadata: dict[str, Any],
     cfg: ExportConfig | None = None,
+    sequence: bool = False,
 ) -> None:
-    """Write `module` to `path` with a dynamic batch axis and `ascent.*` metadata_props."""
+    """Write `module` to `path` with a dynamic batch axis and `ascent.*` metadata_props.
+
+    `sequence=True` (text): axis 1 of every input is dynamic too, and the module is traced
+    with the TorchScript exporter, whose transformer graphs ONNX Runtime runs faster on the
+    CPU than the dynamo exporter's (bench/inference.py measures both paths against PyTorch).
+    """
     import onnx
 
     cfg = cfg or ExportConfig()
     module = module.eval().to("cpu")
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    # Modules take `*inputs`, which torch.export sees as one positional tuple.
-    dynamic_shapes = (tuple({0: batch} for _ in example_inputs),)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
-            program = torch.onnx.export(
-                module,
-                example_inputs,
-                dynamo=True,
-                input_names=input_names,
-                output_names=[output_name],
-                dynamic_shapes=dynamic_shapes,
-                opset_version=cfg.opset,
-                verbose=False,
-            )
-        if program is None:
-            raise ExportError("torch.onnx.export returned no program")
-        program.save(str(tmp))
+        if sequence:
+            _export_traced(module, example_inputs, tmp, input_names, output_name, cfg.opset)
+        else:
+            _export_dynamo(module, example_inputs, tmp, input_names, output_name, cfg.opset)
         model = onnx.load(str(tmp))
     except ExportError:
         raise
@@ -87,6 +79,59 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
+
+
+def _export_dynamo(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    tmp: Path,
+    input_names: list[str],
+    output_name: str,
+    opset: int,
+) -> None:
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # Modules take `*inputs`, which torch.export sees as one positional tuple.
+    dynamic_shapes = (tuple({0: batch} for _ in example_inputs),)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
+        program = torch.onnx.export(
+            module,
+            example_inputs,
+            dynamo=True,
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            verbose=False,
+        )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(tmp))
+
+
+def _export_traced(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    tmp: Path,
+    input_names: list[str],
+    output_name: str,
+    opset: int,
+) -> None:
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    axes[output_name] = {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(tmp),
+            dynamo=False,
+            input_names=input_names,
+            output_names=[output_name],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """Predictions from an exported ONNX file alone.
 
-Needs only numpy and onnxruntime (it imports nothing else of Ascent's): the task, labels,
-input spec and category code tables are read from the file's metadata_props.
+Needs only numpy and onnxruntime, and tokenizers for text (it imports nothing else of
+Ascent's): the task, labels, input spec, category code tables and the tokenizer's file name
+are read from the file's metadata_props.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class Predictor:
         self.inputs: list[dict[str, Any]] = json.loads(meta.get("ascent.inputs", "[]"))
         self.preprocess: str = meta.get("ascent.preprocess", "")
         self.run: dict[str, Any] = json.loads(meta.get("ascent.run", "{}"))
+        self.tokenizer_spec: dict[str, Any] = json.loads(meta.get("ascent.tokenizer", "{}"))
+        self._tokenizer: Any = None
         self.last_latency_ms = 0.0
 
     @property
@@ -174,6 +177,45 @@ class Predictor:
         except Exception as exc:
             raise RuntimeInputError(f"cannot read an image: {type(exc).__name__}: {exc}") from exc
         return self.decode(self.run_feeds({self.inputs[0]["name"]: batch}))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer` saved beside a text model (loaded once)."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            spec = self.tokenizer_spec
+            file = self.path.parent / spec.get("file", "tokenizer.json")
+            if not file.is_file():
+                raise RuntimeInputError(f"{file.name} is missing beside {self.path.name}; copy both files")
+            tok = Tokenizer.from_file(str(file))
+            tok.no_padding()
+            tok.enable_truncation(int(spec["max_length"]))
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def encode_texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Raw texts -> token ids and attention mask, padded to the longest text of the batch."""
+        if not texts:
+            raise RuntimeInputError("no text given")
+        texts = [str(t) for t in texts]
+        if any(not t.strip() for t in texts):
+            raise RuntimeInputError("a text is empty; give at least one word")
+        encoded = self.tokenizer.encode_batch(texts)
+        width = max(len(e.ids) for e in encoded)
+        ids = np.full((len(texts), width), int(self.tokenizer_spec["pad_id"]), dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def tokens(self, text: str) -> list[str]:
+        """The tokens a text becomes (after the cut), as the model sees them."""
+        return list(self.tokenizer.encode(str(text)).tokens)
+
+    def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:
+        return self.decode(self.run_feeds(self.encode_texts(texts)))
 
     def decode(self, out: np.ndarray) -> list[Prediction]:
         if self.task.endswith("regression"):

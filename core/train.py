@@ -147,7 +147,8 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     groups = data.param_groups or [{"params": list(model.parameters()), "lr_mult": 1.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(data.train))
+    accum = cfg.grad_accum
+    steps_per_epoch = max(1, -(-len(data.train) // accum))
     total_steps = cfg.epochs * steps_per_epoch
     # The learning rate is a function of the step alone, so resuming needs no scheduler state.
     lr_factor = cosine_with_warmup(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
@@ -178,24 +179,30 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         started = time.perf_counter()
-        for inputs, y in data.train:
-            lr = cfg.lr * lr_factor(state["step"])
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_mult"]
+        n_batches = len(data.train)
+        optimizer.zero_grad(set_to_none=True)
+        for i, (inputs, y) in enumerate(data.train):
             with autocast():
                 loss = data.loss_fn(model(*inputs), y)
-            optimizer.zero_grad(set_to_none=True)
+            scaled = loss / accum if accum > 1 else loss
             if scaler is None:
-                loss.backward()
-                optimizer.step()
+                scaled.backward()
             else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                scaler.scale(scaled).backward()
             loss_sum += loss.detach() * len(y)
             seen += len(y)
-            state["step"] += 1
-            progress.step = state["step"]
+            if (i + 1) % accum == 0 or i + 1 == n_batches:
+                lr = cfg.lr * lr_factor(state["step"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group["lr_mult"]
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                progress.step = state["step"]
             if should_stop is not None and should_stop():
                 status = "cancelled"
                 break

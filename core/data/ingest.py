@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from core.config import database, get_settings
-from core.data import images, tabular
+from core.data import images, tabular, text
 from core.errors import DatasetError, NotFoundError
 from db import queries
 from db.queries import DatasetInfo
 from db.session import session_scope
 
-TASKS = ("tabular-classification", "tabular-regression", "image-classification")
+TASKS = ("tabular-classification", "tabular-regression", "image-classification", "text-classification")
 
 
 def sha256_file(path: Path) -> str:
@@ -53,13 +53,18 @@ def ingest_file(
     name: str | None = None,
     target: str | None = None,
     task: str | None = None,
+    text_column: str | None = None,
 ) -> DatasetInfo:
-    """Check an uploaded file (a table or a zip of images), store it and record it."""
+    """Check an uploaded file (a table, a zip of images or of texts), store it and record it."""
     path = Path(path)
     size = _check_size(path)
     if task is not None and task not in TASKS:
         raise DatasetError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
     suffix = path.suffix.lower()
+    if text_column is not None and task is None:
+        task = "text-classification"
+    if task == "text-classification":
+        return _ingest_texts(path, name=name, size=size, text_column=text_column, target=target)
     if suffix == ".zip":
         if task not in (None, "image-classification"):
             raise DatasetError(f"a zip of images is image-classification, not {task}")
@@ -107,6 +112,34 @@ def _ingest_images(path: Path, *, name: str | None, size: int) -> DatasetInfo:
         )
 
     return _store(path, name, "image-classification", "zip", size, len(items), schema, report, write)
+
+
+def _ingest_texts(
+    path: Path, *, name: str | None, size: int, text_column: str | None, target: str | None
+) -> DatasetInfo:
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        settings = get_settings()
+        limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
+        frame = text.read_zip(path, limits)
+        text_column, target, fmt = "text", "label", "zip"
+    elif suffix in text.TEXT_SUFFIXES:
+        frame = text.read_table(path)
+        text_column, target = text.choose_columns(frame, text_column, target)
+        fmt = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+            suffix, "csv"
+        )
+    else:
+        raise DatasetError(
+            f"{path.name}: text-classification takes a CSV, TSV, Parquet or JSON Lines table, "
+            "or a zip of class folders of .txt files"
+        )
+    data, schema, report = text.inspect_texts(frame, text_column, target, path.name)
+
+    def write(staging: Path) -> None:
+        data.to_parquet(staging / "data.parquet", index=False)
+
+    return _store(path, name, "text-classification", fmt, size, len(data), schema, report, write)
 
 
 def _store(

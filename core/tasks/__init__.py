@@ -163,9 +163,9 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import image, tabular
+    from core.tasks import image, tabular, text
 
-    modules: dict[str, Task] = {t: m for m in (tabular, image) for t in m.TASKS}
+    modules: dict[str, Task] = {t: m for m in (tabular, image, text) for t in m.TASKS}
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")
     return modules[name]

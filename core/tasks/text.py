@@ -1,0 +1,256 @@
+"""Text classification: fine-tune a transformer or train a small CNN; token ids and mask in.
+
+Texts are tokenised once (cut at the run's maximum length); each batch is padded to its own
+longest text (dynamic padding). Validation texts are sorted by length so their batches carry
+little padding. The export writes `tokenizer.json` beside `model.onnx` and names it, with the
+maximum length and the padding id, in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from core import checkpoint
+from core.config import RunConfig, get_settings
+from core.errors import ConfigError, DatasetError
+from core.export import ExportConfig, check_parity, export_onnx
+from core.models import get_model
+from core.models.text import PAD, TextNet, arch_json
+from core.tasks import (
+    DeviceLoader,
+    ExportCheck,
+    TaskData,
+    classification_metrics,
+    cross_entropy,
+    split_indices,
+)
+from db.queries import DatasetInfo
+
+TASKS: tuple[str, ...] = ("text-classification",)
+DEFAULT_MAX_LENGTH = 256
+MAX_PARITY_TEXTS = 512
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TokenDataset(Dataset[tuple[np.ndarray, int]]):
+    def __init__(self, ids: list[np.ndarray], labels: np.ndarray) -> None:
+        self.ids, self.labels = ids, labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.ids[i], int(self.labels[i])
+
+
+def pad_batch(ids: list[np.ndarray], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and attention mask, padded on the right to the longest (or `length`)."""
+    width = length or max(len(x) for x in ids)
+    out = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        out[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return out, mask
+
+
+class _Collate:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[tuple[np.ndarray, int]]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        ids, mask = pad_batch([b[0] for b in batch], self.pad_id)
+        return (torch.from_numpy(ids), torch.from_numpy(mask)), torch.tensor([b[1] for b in batch])
+
+
+def choose_max_length(cfg: RunConfig, p95: float, positions: int) -> int:
+    """The run's length in tokens: as set, else the data's 95th percentile rounded up to 8."""
+    if cfg.max_length is not None:
+        if cfg.max_length > positions:
+            raise ConfigError(f"--max-length {cfg.max_length} is over this model's {positions} positions")
+        return cfg.max_length
+    return int(min(positions, DEFAULT_MAX_LENGTH, max(16, 8 * math.ceil(p95 / 8))))
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[np.ndarray]:
+    tokenizer.enable_truncation(max_length)
+    return [np.asarray(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(texts)]
+
+
+def pad_id(tokenizer: Any) -> int:
+    for token in (PAD, "<pad>", "<PAD>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return 0
+
+
+def _freeze(net: TextNet, n_layers: int) -> None:
+    if n_layers == 0:
+        return
+    if n_layers >= len(net.layers):
+        raise ConfigError(
+            f"--freeze-layers {n_layers}: this model has {len(net.layers) - 1} layers above its embeddings; "
+            "freeze fewer so something trains"
+        )
+    for group in net.layers[: n_layers + 1]:  # the embeddings and n layers above them
+        for param in group:
+            param.requires_grad_(False)
+
+
+def _init_from_run(net: TextNet, cfg: RunConfig) -> None:
+    path = get_settings().runs_dir / str(cfg.init_from_run) / "best.safetensors"
+    if not path.exists():
+        raise ConfigError(f"run {cfg.init_from_run} has no checkpoint to start from")
+    meta = checkpoint.read_metadata(path)
+    if meta.get("config", {}).get("model") != cfg.model or cfg.model == "text-cnn":
+        raise ConfigError(
+            f"run {cfg.init_from_run} cannot seed this run: fine-tune the same transformer model"
+        )
+    from safetensors.torch import load_file
+
+    from core.models.vision import load_matching
+
+    fresh = load_matching(net.module, load_file(str(path)), source=f"run {cfg.init_from_run}'s checkpoint")
+    print(
+        f"initialised from run {cfg.init_from_run}" + (f"; new: {', '.join(fresh)}" if fresh else ""),
+        flush=True,
+    )
+
+
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+    torch.manual_seed(cfg.seed)
+    try:
+        frame = pd.read_parquet(Path(dataset.path) / "data.parquet")
+    except Exception as exc:
+        raise DatasetError(
+            f"dataset {dataset.id}'s texts cannot be read ({exc}); add the file again"
+        ) from exc
+    classes: list[str] = dataset.schema["classes"]
+    lookup = {c: i for i, c in enumerate(classes)}
+    y = frame["label"].map(lookup).to_numpy(np.int64)
+    texts = frame["text"].tolist()
+    train_idx, val_idx = split_indices(y, stratify=True, val_fraction=cfg.val_fraction, seed=cfg.seed)
+
+    spec = get_model(cfg.model, cfg.task)
+    net: TextNet = spec.build(len(classes), cfg, [texts[i] for i in train_idx])
+    if cfg.init_from_run is not None:
+        _init_from_run(net, cfg)
+    _freeze(net, cfg.freeze_layers)
+    max_length = choose_max_length(cfg, float(dataset.schema.get("p95_tokens", 128)), net.max_positions)
+    ids = encode(net.tokenizer, texts, max_length)
+    pad = pad_id(net.tokenizer)
+    collate = _Collate(pad)
+    val_order = sorted(val_idx.tolist(), key=lambda i: len(ids[i]))
+
+    generator = torch.Generator()
+    train_set = TokenDataset([ids[i] for i in train_idx], y[train_idx])
+    cuda = device.startswith("cuda")
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=RandomSampler(train_set, generator=generator),
+        drop_last=len(train_idx) > cfg.batch_size,
+        collate_fn=collate,
+        pin_memory=cuda,
+    )
+    val_loader = DataLoader(
+        TokenDataset([ids[i] for i in val_order], y[val_order]),
+        batch_size=max(cfg.batch_size, 32),
+        shuffle=False,
+        collate_fn=collate,
+        pin_memory=cuda,
+    )
+    trainable = [p for p in net.module.parameters() if p.requires_grad]
+    lengths = np.array([len(ids[i]) for i in train_idx])
+    print(
+        f"tokens per text: median {int(np.median(lengths))}, max length {max_length} "
+        f"({int((lengths >= max_length).sum())} training texts cut)",
+        flush=True,
+    )
+    return TaskData(
+        model=net.module,
+        train=DeviceLoader(train_loader, device, generator, cfg.seed),
+        val=DeviceLoader(val_loader, device),
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        loss_fn=cross_entropy,
+        evaluate=classification_metrics,
+        main_metric="val_f1_macro",
+        mode="max",
+        extra={
+            "task": cfg.task,
+            "classes": classes,
+            "max_length": max_length,
+            "pad_id": pad,
+            "pretrained": net.pretrained,
+            "arch": arch_json(net.arch),
+            "tokenizer": net.tokenizer.to_str(),
+        },
+        param_groups=[{"params": trainable, "lr_mult": 1.0}],
+    )
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(input_ids, attention_mask).float(), dim=1)
+
+
+def tokenizer_metadata(extra: dict[str, Any]) -> dict[str, Any]:
+    return {"file": TOKENIZER_FILE, "max_length": extra["max_length"], "pad_id": extra["pad_id"]}
+
+
+def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
+    """model.onnx (ids and mask in, probabilities out) and tokenizer.json beside it."""
+    assert isinstance(data.val, DeviceLoader)
+    val_set = data.val.loader.dataset
+    assert isinstance(val_set, TokenDataset)
+    extra = data.extra
+    (path.parent / TOKENIZER_FILE).write_text(extra["tokenizer"], encoding="utf-8")
+    wrapper = _Probabilities(data.model.to("cpu")).eval()
+    spec = [
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+        {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+    ]
+    metadata = {
+        "ascent.task": cfg.task,
+        "ascent.labels": json.dumps(dataset.schema["classes"]),
+        "ascent.inputs": json.dumps(spec),
+        "ascent.tokenizer": json.dumps(tokenizer_metadata(extra)),
+        "ascent.preprocess": (
+            f"tokenize with {TOKENIZER_FILE} beside this file (cut at {extra['max_length']} tokens), "
+            f"pad each batch on the right with id {extra['pad_id']}, attention_mask 1 for real tokens"
+        ),
+        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
+        "ascent.output": "probabilities",
+    }
+    example = tuple(
+        torch.from_numpy(x) for x in pad_batch([np.arange(5, 12), np.arange(5, 9)], extra["pad_id"])
+    )
+    export_onnx(
+        wrapper,
+        example,
+        path,
+        input_names=["input_ids", "attention_mask"],
+        output_name="probabilities",
+        metadata=metadata,
+        sequence=True,
+    )
+    # Parity with heavy padding: every validation text padded to the longest one.
+    n = min(len(val_set), MAX_PARITY_TEXTS)
+    picked = [val_set.ids[i] for i in np.linspace(0, len(val_set) - 1, n).astype(int)]
+    ids, mask = pad_batch(picked, extra["pad_id"])
+    return check_parity(path, wrapper, (ids, mask), classification=True, cfg=ExportConfig(batch_size=32))
