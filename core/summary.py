@@ -16,6 +16,7 @@ MAIN_METRIC = {
     "tabular-classification": "val_f1_macro",
     "image-classification": "val_f1_macro",
     "tabular-regression": "val_rmse",
+    "text-classification": "val_f1_macro",
 }
 
 
@@ -141,3 +142,39 @@ def format_eta(seconds: float | None) -> str:
 
 def when(t: datetime | None) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def sample_texts(ds: DatasetInfo, per_class: int = 3, chars: int = 300) -> pd.DataFrame:
+    """A few texts of each class, cut to `chars` characters."""
+    frame = pd.read_parquet(Path(ds.path) / "data.parquet")
+    picked = frame.groupby("label", sort=True).head(per_class).sort_values("label", kind="stable")
+    return picked.assign(text=picked["text"].str.slice(0, chars))[["label", "text"]]
+
+
+def length_histogram(report: dict[str, Any]) -> pd.DataFrame:
+    """Text lengths as counts per bin, indexed by the bin's lower edge (for a bar chart)."""
+    hist = report["length_tokens"]["histogram"]
+    edges = [round(e) for e in hist["edges"][:-1]]
+    return pd.DataFrame({"texts": hist["counts"]}, index=pd.Index(edges, name=report["length_unit"]))
+
+
+def highlight_html(text: str, tokens: list[Any]) -> str:
+    """The text with each token's span shaded by its attribution: green for the explained
+    class, red against it (alpha = |score|). Tokens share spans when a word splits."""
+    import html
+
+    parts, cursor = [], 0
+    for tok in sorted((t for t in tokens if t.end > t.start), key=lambda t: t.start):
+        if tok.start < cursor:
+            continue
+        parts.append(html.escape(text[cursor : tok.start]))
+        colour = "22,163,74" if tok.score >= 0 else "220,38,38"
+        alpha = min(1.0, abs(tok.score)) * 0.75
+        parts.append(
+            f'<span title="{tok.token}: {tok.score:+.2f}" '
+            f'style="background: rgba({colour},{alpha:.2f}); border-radius: 3px; padding: 0 1px">'
+            f"{html.escape(text[tok.start : tok.end])}</span>"
+        )
+        cursor = tok.end
+    parts.append(html.escape(text[cursor:]))
+    return '<div class="ascent-attribution" style="line-height: 1.9">' + "".join(parts) + "</div>"

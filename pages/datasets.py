@@ -4,25 +4,59 @@ import pandas as pd
 import streamlit as st
 
 from core import summary
-from core.data.ingest import delete_dataset, ingest_upload, list_datasets, table_columns
+from core.data.ingest import delete_dataset, guess_upload, ingest_upload, list_datasets
 from core.errors import AscentError
 
 st.title("Datasets")
 
+TASK_CHOICES = {
+    "detect (table)": None,
+    "table: classification": "tabular-classification",
+    "table: regression": "tabular-regression",
+    "text classification": "text-classification",
+}
+
 with st.container(border=True):
     st.subheader("Add a dataset")
     upload = st.file_uploader(
-        "A table (CSV, TSV, Parquet) or a zip of images (one folder per class, or a CSV of path,label)",
-        type=["csv", "tsv", "parquet", "zip"],
+        "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
+        "class folders of images or of .txt files",
+        type=["csv", "tsv", "parquet", "jsonl", "zip"],
     )
     options: dict[str, str | None] = {}
     ready = upload is not None
-    if upload is not None and not upload.name.lower().endswith(".zip"):
+    if upload is not None:
         try:
-            columns, guess = table_columns(upload.name, upload.getvalue())
-            options["target"] = st.selectbox("Column to predict", columns, index=columns.index(guess))
-            choice = st.radio("Task", ["detect", "classification", "regression"], horizontal=True)
-            options["task"] = None if choice == "detect" else f"tabular-{choice}"
+            guess = guess_upload(upload.name, upload.getvalue())
+            if upload.name.lower().endswith(".zip"):
+                kinds = ["image-classification", "text-classification"]
+                options["task"] = st.radio(
+                    "The zip holds",
+                    kinds,
+                    index=kinds.index(guess.task or kinds[0]),
+                    format_func=lambda t: "images" if t.startswith("image") else "texts (.txt)",
+                    horizontal=True,
+                )
+            else:
+                labels = list(TASK_CHOICES)
+                current = next(k for k, v in TASK_CHOICES.items() if v == guess.task)
+                choice = st.radio("Task", labels, index=labels.index(current), horizontal=True)
+                options["task"] = TASK_CHOICES[choice]
+                columns = guess.columns
+                if options["task"] == "text-classification":
+                    left, right = st.columns(2)
+                    text_guess = guess.text_column or columns[0]
+                    options["text_column"] = left.selectbox(
+                        "Text column", columns, index=columns.index(text_guess)
+                    )
+                    rest = [c for c in columns if c != options["text_column"]]
+                    label_guess = guess.target if guess.target in rest else rest[0]
+                    options["target"] = right.selectbox("Label column", rest, index=rest.index(label_guess))
+                else:
+                    target_guess = guess.target if guess.target in columns else columns[-1]
+                    options["target"] = st.selectbox(
+                        "Column to predict", columns, index=columns.index(target_guess)
+                    )
         except AscentError as exc:
             st.error(str(exc))
             ready = False
@@ -66,6 +100,9 @@ if ds.task == "image-classification":
     for label, paths in summary.sample_images(ds).items():
         st.markdown(f"**{label}**")
         st.image([str(p) for p in paths], width=96)
+elif ds.task == "text-classification":
+    st.caption(f"Text column '{ds.schema['text_column']}', label column '{ds.schema['label_column']}'")
+    st.dataframe(summary.sample_texts(ds), hide_index=True, width="stretch")
 else:
     st.dataframe(summary.preview_table(ds), width="stretch")
 
@@ -86,6 +123,21 @@ if "class_counts" in report:
                 "colour modes": report["modes"],
             }
         )
+    if ds.task == "text-classification":
+        right.markdown(f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})")
+        right.bar_chart(summary.length_histogram(report))
+        st.write(
+            {
+                "examples": report["examples"],
+                "empty texts (left out)": report["empty_texts"],
+                "missing labels (left out)": report["missing_labels"],
+                "exact duplicates": report["duplicate_texts"],
+                "duplicates with conflicting labels": report["conflicting_duplicates"],
+            }
+        )
+        if report["conflict_examples"]:
+            st.warning("Same text, different labels (label errors?)")
+            st.dataframe(pd.DataFrame(report["conflict_examples"]), hide_index=True, width="stretch")
 if "missing_per_column" in report:
     missing = pd.Series(report["missing_per_column"], name="missing values")
     st.markdown(

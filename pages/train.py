@@ -42,7 +42,7 @@ with st.container(border=True):
             "Early-stopping patience",
             0,
             1000,
-            8,
+            int(d.get("patience", 8)),
             help="Epochs without a better validation metric before stopping (0: never).",
         )
         seed = c5.number_input(
@@ -68,6 +68,50 @@ with st.container(border=True):
                 "Head-only epochs", 0, 100, 0, help="Train only the new head first."
             )
             options["augment"] = st.checkbox("Augment (random crops, flips, colour jitter)", value=True)
+        if ds.task == "text-classification":
+            p95 = ds.schema.get("p95_tokens")
+            c7, c8, c9 = st.columns(3)
+            options["max_length"] = c7.number_input(
+                "Max tokens per text",
+                8,
+                4096,
+                value=None,
+                placeholder=f"from the data ({p95:g} at the 95th percentile)" if p95 else "from the data",
+                help="Longer texts are cut. Empty: the data's 95th percentile, at most 256.",
+            )
+            options["freeze_layers"] = c8.number_input(
+                "Frozen lower layers",
+                0,
+                100,
+                0,
+                help="Freeze the embeddings and this many lower transformer layers (0: train all).",
+            )
+            options["grad_accum"] = c9.number_input(
+                "Gradient accumulation",
+                1,
+                1024,
+                1,
+                help="An optimiser step every this many batches: a larger batch in the same memory.",
+            )
+            c10, c11 = st.columns(2)
+            options["warmup_fraction"] = c10.number_input(
+                "Warm-up fraction",
+                0.0,
+                0.5,
+                float(d.get("warmup_fraction", 0.05)),
+                help="Share of the steps spent raising the learning rate from zero.",
+            )
+            options["weight_decay"] = c11.number_input(
+                "Weight decay", 0.0, 1.0, float(d.get("weight_decay", 1e-4)), format="%.4f"
+            )
+            if spec.name == "hf-transformer":
+                options["weights"] = (
+                    st.text_input(
+                        "Hugging Face model",
+                        placeholder="a local folder, or a hub id such as distilbert-base-uncased",
+                    )
+                    or None
+                )
         name = st.text_input("Run name (optional)")
         launch = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
     if launch:

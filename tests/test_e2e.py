@@ -174,3 +174,31 @@ def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  
     _shot(page, "predict-image")
     _open(page, "/runs")
     _shot(page, "runs")
+
+
+def test_text_csv_train_type_a_sentence_see_highlighted_tokens(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.data.samples import bbc_news_csv
+
+    csv = bbc_news_csv(tmp_path / "news.csv", per_class=30, chars=300)
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(csv))
+    page.get_by_text("Text column").wait_for()  # the text task is recognised
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    page.get_by_text("Length in").wait_for()
+    _shot(page, "datasets-texts")
+
+    # The default model, MiniLM, fine-tuned briefly.
+    _launch_and_wait(page, "2", {"Batch size": "16"})
+
+    _open(page, "/predict")
+    page.get_by_role("textbox", name="Text").fill(
+        "The government minister said the election campaign would focus on tax"
+    )
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("ms on CPUExecutionProvider").wait_for()
+    page.get_by_text("Green tokens push towards it").wait_for(timeout=120_000)
+    spans = page.locator(".ascent-attribution span")
+    assert spans.count() >= 10
+    assert "election" in page.locator(".ascent-attribution").inner_text()
+    _shot(page, "predict-text")

@@ -131,3 +131,45 @@ def test_home_sample_adds_data_and_queues_a_run(home: Path) -> None:
     assert not at.exception and "queued" in at.success[0].value
     (run,) = jobs.list_runs()
     assert run.status == "queued" and run.config["epochs"] == 30
+
+
+@pytest.fixture
+def text_run(home: Path, tmp_path: Path) -> int:
+    """A finished text-cnn run on BBC News openings, trained by a real worker."""
+    from core.data.samples import bbc_news_csv
+
+    ds = ingest_file(bbc_news_csv(tmp_path / "bbc.csv", per_class=30, chars=300), task="text-classification")
+    run = jobs.submit(jobs.config_for(ds.id, model="text-cnn", epochs=6, name="bbc cnn"))
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    assert jobs.get_run(run.id).status == "succeeded"
+    return run.id
+
+
+def test_text_pages_show_the_data_the_options_and_explain_a_prediction(text_run: int) -> None:
+    at = _page("datasets")
+    assert not at.exception and not at.error
+    assert "sports" in at.dataframe[1].value["label"].tolist()  # texts per class
+    assert any("Length in" in m.value for m in at.markdown)
+
+    at = _page("train")
+    labels = [n.label for n in at.number_input]
+    assert {"Max tokens per text", "Frozen lower layers", "Gradient accumulation"} <= set(labels)
+
+    at = _page("predict")
+    assert not at.exception
+    sentence = "The striker scored twice as the team won the cup final"
+    at.text_area[0].set_value(sentence)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert any(m.value.startswith("### ") for m in at.markdown)
+    assert any("on CPUExecutionProvider" in c.value for c in at.caption)
+    (highlight,) = [h for h in at.get("html") if "ascent-attribution" in h.proto.body]
+    import re
+
+    assert re.sub(r"<[^>]+>", "", highlight.proto.body) == sentence  # the whole text, shaded
+    assert highlight.proto.body.count("<span") >= 10  # one shaded span per token at least
+
+
+def test_text_upload_offers_text_and_label_columns(home: Path) -> None:
+    at = _page("datasets")
+    assert any("JSON Lines" in u.label for u in at.get("file_uploader"))

@@ -63,6 +63,10 @@ def ingest_file(
     suffix = path.suffix.lower()
     if text_column is not None and task is None:
         task = "text-classification"
+    if task is None and suffix == ".zip":
+        task = _zip_task(path, path.name)
+    elif task is None and suffix in text.TEXT_SUFFIXES and text.text_column_guess(text.read_table(path)):
+        task = "text-classification"  # a column of free text (force a table task with --task)
     if task == "text-classification":
         return _ingest_texts(path, name=name, size=size, text_column=text_column, target=target)
     if suffix == ".zip":
@@ -196,14 +200,45 @@ def ingest_upload(filename: str, data: bytes, **options: str | None) -> DatasetI
         return ingest_file(path, **options)
 
 
-def table_columns(filename: str, data: bytes) -> tuple[list[str], str]:
-    """The columns of an uploaded table and the target Ascent would pick."""
+@dataclasses.dataclass(frozen=True)
+class UploadGuess:
+    """What the Datasets page offers for an upload before it is added."""
+
+    task: str | None  # None: tabular, classification or regression detected at ingest
+    columns: list[str]
+    target: str | None
+    text_column: str | None
+
+
+def _zip_task(source: bytes | Path, name: str) -> str:
+    """Texts when most files in the zip are .txt, else images."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
+            names = [n.lower() for n in zf.namelist() if not n.endswith("/")]
+    except zipfile.BadZipFile as exc:
+        raise DatasetError(f"{name} is not a valid zip archive ({exc})") from exc
+    texts = sum(n.endswith(".txt") for n in names)
+    return "text-classification" if names and texts > len(names) / 2 else "image-classification"
+
+
+def guess_upload(filename: str, data: bytes) -> UploadGuess:
+    """The likely task and columns of an upload: a zip of images or texts, a table or texts."""
     safe = Path(filename).name or "upload.csv"
+    if safe.lower().endswith(".zip"):
+        return UploadGuess(_zip_task(data, safe), [], None, None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / safe
         path.write_bytes(data)
-        df = tabular.read_table(path)
-    return [str(c) for c in df.columns], tabular.choose_target(df, None)
+        df = text.read_table(path)
+    columns = [str(c) for c in df.columns]
+    text_column = text.text_column_guess(df)
+    if text_column is not None:
+        _, label = text.choose_columns(df, text_column, None)
+        return UploadGuess("text-classification", columns, label, text_column)
+    return UploadGuess(None, columns, tabular.choose_target(df, None), None)
 
 
 def get_dataset(dataset_id: int) -> DatasetInfo:

@@ -56,6 +56,11 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+def _holds_strings(column: pd.Series) -> bool:
+    """True for object and string columns (pandas 3 reads text as `str`, not `object`)."""
+    return pd.api.types.is_string_dtype(column.dtype)
+
+
 def choose_columns(df: pd.DataFrame, text_column: str | None, target: str | None) -> tuple[str, str]:
     """(text column, label column): as given, else by name, else the longest text and the
     column with the fewest distinct values among the rest."""
@@ -69,7 +74,7 @@ def choose_columns(df: pd.DataFrame, text_column: str | None, target: str | None
         if named:
             text_column = named[0]
         else:
-            strings = [c for c in columns if c != target and df[c].dtype == object]
+            strings = [c for c in columns if c != target and _holds_strings(df[c])]
             if not strings:
                 raise DatasetError(
                     "no column holds text; name the text column with --text-column (or pick it in the page)"
@@ -82,6 +87,20 @@ def choose_columns(df: pd.DataFrame, text_column: str | None, target: str | None
     if target == text_column:
         raise DatasetError(f"'{target}' cannot be both the text and the label column")
     return text_column, target
+
+
+def text_column_guess(df: pd.DataFrame) -> str | None:
+    """A column that holds free text (by name, or long strings on average), else None."""
+    lower = {str(c).lower(): str(c) for c in df.columns}
+    for name in TEXT_NAMES:
+        if name in lower:
+            return lower[name]
+    strings = [str(c) for c in df.columns if _holds_strings(df[c])]
+    if not strings:
+        return None
+    longest = max(strings, key=lambda c: df[c].astype(str).str.len().mean())
+    words = df[longest].astype(str).str.split().str.len().mean()
+    return longest if words >= 5 else None
 
 
 def _tokenizer() -> Any | None:

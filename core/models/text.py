@@ -32,6 +32,8 @@ class TextNet:
     arch: dict[str, Any]
     # Parameters of the embeddings and lower layers, in order, for --freeze-layers.
     layers: list[list[nn.Parameter]] = field(default_factory=list)
+    # The new classification head (trained at the full learning rate; the body at a fraction).
+    head: list[nn.Parameter] = field(default_factory=list)
 
 
 class HFClassifier(nn.Module):
@@ -114,7 +116,9 @@ def load_hf(source: str, num_classes: int) -> TextNet:
         layers.append(list(body.embeddings.parameters()))
     encoder_layers = getattr(getattr(body, "encoder", None), "layer", [])
     layers.extend(list(layer.parameters()) for layer in encoder_layers)
-    return TextNet(HFClassifier(model), prepare_tokenizer(tokenizer), positions, True, arch, layers)
+    prefix = model.base_model_prefix + "."
+    head = [p for name, p in model.named_parameters() if not name.startswith(prefix)]
+    return TextNet(HFClassifier(model), prepare_tokenizer(tokenizer), positions, True, arch, layers, head)
 
 
 def minilm_path() -> str:
@@ -133,7 +137,7 @@ def minilm_path() -> str:
     description="all-MiniLM-L6-v2 (22.7M, shipped offline), fine-tuned",
     default=True,
     defaults={
-        "lr": 1e-4,
+        "lr": 1e-3,
         "batch_size": 16,
         "epochs": 5,
         "weight_decay": 0.01,
@@ -151,7 +155,7 @@ def minilm(num_classes: int, cfg: RunConfig, texts: list[str]) -> TextNet:
     name="hf-transformer",
     description="any Hugging Face model: --weights FOLDER or hub id",
     defaults={
-        "lr": 5e-5,
+        "lr": 5e-4,
         "batch_size": 16,
         "epochs": 4,
         "weight_decay": 0.01,

@@ -97,10 +97,10 @@ def pad_id(tokenizer: Any) -> int:
 def _freeze(net: TextNet, n_layers: int) -> None:
     if n_layers == 0:
         return
-    if n_layers >= len(net.layers):
+    if n_layers > len(net.layers) - 1:
         raise ConfigError(
             f"--freeze-layers {n_layers}: this model has {len(net.layers) - 1} layers above its embeddings; "
-            "freeze fewer so something trains"
+            "freeze at most that many (the head always trains)"
         )
     for group in net.layers[: n_layers + 1]:  # the embeddings and n layers above them
         for param in group:
@@ -170,7 +170,11 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
         collate_fn=collate,
         pin_memory=cuda,
     )
-    trainable = [p for p in net.module.parameters() if p.requires_grad]
+    # The new head learns at the run's rate, a pretrained body at a fraction of it.
+    head_ids = {id(p) for p in net.head}
+    body = [p for p in net.module.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in net.head if p.requires_grad]
+    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if net.pretrained else 1.0)
     lengths = np.array([len(ids[i]) for i in train_idx])
     print(
         f"tokens per text: median {int(np.median(lengths))}, max length {max_length} "
@@ -196,7 +200,9 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
             "arch": arch_json(net.arch),
             "tokenizer": net.tokenizer.to_str(),
         },
-        param_groups=[{"params": trainable, "lr_mult": 1.0}],
+        param_groups=[
+            g for g in ({"params": body, "lr_mult": mult}, {"params": head, "lr_mult": 1.0}) if g["params"]
+        ],
     )
 
 
