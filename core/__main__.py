@@ -60,6 +60,18 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
         for key in ("empty_texts", "missing_labels", "duplicate_texts", "conflicting_duplicates"):
             if rep[key]:
                 text += f"\n{key.replace('_', ' ')}: {rep[key]}"
+    elif ds.task == "audio-classification":
+        secs = rep["seconds"]
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} clips in {len(ds.schema['classes'])} classes\n"
+            f"duration: median {secs['median']:.2f} s, 95% under {secs['p95']:.2f} s -> clips of {ds.schema['clip_seconds']:g} s; "
+            f"sample rates {rep['sample_rates']}, channels {rep['channels']}"
+        )
+        if rep["unreadable"]:
+            text += "\nunreadable, left out: " + "; ".join(f"{k} ({v})" for k, v in rep["unreadable"].items())
+        for key in ("silent", "clipped"):
+            if rep[key]:
+                text += f"\n{key}: {', '.join(rep[key][:5])}"
     elif ds.task == "image-classification":
         text = f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} images in {len(ds.schema['classes'])} classes"
         if rep["unreadable"]:
@@ -170,6 +182,9 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         grad_accum=a.grad_accum,
         warmup_fraction=a.warmup,
         weight_decay=a.weight_decay,
+        sample_rate=a.sample_rate,
+        clip_seconds=a.clip_seconds,
+        n_mels=a.n_mels,
     )
     run = jobs.submit(cfg)
     if a.wait:
@@ -249,8 +264,8 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
         raise PredictError(f"run {a.run} is {predictor.task}; --text is for text models")
     if not a.files:
         raise PredictError("give the files to predict")
-    if predictor.task == "image-classification":
-        return _predict_images(predictor, a)
+    if predictor.task in ("image-classification", "audio-classification"):
+        return _predict_files(predictor, a)
     results, lines = [], []
     for file in a.files:
         try:
@@ -279,7 +294,8 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     return doc, "\n".join([*lines, f"({predictor.provider})"])
 
 
-def _predict_images(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+def _predict_files(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    """Images or audio clips, one prediction per file."""
     from core.runtime import RuntimeInputError
 
     results, lines = [], []
@@ -287,7 +303,10 @@ def _predict_images(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
         if not Path(file).is_file():
             raise PredictError(f"{file} does not exist")
         try:
-            (pred,) = predictor.predict_images([file])
+            predict = (
+                predictor.predict_images if predictor.task.startswith("image") else predictor.predict_audio
+            )
+            (pred,) = predict([file])
         except RuntimeInputError as exc:
             raise PredictError(f"{file}: {exc}") from exc
         top = [{"label": label, "probability": p} for label, p in pred.top(a.top_k)]
@@ -425,6 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     texts.add_argument("--max-length", type=int, help="tokens per text (default: the data's 95th percentile)")
     texts.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many lower layers")
     texts.add_argument("--grad-accum", type=int, help="an optimiser step every this many batches")
+    sounds = p.add_argument_group("audio")
+    sounds.add_argument("--sample-rate", type=int, help="resample clips to this rate (default 16000)")
+    sounds.add_argument(
+        "--clip-seconds", type=float, help="clip length (default: the data's 95th percentile)"
+    )
+    sounds.add_argument("--n-mels", type=int, help="mel bands of the front end (default 64)")
     p.add_argument("--wait", action="store_true", help="wait for the run, starting a worker if none is alive")
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
 
@@ -443,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("--top-k", type=int, default=5, help="images and text: how many classes to show")
+    p.add_argument("--top-k", type=int, default=5, help="images, text and audio: how many classes to show")
     p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")

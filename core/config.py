@@ -138,6 +138,13 @@ class RunConfig(BaseModel):
     # Optimiser step every this many batches (a larger effective batch in the same memory).
     grad_accum: int = Field(1, ge=1, le=1024)
 
+    # --- audio --------------------------------------------------------------------------
+    # Clips are resampled to this rate and mixed to mono.
+    sample_rate: int = Field(16_000, ge=4_000, le=48_000)
+    # Seconds per clip (padded or cut around the middle); None: the data's 95th percentile.
+    clip_seconds: float | None = Field(None, gt=0.1, le=30)
+    n_mels: int = Field(64, ge=16, le=256)
+
     def params(self) -> dict[str, str]:
         """A flat string copy for the params table."""
         return {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump().items()}

@@ -1,7 +1,7 @@
 """Predictions from an exported ONNX file alone.
 
-Needs only numpy and onnxruntime, and tokenizers for text (it imports nothing else of
-Ascent's): the task, labels, input spec, category code tables and the tokenizer's file name
+Needs only numpy and onnxruntime, tokenizers for text, soundfile and scipy for audio (it
+imports nothing else of Ascent's): the task, labels, input spec, category code tables and the tokenizer's file name
 are read from the file's metadata_props.
 """
 
@@ -71,6 +71,61 @@ def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
             img.paste(rgba, mask=rgba.getchannel("A"))
         img = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8).copy()
+
+
+AUDIO_SUFFIXES = {".wav", ".flac"}
+
+
+def load_audio(source: Any) -> tuple[np.ndarray, int]:
+    """A WAV or FLAC clip (path, bytes or file object) as float32 [frames, channels] and its rate."""
+    import io
+
+    import soundfile as sf
+
+    if isinstance(source, bytes):
+        if not source:
+            raise RuntimeInputError("the clip is empty (0 bytes)")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        raise RuntimeInputError(f"{Path(source).name} is empty (0 bytes)")
+    try:
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError
+        raise RuntimeInputError(
+            f"not a readable WAV or FLAC clip ({str(exc).strip() or type(exc).__name__})"
+        ) from exc
+    if data.shape[0] == 0:
+        raise RuntimeInputError("the clip has 0 samples")
+    return np.asarray(data, dtype=np.float32), int(rate)
+
+
+def to_mono(data: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Channels mixed to mono, resampled to `target_rate` (polyphase, anti-aliased)."""
+    mono = data.mean(axis=1) if data.ndim == 2 else data
+    if rate != target_rate:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(rate, target_rate)
+        mono = resample_poly(mono, target_rate // g, rate // g)
+    return np.asarray(mono, dtype=np.float32)
+
+
+def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
+    """Centre a clip in `samples`: pad both sides with silence, or keep the middle."""
+    n = len(wave)
+    if n >= samples:
+        start = (n - samples) // 2
+        return wave[start : start + samples]
+    out = np.zeros(samples, dtype=np.float32)
+    start = (samples - n) // 2
+    out[start : start + n] = wave
+    return out
+
+
+def prepare_clip(source: Any, rate: int, samples: int) -> np.ndarray:
+    """The one way a clip becomes model input: decode, mono, resample, centre to length."""
+    data, sr = load_audio(source)
+    return fit_length(to_mono(data, sr, rate), samples)
 
 
 def create_session(path: str | Path, providers: Sequence[str] | None = None) -> Any:
@@ -216,6 +271,18 @@ class Predictor:
 
     def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:
         return self.decode(self.run_feeds(self.encode_texts(texts)))
+
+    @property
+    def audio(self) -> tuple[int, int]:
+        """(sample rate, samples per clip) an audio model takes."""
+        spec = self.inputs[0]
+        return int(spec["sample_rate"]), int(spec["shape"][1])
+
+    def predict_audio(self, sources: Sequence[Any]) -> list[Prediction]:
+        """WAV or FLAC clips (paths, bytes or file objects), prepared as in validation."""
+        rate, samples = self.audio
+        batch = np.stack([prepare_clip(s, rate, samples) for s in sources])
+        return self.decode(self.run_feeds({self.inputs[0]["name"]: batch}))
 
     def decode(self, out: np.ndarray) -> list[Prediction]:
         if self.task.endswith("regression"):

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from core import jobs
@@ -17,6 +18,7 @@ MAIN_METRIC = {
     "image-classification": "val_f1_macro",
     "tabular-regression": "val_rmse",
     "text-classification": "val_f1_macro",
+    "audio-classification": "val_f1_macro",
 }
 
 
@@ -178,3 +180,30 @@ def highlight_html(text: str, tokens: list[Any]) -> str:
         cursor = tok.end
     parts.append(html.escape(text[cursor:]))
     return '<div class="ascent-attribution" style="line-height: 1.9">' + "".join(parts) + "</div>"
+
+
+def spectrogram_image(logmel: np.ndarray, scale: int = 4) -> np.ndarray:
+    """A log-mel [n_mels, frames] as an RGB picture: low frequencies at the bottom, 80 dB range."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    top = float(logmel.max())
+    span = 80 / 10 * np.log(10)  # 80 dB in natural-log power
+    level = np.clip((logmel - (top - span)) / span, 0, 1)[::-1]
+    rgb = (colormaps["magma"](level)[..., :3] * 255).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((w * scale, h * scale), Image.Resampling.NEAREST))
+
+
+def sample_clips(ds: DatasetInfo, per_class: int = 2) -> dict[str, list[Path]]:
+    index = pd.read_parquet(Path(ds.path) / "index.parquet")
+    return {
+        str(label): [Path(ds.path) / "clips" / p for p in group["path"].head(per_class)]
+        for label, group in index.groupby("label", sort=True)
+    }
+
+
+def duration_histogram(report: dict[str, Any]) -> pd.DataFrame:
+    hist = report["seconds"]["histogram"]
+    edges = [round(e, 2) for e in hist["edges"][:-1]]
+    return pd.DataFrame({"clips": hist["counts"]}, index=pd.Index(edges, name="seconds"))

@@ -20,7 +20,7 @@ with st.container(border=True):
     st.subheader("Add a dataset")
     upload = st.file_uploader(
         "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
-        "class folders of images or of .txt files",
+        "class folders of images, of .txt files or of WAV/FLAC clips",
         type=["csv", "tsv", "parquet", "jsonl", "zip"],
     )
     options: dict[str, str | None] = {}
@@ -29,12 +29,16 @@ with st.container(border=True):
         try:
             guess = guess_upload(upload.name, upload.getvalue())
             if upload.name.lower().endswith(".zip"):
-                kinds = ["image-classification", "text-classification"]
+                kinds = {
+                    "image-classification": "images",
+                    "text-classification": "texts (.txt)",
+                    "audio-classification": "audio clips (WAV, FLAC)",
+                }
                 options["task"] = st.radio(
                     "The zip holds",
-                    kinds,
-                    index=kinds.index(guess.task or kinds[0]),
-                    format_func=lambda t: "images" if t.startswith("image") else "texts (.txt)",
+                    list(kinds),
+                    index=list(kinds).index(guess.task or "image-classification"),
+                    format_func=kinds.__getitem__,
                     horizontal=True,
                 )
             else:
@@ -100,6 +104,11 @@ if ds.task == "image-classification":
     for label, paths in summary.sample_images(ds).items():
         st.markdown(f"**{label}**")
         st.image([str(p) for p in paths], width=96)
+elif ds.task == "audio-classification":
+    for label, paths in summary.sample_clips(ds).items():
+        st.markdown(f"**{label}**")
+        for column, clip in zip(st.columns(len(paths)), paths, strict=True):
+            column.audio(str(clip))
 elif ds.task == "text-classification":
     st.caption(f"Text column '{ds.schema['text_column']}', label column '{ds.schema['label_column']}'")
     st.dataframe(summary.sample_texts(ds), hide_index=True, width="stretch")
@@ -121,6 +130,21 @@ if "class_counts" in report:
                 "width": report["width"],
                 "height": report["height"],
                 "colour modes": report["modes"],
+            }
+        )
+    if ds.task == "audio-classification":
+        right.markdown(
+            f"Durations (median {report['seconds']['median']:.2f} s; runs use clips of "
+            f"{ds.schema['clip_seconds']:g} s)"
+        )
+        right.bar_chart(summary.duration_histogram(report))
+        st.write(
+            {
+                "sample rates (Hz: clips)": report["sample_rates"],
+                "channels (count: clips)": report["channels"],
+                "unreadable (left out)": report["unreadable"],
+                "silent clips": report["silent"],
+                "clipped clips": report["clipped"],
             }
         )
     if ds.task == "text-classification":

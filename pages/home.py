@@ -9,7 +9,7 @@ from core.errors import AscentError
 
 st.title("Ascent")
 st.markdown(
-    "Upload a table, a folder of images or a set of texts, train a model from scratch or fine-tune a pretrained one, "
+    "Upload a table, a folder of images, a set of texts or sound clips, train a model from scratch or fine-tune a pretrained one, "
     "and get one ONNX file that predicts with ONNX Runtime alone.  \n"
     "Every run is stored with its metrics, curves, checkpoints and export check, so you can compare them."
 )

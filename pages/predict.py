@@ -9,7 +9,8 @@ import streamlit as st
 from core import jobs, summary
 from core.errors import AscentError
 from core.explain import TextExplainer
-from core.runtime import Predictor, RuntimeInputError
+from core.models.audio import log_mel
+from core.runtime import Predictor, RuntimeInputError, prepare_clip
 
 
 @st.cache_resource(max_entries=8)
@@ -99,6 +100,31 @@ if model.task == "text-classification":
                 st.error(f"{upload.name} is not UTF-8 text; save it as UTF-8")
             except RuntimeInputError as exc:
                 st.error(str(exc))
+elif model.task == "audio-classification":
+    rate, samples = model.audio
+    st.caption(f"Clips are mixed to mono, resampled to {rate} Hz and centred in {samples / rate:g} s.")
+    source = st.radio("Input", ["Upload", "Microphone"], horizontal=True)
+    clip = (
+        st.file_uploader("A WAV or FLAC clip", type=["wav", "flac"])
+        if source == "Upload"
+        else st.audio_input("Record a clip")
+    )
+    if clip is not None:
+        data = clip.getvalue()
+        st.audio(data)
+        try:
+            (pred,) = model.predict_audio([data])
+            left, right = st.columns([3, 2])
+            with right:
+                show_top(pred)
+                st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
+            wave = prepare_clip(data, rate, samples)
+            left.image(
+                summary.spectrogram_image(log_mel(wave, rate, int(model.inputs[0].get("n_mels", 64)))),
+                caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
+            )
+        except RuntimeInputError as exc:
+            st.error(str(exc))
 elif model.task == "image-classification":
     h, w = model.image_size
     st.caption(f"Images are resized to {w}×{h} as in validation. {len(model.labels)} classes.")

@@ -68,6 +68,20 @@ with st.container(border=True):
                 "Head-only epochs", 0, 100, 0, help="Train only the new head first."
             )
             options["augment"] = st.checkbox("Augment (random crops, flips, colour jitter)", value=True)
+        if ds.task == "audio-classification":
+            c7, c8, c9 = st.columns(3)
+            options["clip_seconds"] = c7.number_input(
+                "Clip length (s)",
+                0.2,
+                30.0,
+                float(ds.schema.get("clip_seconds", 1.0)),
+                help="Clips are padded or cut around their middle to this length (default: 95% of clips fit).",
+            )
+            options["sample_rate"] = c8.selectbox(
+                "Sample rate (Hz)", [16_000, 8_000, 22_050, 44_100], help="Clips are resampled to this rate."
+            )
+            options["n_mels"] = c9.number_input("Mel bands", 16, 256, 64)
+            options["augment"] = st.checkbox("Augment (SpecAugment masks, random time shift)", value=True)
         if ds.task == "text-classification":
             p95 = ds.schema.get("p95_tokens")
             c7, c8, c9 = st.columns(3)

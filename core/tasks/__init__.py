@@ -137,6 +137,19 @@ class TaskData:
     channels_last: bool = False
 
 
+class Probabilities(torch.nn.Module):
+    """What every exported classifier computes: softmax over the model's logits, in float32.
+
+    Takes `*inputs`, the convention `core.export.export_onnx` traces with."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(*inputs).float(), dim=1)
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """How closely the ONNX file agrees with PyTorch on the validation split."""
@@ -163,9 +176,9 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import image, tabular, text
+    from core.tasks import audio, image, tabular, text
 
-    modules: dict[str, Task] = {t: m for m in (tabular, image, text) for t in m.TASKS}
+    modules: dict[str, Task] = {t: m for m in (tabular, image, text, audio) for t in m.TASKS}
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")
     return modules[name]

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core import checkpoint
@@ -28,6 +27,7 @@ from core.runtime import load_image
 from core.tasks import (
     DeviceLoader,
     ExportCheck,
+    Probabilities,
     TaskData,
     classification_metrics,
     cross_entropy,
@@ -189,15 +189,6 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
     )
 
 
-class _Probabilities(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(inputs[0]), dim=1)
-
-
 def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
     """model.onnx: uint8 NHWC RGB images in, class probabilities out; checked on validation images."""
     assert isinstance(data.val, DeviceLoader)
@@ -206,7 +197,7 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     n = min(len(val_set), MAX_PARITY_IMAGES)
     images = np.stack([val_set.image(i) for i in range(n)])
     size = cfg.image_size
-    wrapper = _Probabilities(data.model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    wrapper = Probabilities(data.model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
     spec = [
         {
             "name": "image",

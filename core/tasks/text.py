@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core import checkpoint
@@ -28,6 +27,7 @@ from core.models.text import PAD, TextNet, arch_json
 from core.tasks import (
     DeviceLoader,
     ExportCheck,
+    Probabilities,
     TaskData,
     classification_metrics,
     cross_entropy,
@@ -206,15 +206,6 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
     )
 
 
-class _Probabilities(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(input_ids, attention_mask).float(), dim=1)
-
-
 def tokenizer_metadata(extra: dict[str, Any]) -> dict[str, Any]:
     return {"file": TOKENIZER_FILE, "max_length": extra["max_length"], "pad_id": extra["pad_id"]}
 
@@ -226,7 +217,7 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     assert isinstance(val_set, TokenDataset)
     extra = data.extra
     (path.parent / TOKENIZER_FILE).write_text(extra["tokenizer"], encoding="utf-8")
-    wrapper = _Probabilities(data.model.to("cpu")).eval()
+    wrapper = Probabilities(data.model.to("cpu")).eval()
     spec = [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
         {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
