@@ -150,6 +150,30 @@ class Probabilities(torch.nn.Module):
         return torch.softmax(self.model(*inputs).float(), dim=1)
 
 
+def export_metadata(
+    cfg: RunConfig,
+    dataset: DatasetInfo,
+    run_id: int,
+    inputs: list[dict[str, Any]],
+    preprocess: str,
+    output: str = "probabilities",
+    **extra: Any,
+) -> dict[str, str]:
+    """The `ascent.*` metadata_props of an exported classifier (see the export contract)."""
+    import json
+
+    meta = {
+        "ascent.task": cfg.task,
+        "ascent.labels": json.dumps(dataset.schema.get("classes", [])),
+        "ascent.inputs": json.dumps(inputs),
+        "ascent.preprocess": preprocess,
+        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
+        "ascent.output": output,
+    }
+    meta.update({f"ascent.{k}": json.dumps(v) for k, v in extra.items()})
+    return meta
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """How closely the ONNX file agrees with PyTorch on the validation split."""

@@ -7,7 +7,6 @@ Training adds SpecAugment masks inside the model and a random time shift of up t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from core.tasks import (
     TensorBatches,
     classification_metrics,
     cross_entropy,
+    export_metadata,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -131,17 +131,16 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
             "n_mels": data.extra["n_mels"],
         }
     ]
-    metadata = {
-        "ascent.task": cfg.task,
-        "ascent.labels": json.dumps(dataset.schema["classes"]),
-        "ascent.inputs": json.dumps(spec),
-        "ascent.preprocess": (
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        spec,
+        (
             f"decode WAV/FLAC to float32 in [-1, 1], average the channels, resample to {rate} Hz, "
             f"centre in {samples} samples (pad with zeros or keep the middle); the log-mel front end is in the graph"
         ),
-        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
-        "ascent.output": "probabilities",
-    }
+    )
     export_onnx(
         wrapper,
         (torch.from_numpy(clips[:2].copy()),),

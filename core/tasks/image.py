@@ -7,7 +7,6 @@ jitter on top of the same resize. Small datasets are decoded once and kept in me
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from core.tasks import (
     TaskData,
     classification_metrics,
     cross_entropy,
+    export_metadata,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -207,17 +207,16 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
             "color": "RGB",
         }
     ]
-    metadata = {
-        "ascent.task": cfg.task,
-        "ascent.labels": json.dumps(dataset.schema["classes"]),
-        "ascent.inputs": json.dumps(spec),
-        "ascent.preprocess": (
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        spec,
+        (
             f"decode to RGB (EXIF rotation applied, transparency on white), resize the whole image to "
             f"{size}x{size} with bilinear filtering (no crop), uint8 NHWC; scaling and normalisation are in the graph"
         ),
-        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
-        "ascent.output": "probabilities",
-    }
+    )
     example = torch.from_numpy(np.concatenate([images[:2], images[:2]])[:2].copy())
     export_onnx(
         wrapper, (example,), path, input_names=["image"], output_name="probabilities", metadata=metadata

@@ -8,7 +8,6 @@ maximum length and the padding id, in the file's metadata.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from core.tasks import (
     TaskData,
     classification_metrics,
     cross_entropy,
+    export_metadata,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -222,18 +222,17 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
         {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
     ]
-    metadata = {
-        "ascent.task": cfg.task,
-        "ascent.labels": json.dumps(dataset.schema["classes"]),
-        "ascent.inputs": json.dumps(spec),
-        "ascent.tokenizer": json.dumps(tokenizer_metadata(extra)),
-        "ascent.preprocess": (
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        spec,
+        (
             f"tokenize with {TOKENIZER_FILE} beside this file (cut at {extra['max_length']} tokens), "
             f"pad each batch on the right with id {extra['pad_id']}, attention_mask 1 for real tokens"
         ),
-        "ascent.run": json.dumps({"run_id": run_id, "model": cfg.model, "dataset": dataset.name}),
-        "ascent.output": "probabilities",
-    }
+        tokenizer=tokenizer_metadata(extra),
+    )
     example = tuple(
         torch.from_numpy(x) for x in pad_batch([np.arange(5, 12), np.arange(5, 9)], extra["pad_id"])
     )
