@@ -125,12 +125,19 @@ def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path)
     assert any("on CPUExecutionProvider" in c.value for c in at.caption)
 
 
-def test_home_sample_adds_data_and_queues_a_run(home: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "task"),
+    [("wine", "tabular-classification"), ("bbc", "text-classification"), ("words", "audio-classification")],
+)
+def test_home_sample_adds_data_and_queues_a_run(home: Path, key: str, task: str) -> None:
+    from core.data.samples import SAMPLES
+
     at = _page("home")
-    next(b for b in at.button if b.key == "sample-wine").click().run()
+    next(b for b in at.button if b.key == f"sample-{key}").click().run()
     assert not at.exception and "queued" in at.success[0].value
     (run,) = jobs.list_runs()
-    assert run.status == "queued" and run.config["epochs"] == 30
+    assert run.status == "queued" and run.task == task
+    assert all(run.config[k] == v for k, v in SAMPLES[key].quick_start.items())
 
 
 @pytest.fixture
@@ -154,6 +161,12 @@ def test_text_pages_show_the_data_the_options_and_explain_a_prediction(text_run:
     at = _page("train")
     labels = [n.label for n in at.number_input]
     assert {"Max tokens per text", "Frozen lower layers", "Gradient accumulation"} <= set(labels)
+
+    at = _page("runs")
+    at.multiselect[0].set_value([text_run]).run()
+    assert not at.exception and not at.error
+    assert any("Confusion matrix" in h.value for h in at.subheader)
+    assert any("Export check" in h.value for h in at.subheader)
 
     at = _page("predict")
     assert not at.exception
@@ -197,6 +210,10 @@ def test_audio_pages_play_clips_and_predict_a_recorded_word(home: Path, tmp_path
     assert any("Durations" in m.value for m in at.markdown)
     at = _page("train")
     assert {"Clip length (s)", "Mel bands"} <= {n.label for n in at.number_input}
+    at = _page("runs")
+    at.multiselect[0].set_value([run.id]).run()
+    assert not at.exception and not at.error
+    assert any("Confusion matrix" in h.value for h in at.subheader)
 
     with zipfile.ZipFile(z) as zf:
         clip = zf.read(next(n for n in zf.namelist() if "/yes/" in n and n.endswith(".wav")))
