@@ -354,6 +354,40 @@ def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
     return doc, "\n".join([*lines, f"({predictor.provider}, {predictor.last_latency_ms:.1f} ms)"])
 
 
+def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.certificate import certify
+
+    variants = tuple(v.strip() for v in a.variants.split(",")) if a.variants else None
+    records = certify(a.run, variants)
+    rows = []
+    for r in records:
+        b1 = {m["provider"]: m["p50_ms"] for m in r.measurements if m["batch"] == 1}
+        b32 = {m["provider"]: m["p50_ms"] for m in r.measurements if m["batch"] == 32}
+        rows.append(
+            [
+                r.variant,
+                r.status,
+                f"{r.metric_name} {r.metric_value:.4g} ({r.metric_change:+.3g})",
+                "-" if r.top1_agreement is None else f"{r.top1_agreement:.3f}",
+                f"{r.max_abs_diff:.2g}",
+                " ".join(f"{p.removesuffix('ExecutionProvider')}:{v:.2f}" for p, v in b1.items()),
+                " ".join(f"{p.removesuffix('ExecutionProvider')}:{v:.2f}" for p, v in b32.items()),
+                f"{r.bytes / 1e6:.2f}",
+            ]
+        )
+    header = [
+        "variant",
+        "status",
+        "metric (change)",
+        "top-1 agree",
+        "max diff",
+        "p50 ms b1",
+        "p50 ms b32",
+        "MB",
+    ]
+    return records, _table(rows, header)
+
+
 def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
     from core.models import all_models, models_for
 
@@ -472,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
+
+    p = add(sub, "export", cmd_export, "the export certificate: variants measured for fidelity, speed, size")
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("--variants", help="comma-separated: fp32,int8 (default; fp16 too on CUDA)")
 
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")

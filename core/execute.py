@@ -64,7 +64,7 @@ def execute_run(run_id: int) -> int:
         )
         dataset = get_dataset(cfg.dataset_id)
         task = get_task(cfg.task)
-        data = task.prepare(dataset, cfg, device)
+        data = task.prepare(dataset, cfg, device, out)
         (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
         _log(f"data: {data.n_train} train / {data.n_val} validation samples")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core import jobs
-from db.queries import DatasetInfo, RunInfo
+from db.queries import DatasetInfo, ExportInfo, RunInfo
 
 MAIN_METRIC = {
     "tabular-classification": "val_f1_macro",
@@ -37,8 +37,10 @@ def duration_s(run: RunInfo) -> float | None:
 def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
     """One row per run: what the Runs and Home pages list."""
     rows = []
+    fastest = _fastest_exports([r.id for r in runs])
     for run in runs:
         key, value = main_metric(run)
+        best_export = fastest.get(run.id)
         rows.append(
             {
                 "id": run.id,
@@ -52,6 +54,8 @@ def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
                 "duration (s)": None if duration_s(run) is None else round(duration_s(run) or 0.0, 1),
                 "created": run.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
                 "tags": ", ".join(run.tags),
+                "best latency (ms)": None if best_export is None else round(best_export.latency_ms or 0.0, 2),
+                "size (MB)": None if best_export is None else round(best_export.bytes / 1e6, 2),
             }
         )
     columns = [
@@ -66,8 +70,51 @@ def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
         "duration (s)",
         "created",
         "tags",
+        "best latency (ms)",
+        "size (MB)",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _fastest_exports(run_ids: list[int]) -> dict[int, ExportInfo]:
+    """Per run, its certified ONNX variant (not flagged) with the lowest batch-1 latency."""
+    from core.config import database
+    from db.queries import list_exports
+    from db.session import session_scope
+
+    database()
+    with session_scope() as session:
+        records = list_exports(session=session, run_ids=run_ids)
+    best: dict[int, ExportInfo] = {}
+    for r in records:
+        if r.variant == "pytorch" or r.status != "ok" or r.latency_ms is None:
+            continue
+        if r.run_id not in best or r.latency_ms < (best[r.run_id].latency_ms or float("inf")):
+            best[r.run_id] = r
+    return best
+
+
+def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
+    """One row per variant: fidelity, metric, size, and p50/p95 per provider and batch."""
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {
+            "variant": r.variant,
+            "status": r.status,
+            r.metric_name or "metric": r.metric_value,
+            "change": r.metric_change,
+            "top-1 agreement": r.top1_agreement,
+            "max |diff|": r.max_abs_diff,
+            "size (MB)": round(r.bytes / 1e6, 3),
+        }
+        for m in r.measurements:
+            where = m["provider"].removesuffix("ExecutionProvider")
+            row[f"{where} b{m['batch']} p50 (ms)"] = round(m["p50_ms"], 3)
+            row[f"{where} b{m['batch']} p95 (ms)"] = round(m["p95_ms"], 3)
+        row["peak memory (MB)"] = max((m["peak_mb"] for m in r.measurements), default=None)
+        row["how"] = r.method
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame()
 
 
 def curves(run_ids: list[int], keys: list[str], names: dict[int, str] | None = None) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -153,6 +154,34 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str | None] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Export(Base):
+    """One exported variant of a run's model (fp32, int8, fp16, or the PyTorch baseline) with
+    what it was measured to be worth: fidelity against PyTorch, the task metric, size, speed."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("run_id", "variant", name="uq_exports_run_variant"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    variant: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    # ok, or flagged when top-1 agreement falls under the variant's threshold.
+    status: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(Text, default="")
+    max_abs_diff: Mapped[float | None]
+    top1_agreement: Mapped[float | None]
+    metric_name: Mapped[str | None] = mapped_column(String(64))
+    metric_value: Mapped[float | None]
+    metric_change: Mapped[float | None]
+    n_samples: Mapped[int]
+    # Best batch-1 median latency over the providers measured (for sorting and the Runs table).
+    latency_ms: Mapped[float | None]
+    # [{provider, batch, p50_ms, p95_ms, peak_mb, runs}]
+    measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 from db.models import (
     Artifact,
     Dataset,
+    Export,
     LatestMetric,
     Metric,
     Param,
@@ -79,6 +80,25 @@ class ArtifactInfo:
     path: str
     sha256: str | None
     bytes: int
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    run_id: int
+    variant: str
+    path: str
+    bytes: int
+    status: str
+    method: str
+    max_abs_diff: float | None
+    top1_agreement: float | None
+    metric_name: str | None
+    metric_value: float | None
+    metric_change: float | None
+    n_samples: int
+    latency_ms: float | None
+    measurements: list[dict[str, Any]]
+    created_at: datetime
 
 
 def lower_is_better(key: str) -> bool:
@@ -500,6 +520,32 @@ def add_artifact(
 def list_artifacts(*, session: Session, run_id: int) -> list[ArtifactInfo]:
     rows = session.scalars(select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.id))
     return [ArtifactInfo(a.id, a.run_id, a.kind, a.path, a.sha256, a.bytes) for a in rows]
+
+
+# --- exports ----------------------------------------------------------------------------
+
+_EXPORT_FIELDS = [f for f in ExportInfo.__dataclass_fields__ if f not in ("run_id", "variant", "created_at")]
+
+
+def _export(row: Export) -> ExportInfo:
+    return ExportInfo(**{f: getattr(row, f) for f in ExportInfo.__dataclass_fields__})
+
+
+def save_export(*, session: Session, run_id: int, variant: str, **values: Any) -> ExportInfo:
+    """Record a variant's certificate; one row per (run, variant), replaced when measured again."""
+    session.execute(delete(Export).where(Export.run_id == run_id, Export.variant == variant))
+    row = Export(run_id=run_id, variant=variant, **{k: values[k] for k in _EXPORT_FIELDS})
+    session.add(row)
+    session.flush()
+    return _export(row)
+
+
+def list_exports(*, session: Session, run_ids: list[int]) -> list[ExportInfo]:
+    """Every measured variant of these runs, by run then variant."""
+    rows = session.scalars(
+        select(Export).where(Export.run_id.in_(run_ids)).order_by(Export.run_id, Export.id)
+    )
+    return [_export(r) for r in rows]
 
 
 # --- workers ----------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Runs: the table (filter, sort, page), comparison of selected runs, and a run's detail."""
 
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import jobs, summary
+from core import certificate, jobs, summary
 from core.data.ingest import list_datasets
 from core.errors import AscentError
 from db.models import RunStatus
@@ -136,6 +138,41 @@ if "export_max_abs_diff" in run.metrics:
     if "export_top1_agreement" in run.metrics:
         e2.metric("top-1 agreement", f"{run.metrics['export_top1_agreement']:.2%}")
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
+
+if run.status == "succeeded":
+    st.subheader("Export certificate")
+    records = certificate.certificate(run.id)
+    if records:
+        table = summary.certificate_table(records)
+        st.dataframe(
+            table.style.apply(
+                lambda row: ["background-color: #fde2e1" if row["status"] == "flagged" else "" for _ in row],
+                axis=1,
+            ),
+            width="stretch",
+        )
+        if any(r.status == "flagged" for r in records):
+            st.warning("Flagged variants agree with PyTorch on fewer top-1 classes than their threshold.")
+        cols = st.columns(len(records))
+        for col, r in zip(cols, records, strict=True):
+            path = Path(r.path)
+            if path.exists():
+                col.download_button(
+                    f"{r.variant} ({r.bytes / 1e6:.1f} MB)",
+                    path.read_bytes(),
+                    file_name=path.name,
+                    key=f"dl-v-{r.variant}",
+                )
+    else:
+        st.caption(
+            "Not measured yet: fp32 and int8 variants (fp16 on a GPU) checked on the whole validation split "
+            "and timed at batch 1 and 32 against PyTorch."
+        )
+    if st.button("Measure the certificate" if not records else "Measure again", key=f"certify-{run.id}"):
+        certificate.start(run.id)
+        st.info(
+            "Measuring in the background (certificate.log in the run folder); reload this page in a minute."
+        )
 
 files = summary.artifact_paths(run.id)
 if files:

@@ -194,14 +194,14 @@ def text_cnn(num_classes: int, cfg: RunConfig, texts: list[str]) -> TextNet:
     tokenizer = train_wordpiece(texts, vocab_size=8000)
     vocab = tokenizer.get_vocab_size()
     module = TextCNN(vocab, num_classes, dropout=cfg.dropout)
-    arch = {"kind": "text-cnn", "vocab": vocab, "classes": num_classes, "dim": 128}
+    arch = {"kind": "text-cnn", "vocab": vocab, "classes": num_classes, "dim": 128, "dropout": cfg.dropout}
     return TextNet(module, tokenizer, 4096, False, arch, [list(module.embed.parameters())])
 
 
 def rebuild(arch: dict[str, Any]) -> nn.Module:
     """An untrained module of the same shape as the one `arch` describes (for its checkpoint)."""
     if arch["kind"] == "text-cnn":
-        return TextCNN(arch["vocab"], arch["classes"], arch["dim"])
+        return TextCNN(arch["vocab"], arch["classes"], arch["dim"], arch.get("dropout", 0.1))
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config_dict = dict(arch["config"])

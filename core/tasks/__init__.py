@@ -186,16 +186,38 @@ class ExportCheck:
     bytes: int
 
 
+@dataclass
+class Reference:
+    """A run's exported computation in PyTorch and the validation split as its file takes it."""
+
+    module: torch.nn.Module  # eval mode, on the CPU: what model.onnx computes
+    inputs: tuple[np.ndarray, ...]  # the whole validation split, in the file's input format
+    targets: np.ndarray  # class indices, or values for regression
+    classification: bool
+
+
+def val_targets(data: TaskData) -> np.ndarray:
+    """The validation targets in the order the validation batches come."""
+    return torch.cat([y.cpu() for _, y in data.val]).numpy()
+
+
 class Task(Protocol):
     """What a task module provides (modules satisfy it structurally)."""
 
     TASKS: tuple[str, ...]
 
-    def prepare(self, dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData: ...
+    def prepare(
+        self, dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None
+    ) -> TaskData:
+        """Data and model for a run; `run_dir` (when given) holds what an earlier attempt of the
+        same run fixed, such as a learnt tokenizer, so a resumed run sees the same inputs."""
+        ...
 
     def export(
         self, data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int
     ) -> ExportCheck: ...
+
+    def reference(self, data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference: ...
 
 
 def get_task(name: str) -> Task:

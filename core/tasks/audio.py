@@ -25,6 +25,7 @@ from core.runtime import prepare_clip
 from core.tasks import (
     ExportCheck,
     Probabilities,
+    Reference,
     TaskData,
     TensorBatches,
     classification_metrics,
@@ -78,7 +79,7 @@ def load_clips(dataset: DatasetInfo, rate: int, samples: int) -> tuple[np.ndarra
     return waves, index["label"].tolist(), index["path"].tolist()
 
 
-def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)
     seconds = cfg.clip_seconds or float(dataset.schema.get("clip_seconds") or clip_seconds(1.0))
     samples = seconds_to_samples(seconds, cfg.sample_rate)
@@ -150,3 +151,11 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         metadata=metadata,
     )
     return check_parity(path, wrapper, (clips,), classification=True, cfg=ExportConfig(batch_size=32))
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    assert isinstance(data.val, TensorBatches)
+    (waves,) = data.val.inputs
+    assert waves is not None
+    module = Probabilities(data.model.to("cpu")).eval()
+    return Reference(module, (waves.cpu().numpy(),), data.val.target.cpu().numpy(), classification=True)

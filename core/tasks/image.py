@@ -27,6 +27,7 @@ from core.tasks import (
     DeviceLoader,
     ExportCheck,
     Probabilities,
+    Reference,
     TaskData,
     classification_metrics,
     cross_entropy,
@@ -105,7 +106,7 @@ def _init_from_run(model: ImageClassifier, cfg: RunConfig) -> None:
     )
 
 
-def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
     root = Path(dataset.path)
     try:
@@ -222,3 +223,12 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         wrapper, (example,), path, input_names=["image"], output_name="probabilities", metadata=metadata
     )
     return check_parity(path, wrapper, (images,), classification=True, cfg=ExportConfig(batch_size=32))
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    assert isinstance(data.val, DeviceLoader)
+    val_set = data.val.loader.dataset
+    assert isinstance(val_set, ImageDataset)
+    images = np.stack([val_set.image(i) for i in range(len(val_set))])
+    module = Probabilities(data.model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
+    return Reference(module, (images,), val_set.labels.astype(np.int64), classification=True)

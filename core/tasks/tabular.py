@@ -25,6 +25,7 @@ from core.models.tabular import TabularNet
 from core.runtime import as_category
 from core.tasks import (
     ExportCheck,
+    Reference,
     TaskData,
     TensorBatches,
     classification_metrics,
@@ -58,7 +59,7 @@ def encode_features(df: pd.DataFrame, schema: dict[str, Any]) -> tuple[np.ndarra
     return numeric, categorical
 
 
-def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
     schema = dataset.schema
     target = schema["target"]
@@ -187,19 +188,9 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     feats = schema["features"]
     num_cols = [f["name"] for f in feats if f["kind"] == "numeric"]
     cat_feats = [f for f in feats if f["kind"] == "categorical"]
-    net = data.model
-    assert isinstance(net, TabularNet)
     regression = cfg.task == "tabular-regression"
-    wrapper = TabularExport(
-        net.to("cpu"),
-        has_numeric=bool(num_cols),
-        has_categorical=bool(cat_feats),
-        regression=regression,
-        y_mean=data.extra["y_mean"],
-        y_std=data.extra["y_std"],
-    )
-    assert isinstance(data.val, TensorBatches)
-    val_inputs = tuple(x.cpu().numpy() for x in data.val.inputs if x is not None)
+    ref = reference(data, cfg, dataset)
+    wrapper, val_inputs = ref.module, ref.inputs
     spec: list[dict[str, Any]] = []
     names: list[str] = []
     if num_cols:
@@ -243,3 +234,23 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         metadata=metadata,
     )
     return check_parity(path, wrapper, val_inputs, classification=not regression)
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    feats = dataset.schema["features"]
+    net = data.model
+    assert isinstance(net, TabularNet) and isinstance(data.val, TensorBatches)
+    regression = cfg.task == "tabular-regression"
+    wrapper = TabularExport(
+        net.to("cpu"),
+        has_numeric=any(f["kind"] == "numeric" for f in feats),
+        has_categorical=any(f["kind"] == "categorical" for f in feats),
+        regression=regression,
+        y_mean=data.extra["y_mean"],
+        y_std=data.extra["y_std"],
+    ).eval()
+    inputs = tuple(x.cpu().numpy() for x in data.val.inputs if x is not None)
+    targets = data.val.target.cpu().numpy()
+    if regression:  # back to the target's units, as the file predicts them
+        targets = targets * data.extra["y_std"] + data.extra["y_mean"]
+    return Reference(wrapper, inputs, targets, classification=not regression)

@@ -27,6 +27,7 @@ from core.tasks import (
     DeviceLoader,
     ExportCheck,
     Probabilities,
+    Reference,
     TaskData,
     classification_metrics,
     cross_entropy,
@@ -127,7 +128,7 @@ def _init_from_run(net: TextNet, cfg: RunConfig) -> None:
     )
 
 
-def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)
     try:
         frame = pd.read_parquet(Path(dataset.path) / "data.parquet")
@@ -143,6 +144,22 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str) -> TaskData:
 
     spec = get_model(cfg.model, cfg.task)
     net: TextNet = spec.build(len(classes), cfg, [texts[i] for i in train_idx])
+    saved = run_dir / TOKENIZER_FILE if run_dir is not None else None
+    if saved is not None and saved.exists():
+        # The tokenizer this run learnt before (WordPiece training is not deterministic),
+        # so a resumed run and its certificate see the ids its weights were trained on.
+        from tokenizers import Tokenizer
+
+        from core.models.text import prepare_tokenizer, rebuild
+
+        net.tokenizer = prepare_tokenizer(Tokenizer.from_file(str(saved)))
+        if net.arch["kind"] == "text-cnn":
+            net.arch["vocab"] = net.tokenizer.get_vocab_size()
+            net.module = rebuild(net.arch)
+            net.layers = [list(net.module.get_submodule("embed").parameters())]
+    elif saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(net.tokenizer.to_str(), encoding="utf-8")
     if cfg.init_from_run is not None:
         _init_from_run(net, cfg)
     _freeze(net, cfg.freeze_layers)
@@ -250,3 +267,12 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     picked = [val_set.ids[i] for i in np.linspace(0, len(val_set) - 1, n).astype(int)]
     ids, mask = pad_batch(picked, extra["pad_id"])
     return check_parity(path, wrapper, (ids, mask), classification=True, cfg=ExportConfig(batch_size=32))
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    assert isinstance(data.val, DeviceLoader)
+    val_set = data.val.loader.dataset
+    assert isinstance(val_set, TokenDataset)
+    ids, mask = pad_batch(val_set.ids, data.extra["pad_id"])
+    module = Probabilities(data.model.to("cpu")).eval()
+    return Reference(module, (ids, mask), val_set.labels.astype(np.int64), classification=True)

@@ -1,0 +1,307 @@
+"""The export certificate: each variant of a run's model measured on the run's own data.
+
+For a finished run: the PyTorch model as the baseline, then ONNX variants (fp32, the run's
+`model.onnx`; int8, ONNX Runtime's dynamic quantisation; fp16 on CUDA machines), each checked
+on the whole validation split against PyTorch (max |difference|, top-1 agreement, the task
+metric and its change) and timed in a fresh process per provider at batch 1 and 32 (p50 and p95
+over repeated calls after warm-up, the process's peak memory), with its file size. A variant
+whose agreement falls under its threshold is stored as `flagged`, never dropped.
+
+    python -m core export --run ID [--variants fp32,int8]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core import checkpoint, jobs
+from core.config import RunConfig, database
+from core.data.ingest import get_dataset
+from core.errors import ConfigError, ExportError
+from core.runtime import create_session
+from core.tasks import Reference, get_task
+from core.train import BEST
+from db import queries
+from db.queries import ExportInfo
+from db.session import session_scope
+
+VARIANTS = ("fp32", "int8", "fp16")
+# Top-1 agreement with PyTorch under which a variant is flagged.
+MIN_AGREEMENT = {"fp32": 0.99, "int8": 0.95, "fp16": 0.99}
+BATCHES = (1, 32)
+INPUTS_FILE = "certificate-inputs.npz"
+
+
+def _chunks(inputs: tuple[np.ndarray, ...], size: int = 64) -> list[tuple[np.ndarray, ...]]:
+    n = len(inputs[0])
+    return [tuple(x[i : i + size] for x in inputs) for i in range(0, n, size)]
+
+
+def _torch_outputs(ref: Reference) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                ref.module(*(torch.from_numpy(x) for x in chunk)).float().numpy()
+                for chunk in _chunks(ref.inputs)
+            ]
+        )
+
+
+def _onnx_outputs(path: Path, ref: Reference, providers: list[str] | None = None) -> np.ndarray:
+    session = create_session(path, providers)
+    names = [i.name for i in session.get_inputs()]
+    return np.concatenate(
+        [session.run(None, dict(zip(names, chunk, strict=True)))[0] for chunk in _chunks(ref.inputs)]
+    )
+
+
+def _metric(out: np.ndarray, ref: Reference) -> tuple[str, float]:
+    if ref.classification:
+        return "accuracy", float((out.argmax(1) == ref.targets).mean())
+    return "rmse", float(np.sqrt(np.mean((out.reshape(-1) - ref.targets) ** 2)))
+
+
+def _latency_inputs(ref: Reference, folder: Path) -> Path:
+    """The first validation samples, repeated up to the largest batch, saved for the children."""
+    n = len(ref.inputs[0])
+    take = np.resize(np.arange(n), max(BATCHES))
+    path = folder / INPUTS_FILE
+    np.savez(path, *[x[take] for x in ref.inputs])
+    return path
+
+
+def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> list[dict[str, Any]]:
+    """Time `target` (an .onnx file, or `run:ID` for the PyTorch model) in this process."""
+    import resource
+
+    loaded = np.load(inputs)
+    arrays = [loaded[k] for k in sorted(loaded.files, key=lambda k: int(k.split("_")[1]))]
+    if target.startswith("run:"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        module = _reference(int(target[4:])).module
+
+        def call(batch: list[np.ndarray]) -> None:
+            with torch.inference_mode():
+                module(*(torch.from_numpy(x) for x in batch))
+
+    else:
+        session = create_session(target, [provider])
+        if session.get_providers()[0] != provider:
+            raise ExportError(f"{provider} is not available here")
+        names = [i.name for i in session.get_inputs()]
+
+        def call(batch: list[np.ndarray]) -> None:
+            session.run(None, dict(zip(names, batch, strict=True)))
+
+    rows = []
+    for size in BATCHES:
+        batch = [np.ascontiguousarray(x[:size]) for x in arrays]
+        for _ in range(5):
+            call(batch)
+        times = []
+        for _ in range(calls if size == 1 else max(5, calls // 3)):
+            start = time.perf_counter()
+            call(batch)
+            times.append((time.perf_counter() - start) * 1000)
+        rows.append(
+            {
+                "provider": provider,
+                "batch": size,
+                "p50_ms": float(np.percentile(times, 50)),
+                "p95_ms": float(np.percentile(times, 95)),
+                "calls": len(times),
+            }
+        )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [{**r, "peak_mb": peak_mb} for r in rows]
+
+
+def _measure_fresh(target: str, inputs: Path, provider: str) -> list[dict[str, Any]]:
+    """`measure` in a fresh Python process (nothing warm from this one)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.certificate", target, str(inputs), provider],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    if proc.returncode != 0:
+        raise ExportError(f"timing {target} on {provider} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]))  # prepare() may print before it
+
+
+def _reference(run_id: int) -> Reference:
+    database()
+    run = jobs.get_run(run_id)
+    best = jobs.run_dir(run_id) / BEST
+    if run.status != "succeeded" or not best.exists():
+        raise ConfigError(
+            f"run {run_id} is {run.status}; only a finished run with a checkpoint has a certificate"
+        )
+    cfg = RunConfig.model_validate(run.config)
+    dataset = get_dataset(cfg.dataset_id)
+    task = get_task(cfg.task)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries results (JSON)
+        data = task.prepare(dataset, cfg, "cpu", jobs.run_dir(run_id))
+    checkpoint.load_weights(best, data.model)
+    return task.reference(data, cfg, dataset)
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    from core.runtime import _cuda_driver_present
+
+    available = ort.get_available_providers()
+    chosen = ["CPUExecutionProvider"]
+    if _cuda_driver_present():
+        chosen += [p for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") if p in available]
+    return chosen
+
+
+def _variant_file(variant: str, run_dir: Path) -> tuple[Path, str]:
+    fp32 = run_dir / "model.onnx"
+    if variant == "fp32":
+        return fp32, "the run's export (fp32)"
+    if variant == "int8":
+        from core.quantize import quantize_dynamic_int8
+
+        return quantize_dynamic_int8(
+            fp32, run_dir / "model.int8.onnx"
+        ), "dynamic int8 (weights int8, activations per batch)"
+    if variant == "fp16":
+        if "CUDAExecutionProvider" not in _providers():
+            raise ConfigError("fp16 is measured on CUDA only, and no GPU is visible here")
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        out = run_dir / "model.fp16.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
+        return out, "fp16 weights and activations, fp32 inputs and outputs"
+    raise ConfigError(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
+
+
+def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[ExportInfo]:
+    """Measure the PyTorch baseline and each variant of run `run_id`; store and return them."""
+    ref = _reference(run_id)
+    variants = variants or tuple(
+        v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers()
+    )
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"unknown variant '{v}'; choose from {', '.join(VARIANTS)}")
+    run_dir = jobs.run_dir(run_id)
+    expected = _torch_outputs(ref)
+    metric_name, baseline = _metric(expected, ref)
+    inputs = _latency_inputs(ref, run_dir)
+    n = len(expected)
+    torch_rows = _measure_fresh(f"run:{run_id}", inputs, "pytorch-cpu")
+    records = [
+        _save(
+            run_id,
+            "pytorch",
+            path=run_dir / BEST,
+            method="PyTorch eager, the best checkpoint (baseline)",
+            max_abs_diff=0.0,
+            top1_agreement=1.0 if ref.classification else None,
+            metric=(metric_name, baseline, 0.0),
+            n=n,
+            rows=torch_rows,
+            status="ok",
+        )
+    ]
+    for variant in variants:
+        path, method = _variant_file(variant, run_dir)
+        got = _onnx_outputs(path, ref)
+        agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if ref.classification else None
+        _, value = _metric(got, ref)
+        rows = [r for provider in _providers() for r in _measure_fresh(str(path), inputs, provider)]
+        flagged = agreement is not None and agreement < MIN_AGREEMENT[variant]
+        records.append(
+            _save(
+                run_id,
+                variant,
+                path=path,
+                method=method,
+                max_abs_diff=float(np.abs(got - expected).max()),
+                top1_agreement=agreement,
+                metric=(metric_name, value, value - baseline),
+                n=n,
+                rows=rows,
+                status="flagged" if flagged else "ok",
+            )
+        )
+    inputs.unlink(missing_ok=True)
+    return records
+
+
+def _save(
+    run_id: int,
+    variant: str,
+    *,
+    path: Path,
+    method: str,
+    max_abs_diff: float,
+    top1_agreement: float | None,
+    metric: tuple[str, float, float],
+    n: int,
+    rows: list[dict[str, Any]],
+    status: str,
+) -> ExportInfo:
+    batch1 = [r["p50_ms"] for r in rows if r["batch"] == 1]
+    with session_scope() as session:
+        return queries.save_export(
+            session=session,
+            run_id=run_id,
+            variant=variant,
+            path=str(path),
+            bytes=path.stat().st_size,
+            status=status,
+            method=method,
+            max_abs_diff=max_abs_diff,
+            top1_agreement=top1_agreement,
+            metric_name=metric[0],
+            metric_value=metric[1],
+            metric_change=metric[2],
+            n_samples=n,
+            latency_ms=min(batch1) if batch1 else None,
+            measurements=rows,
+        )
+
+
+def start(run_id: int) -> subprocess.Popen[bytes]:
+    """Measure a run's certificate in a background process (pages must not block); it logs to
+    the run folder's certificate.log."""
+    log = jobs.run_dir(run_id) / "certificate.log"
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "core", "export", "--run", str(run_id)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+
+
+def certificate(run_id: int) -> list[ExportInfo]:
+    """The stored certificate of a run (empty until `certify` ran)."""
+    database()
+    with session_scope() as session:
+        return queries.list_exports(session=session, run_ids=[run_id])
+
+
+if __name__ == "__main__":  # a fresh process timing one target: TARGET INPUTS PROVIDER
+    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))

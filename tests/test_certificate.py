@@ -1,0 +1,121 @@
+"""The export certificate: variants produced, checked against PyTorch on the whole validation
+split, timed in fresh processes, stored in SQL; a variant under its threshold is flagged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli import cli, cli_json
+
+from core import certificate, jobs
+from core.data.ingest import ingest_file
+from core.worker import Worker
+
+
+@pytest.fixture
+def wine_run(home: Path, data_dir: Path) -> int:
+    ds = ingest_file(data_dir / "wine.csv")
+    run = jobs.submit(jobs.config_for(ds.id, epochs=5))
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    assert jobs.get_run(run.id).status == "succeeded"
+    return run.id
+
+
+def test_certificate_of_a_table_model(wine_run: int) -> None:
+    records = certificate.certify(wine_run)
+    assert [r.variant for r in records] == ["pytorch", "fp32", "int8"]
+    base, fp32, int8 = records
+    n_val = base.n_samples
+    assert n_val == 36  # the whole validation split of wine (178 rows, 20 %)
+    assert base.metric_name == "accuracy" and base.metric_change == 0.0
+    assert fp32.status == "ok" and fp32.top1_agreement == 1.0 and fp32.max_abs_diff < 1e-4
+    assert fp32.metric_value == base.metric_value and fp32.path.endswith("model.onnx")
+    assert int8.path.endswith("model.int8.onnx") and Path(int8.path).exists() and int8.bytes > 0
+    assert int8.status == ("ok" if int8.top1_agreement >= 0.95 else "flagged")  # type: ignore[operator]
+    for r in records:
+        batches = sorted(m["batch"] for m in r.measurements)
+        assert batches == [1, 32]
+        for m in r.measurements:
+            assert 0 < m["p50_ms"] <= m["p95_ms"] and m["peak_mb"] > 10 and m["calls"] >= 5
+        assert r.latency_ms == min(m["p50_ms"] for m in r.measurements if m["batch"] == 1)
+    assert {m["provider"] for m in fp32.measurements} == {"CPUExecutionProvider"}
+    assert {m["provider"] for m in base.measurements} == {"pytorch-cpu"}
+    assert certificate.certificate(wine_run) == records  # stored in SQL
+
+
+def test_variants_under_their_threshold_are_flagged_not_hidden(
+    wine_run: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(certificate.MIN_AGREEMENT, "fp32", 1.01)  # unreachable: must flag
+    (base, fp32) = certificate.certify(wine_run, ("fp32",))
+    assert base.variant == "pytorch" and fp32.status == "flagged" and fp32.top1_agreement == 1.0
+
+
+def test_export_command(wine_run: int) -> None:
+    doc = cli_json("export", "--run", str(wine_run), "--variants", "fp32")
+    assert [d["variant"] for d in doc] == ["pytorch", "fp32"] and doc[1]["status"] == "ok"
+    text = cli("export", "--run", str(wine_run), "--variants", "fp32").stdout
+    assert "CPU:" in text and "pytorch-cpu:" in text
+    bad = cli("export", "--run", str(wine_run), "--variants", "fp8", ok=False)
+    assert bad.returncode != 0 and "unknown variant 'fp8'" in bad.stderr
+    gpu = cli("export", "--run", str(wine_run), "--variants", "fp16", ok=False)
+    assert "CUDA only" in gpu.stderr
+
+
+def test_certificates_of_an_image_and_a_text_model(home: Path, tmp_path: Path) -> None:
+    from core.data.samples import bbc_news_csv, fashion_mnist_zip
+
+    images = ingest_file(fashion_mnist_zip(tmp_path / "f.zip", per_class=20, classes=("trouser", "bag")))
+    texts = ingest_file(bbc_news_csv(tmp_path / "b.csv", per_class=20, chars=200), task="text-classification")
+    ids = [
+        jobs.submit(jobs.config_for(images.id, model="small-cnn", image_size=32, epochs=2, workers=0)).id,
+        jobs.submit(jobs.config_for(texts.id, model="text-cnn", epochs=3)).id,
+    ]
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    for run_id, n_val in zip(ids, (8, 20), strict=True):
+        assert jobs.get_run(run_id).status == "succeeded"
+        base, fp32, int8 = certificate.certify(run_id)
+        assert base.n_samples == fp32.n_samples == int8.n_samples == n_val  # the whole split
+        assert fp32.status == "ok" and fp32.top1_agreement == 1.0
+        assert int8.top1_agreement is not None and int8.bytes < fp32.bytes
+        assert int8.status == ("ok" if int8.top1_agreement >= 0.95 else "flagged")
+
+
+def test_runs_page_shows_the_certificate_and_its_columns(wine_run: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
+    assert at.dataframe[0].value["best latency (ms)"].isna().all()  # nothing measured yet
+    at.multiselect[0].set_value([wine_run]).run()
+    assert any("Export certificate" in h.value for h in at.subheader)
+    assert any("Not measured yet" in c.value for c in at.caption)
+
+    records = certificate.certify(wine_run, ("fp32",))
+    at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
+    row = at.dataframe[0].value.iloc[0]
+    assert row["best latency (ms)"] == round(records[1].latency_ms or 0, 2)
+    assert row["size (MB)"] == round(records[1].bytes / 1e6, 2)
+    at.multiselect[0].set_value([wine_run]).run()
+    assert not at.exception and not at.error
+    table = next(d.value for d in at.dataframe if "top-1 agreement" in getattr(d.value, "columns", []))
+    assert list(table.index) == ["pytorch", "fp32"] and "CPU b32 p95 (ms)" in table.columns
+    assert any(b.label.startswith("fp32 (") for b in at.get("download_button"))
+
+
+def test_the_page_button_measures_in_a_background_process(wine_run: int) -> None:
+    proc = certificate.start(wine_run)
+    try:
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [r.variant for r in certificate.certificate(wine_run)] == ["pytorch", "fp32", "int8"]
+    assert "fp32" in (jobs.run_dir(wine_run) / "certificate.log").read_text()
+
+
+def test_deleting_a_run_deletes_its_certificate(wine_run: int) -> None:
+    (_, fp32) = certificate.certify(wine_run, ("fp32",))
+    jobs.delete_run(wine_run)
+    assert certificate.certificate(wine_run) == [] and not Path(fp32.path).exists()
