@@ -254,3 +254,46 @@ def duration_histogram(report: dict[str, Any]) -> pd.DataFrame:
     hist = report["seconds"]["histogram"]
     edges = [round(e, 2) for e in hist["edges"][:-1]]
     return pd.DataFrame({"clips": hist["counts"]}, index=pd.Index(edges, name="seconds"))
+
+
+def _front(points: list[tuple[float, float]], higher_is_better: bool) -> list[bool]:
+    """Which (metric, cost) points no other point beats on both (a better metric at no more cost)."""
+    sign = 1.0 if higher_is_better else -1.0
+    marks = []
+    for i, (m, c) in enumerate(points):
+        beaten = any(
+            j != i and sign * m2 >= sign * m and c2 <= c and (sign * m2 > sign * m or c2 < c)
+            for j, (m2, c2) in enumerate(points)
+        )
+        marks.append(not beaten)
+    return marks
+
+
+def tradeoffs(run_ids: list[int], names: dict[int, str] | None = None) -> pd.DataFrame:
+    """Certified variants of these runs: metric, batch-1 latency and size, with the best
+    trade-offs (metric against latency, and against size) marked."""
+    from core.config import database
+    from db.queries import list_exports
+    from db.session import session_scope
+
+    database()
+    with session_scope() as session:
+        records = [r for r in list_exports(session=session, run_ids=run_ids) if r.latency_ms is not None]
+    if not records:
+        return pd.DataFrame()
+    frame = pd.DataFrame(
+        {
+            "run": [(names or {}).get(r.run_id, str(r.run_id)) for r in records],
+            "variant": [r.variant for r in records],
+            "metric": [r.metric_name for r in records],
+            "value": [r.metric_value for r in records],
+            "latency (ms)": [r.latency_ms for r in records],
+            "size (MB)": [r.bytes / 1e6 for r in records],
+            "status": [r.status for r in records],
+        }
+    )
+    higher = frame["metric"].iloc[0] != "rmse"
+    values = frame["value"].fillna(float("-inf") if higher else float("inf")).tolist()
+    frame["best for latency"] = _front(list(zip(values, frame["latency (ms)"], strict=True)), higher)
+    frame["best for size"] = _front(list(zip(values, frame["size (MB)"], strict=True)), higher)
+    return frame

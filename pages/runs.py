@@ -60,6 +60,31 @@ by_id = {r.id: r for r in runs}
 picked = st.multiselect("Also select by id", list(by_id), format_func=lambda i: f"{i} · {by_id[i].name}")
 selected = [r for r in runs if r.id in ticked or r.id in picked]
 
+
+def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
+    """Validation metric against latency and against size, best trade-offs marked."""
+    points = summary.tradeoffs(ids, labels)
+    if points.empty:
+        return
+    st.markdown(
+        f"**Which to ship?** {points['metric'].iloc[0]} against batch-1 latency and file size of the certified "
+        "variants; ringed points are the best trade-offs (nothing else is both better and cheaper)."
+    )
+    for column, (cost, best) in zip(
+        st.columns(2), (("latency (ms)", "best for latency"), ("size (MB)", "best for size")), strict=True
+    ):
+        base = alt.Chart(points).encode(
+            x=alt.X(f"{cost}:Q", scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=points["metric"].iloc[0], scale=alt.Scale(zero=False)),
+            color="run:N",
+            tooltip=["run", "variant", "value", "latency (ms)", "size (MB)", "status"],
+        )
+        dots = base.mark_point(filled=True, size=90).encode(shape="variant:N")
+        rings = base.transform_filter(f"datum['{best}']").mark_point(size=320, strokeWidth=2, color="black")
+        labels_ = base.mark_text(dy=-12, fontSize=10).encode(text="variant:N")
+        column.altair_chart(dots + rings + labels_, width="stretch")
+
+
 if len(selected) >= 2:
     st.header(f"Compare {len(selected)} runs")
     ids = [r.id for r in selected]
@@ -84,6 +109,8 @@ if len(selected) >= 2:
         ),
         width="stretch",
     )
+
+    show_tradeoffs(ids, labels)
 
 run = selected[0] if len(selected) == 1 else None
 if run is None:
@@ -163,6 +190,7 @@ if run.status == "succeeded":
                     file_name=path.name,
                     key=f"dl-v-{r.variant}",
                 )
+        show_tradeoffs([run.id], {run.id: f"{run.id} · {run.name}"})
     else:
         st.caption(
             "Not measured yet: fp32 and int8 variants (fp16 on a GPU) checked on the whole validation split "

@@ -119,3 +119,32 @@ def test_deleting_a_run_deletes_its_certificate(wine_run: int) -> None:
     (_, fp32) = certificate.certify(wine_run, ("fp32",))
     jobs.delete_run(wine_run)
     assert certificate.certificate(wine_run) == [] and not Path(fp32.path).exists()
+
+
+def test_best_trade_offs_are_marked(home: Path, data_dir: Path) -> None:
+    from core import summary
+
+    assert summary._front([(0.9, 1.0), (0.95, 2.0), (0.9, 3.0), (0.8, 0.5)], True) == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert summary._front([(50.0, 1.0), (40.0, 1.0)], False) == [False, True]  # RMSE: lower is better
+
+    ds = ingest_file(data_dir / "wine.csv")
+    ids = [jobs.submit(jobs.config_for(ds.id, epochs=3, model=m)).id for m in ("mlp", "linear")]
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    for run_id in ids:
+        certificate.certify(run_id, ("fp32",))
+    points = summary.tradeoffs(ids)
+    assert len(points) == 4 and set(points["variant"]) == {"pytorch", "fp32"}
+    assert points["best for latency"].any() and points["best for size"].any()
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "runs.py"), default_timeout=60)
+    at.run().multiselect[0].set_value(ids).run()
+    assert not at.exception and not at.error
+    assert any("Which to ship?" in m.value for m in at.markdown)
+    assert len(at.get("vega_lite_chart")) >= 2  # metric against latency, and against size
