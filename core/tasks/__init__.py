@@ -201,6 +201,27 @@ def val_targets(data: TaskData) -> np.ndarray:
     return torch.cat([y.cpu() for _, y in data.val]).numpy()
 
 
+def init_from_run(
+    module: torch.nn.Module, run_id: int, refuse: Callable[[dict[str, Any]], str | None]
+) -> None:
+    """Start `module` from an earlier run's best weights where names and shapes match (a new
+    head when the classes differ). `refuse(its config)` says why that run cannot seed this one."""
+    from safetensors.torch import load_file
+
+    from core import checkpoint
+    from core.config import get_settings
+    from core.models.vision import load_matching
+
+    path = get_settings().runs_dir / str(run_id) / "best.safetensors"
+    if not path.exists():
+        raise ConfigError(f"run {run_id} has no checkpoint to start from")
+    why = refuse(checkpoint.read_metadata(path).get("config", {}))
+    if why:
+        raise ConfigError(f"run {run_id} {why}")
+    fresh = load_matching(module, load_file(str(path)), source=f"run {run_id}'s checkpoint")
+    print(f"initialised from run {run_id}" + (f"; new: {', '.join(fresh)}" if fresh else ""), flush=True)
+
+
 class Task(Protocol):
     """What a task module provides (modules satisfy it structurally)."""
 

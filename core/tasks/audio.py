@@ -13,14 +13,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import checkpoint
-from core.config import RunConfig, get_settings
+from core.config import RunConfig
 from core.data.audio import clip_seconds
-from core.errors import ConfigError, DatasetError
+from core.errors import DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
 from core.models import get_model
 from core.models.audio import AudioClassifier, seconds_to_samples
-from core.models.vision import load_matching
 from core.runtime import prepare_clip
 from core.tasks import (
     ExportCheck,
@@ -31,6 +29,7 @@ from core.tasks import (
     classification_metrics,
     cross_entropy,
     export_metadata,
+    init_from_run,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -48,22 +47,6 @@ class _Shifted(TensorBatches):
             n = wave.shape[1]
             shift = int(torch.randint(-n // 10, n // 10 + 1, ()).item())
             yield (torch.roll(wave, shift, dims=1),), y
-
-
-def _init_from_run(model: AudioClassifier, cfg: RunConfig) -> None:
-    path = get_settings().runs_dir / str(cfg.init_from_run) / "best.safetensors"
-    if not path.exists():
-        raise ConfigError(f"run {cfg.init_from_run} has no checkpoint to start from")
-    earlier = checkpoint.read_metadata(path).get("config", {})
-    if earlier.get("task") != cfg.task:
-        raise ConfigError(f"run {cfg.init_from_run} is not an audio run")
-    from safetensors.torch import load_file
-
-    fresh = load_matching(model, load_file(str(path)), source=f"run {cfg.init_from_run}'s checkpoint")
-    print(
-        f"initialised from run {cfg.init_from_run}" + (f"; new: {', '.join(fresh)}" if fresh else ""),
-        flush=True,
-    )
 
 
 def load_clips(dataset: DatasetInfo, rate: int, samples: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -89,7 +72,9 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     train_idx, val_idx = split_indices(y, stratify=True, val_fraction=cfg.val_fraction, seed=cfg.seed)
     model: AudioClassifier = get_model(cfg.model, cfg.task).build(len(classes), cfg, samples)
     if cfg.init_from_run is not None:
-        _init_from_run(model, cfg)
+        init_from_run(
+            model, cfg.init_from_run, lambda c: None if c.get("task") == cfg.task else "is not an audio run"
+        )
     x = torch.from_numpy(waves).to(device)
     target = torch.from_numpy(y).to(device)
     tr, va = torch.from_numpy(train_idx).to(device), torch.from_numpy(val_idx).to(device)

@@ -16,12 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from core import checkpoint
-from core.config import RunConfig, get_settings
-from core.errors import ConfigError, DatasetError
+from core.config import RunConfig
+from core.errors import DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
 from core.models import get_model
-from core.models.vision import ImageClassifier, load_matching
+from core.models.vision import ImageClassifier
 from core.runtime import load_image
 from core.tasks import (
     DeviceLoader,
@@ -32,6 +31,7 @@ from core.tasks import (
     classification_metrics,
     cross_entropy,
     export_metadata,
+    init_from_run,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -89,23 +89,6 @@ def _decode_all(files: list[Path], size: int) -> np.ndarray:
     return out
 
 
-def _init_from_run(model: ImageClassifier, cfg: RunConfig) -> None:
-    """Start from an earlier run's best checkpoint; the head is new when the classes differ."""
-    path = get_settings().runs_dir / str(cfg.init_from_run) / "best.safetensors"
-    if not path.exists():
-        raise ConfigError(f"run {cfg.init_from_run} has no checkpoint to start from")
-    earlier = checkpoint.read_metadata(path).get("config", {}).get("model")
-    if earlier != cfg.model:
-        raise ConfigError(f"run {cfg.init_from_run} trained {earlier}; fine-tune it with --model {earlier}")
-    from safetensors.torch import load_file
-
-    fresh = load_matching(model, load_file(str(path)), source=f"run {cfg.init_from_run}'s checkpoint")
-    print(
-        f"initialised from run {cfg.init_from_run}" + (f"; new: {', '.join(fresh)}" if fresh else ""),
-        flush=True,
-    )
-
-
 def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
     root = Path(dataset.path)
@@ -126,7 +109,15 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     model = ImageClassifier(net)
     pretrained = net.pretrained
     if cfg.init_from_run is not None:
-        _init_from_run(model, cfg)
+        init_from_run(
+            model,
+            cfg.init_from_run,
+            lambda c: (
+                None
+                if c.get("model") == cfg.model
+                else f"trained {c.get('model')}; fine-tune it with --model {c.get('model')}"
+            ),
+        )
         pretrained = True
 
     size = cfg.image_size

@@ -17,8 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from core import checkpoint
-from core.config import RunConfig, get_settings
+from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
 from core.models import get_model
@@ -32,6 +31,7 @@ from core.tasks import (
     classification_metrics,
     cross_entropy,
     export_metadata,
+    init_from_run,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -108,26 +108,6 @@ def _freeze(net: TextNet, n_layers: int) -> None:
             param.requires_grad_(False)
 
 
-def _init_from_run(net: TextNet, cfg: RunConfig) -> None:
-    path = get_settings().runs_dir / str(cfg.init_from_run) / "best.safetensors"
-    if not path.exists():
-        raise ConfigError(f"run {cfg.init_from_run} has no checkpoint to start from")
-    meta = checkpoint.read_metadata(path)
-    if meta.get("config", {}).get("model") != cfg.model or cfg.model == "text-cnn":
-        raise ConfigError(
-            f"run {cfg.init_from_run} cannot seed this run: fine-tune the same transformer model"
-        )
-    from safetensors.torch import load_file
-
-    from core.models.vision import load_matching
-
-    fresh = load_matching(net.module, load_file(str(path)), source=f"run {cfg.init_from_run}'s checkpoint")
-    print(
-        f"initialised from run {cfg.init_from_run}" + (f"; new: {', '.join(fresh)}" if fresh else ""),
-        flush=True,
-    )
-
-
 def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)
     try:
@@ -161,7 +141,15 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(net.tokenizer.to_str(), encoding="utf-8")
     if cfg.init_from_run is not None:
-        _init_from_run(net, cfg)
+        init_from_run(
+            net.module,
+            cfg.init_from_run,
+            lambda c: (
+                None
+                if c.get("model") == cfg.model != "text-cnn"
+                else "cannot seed this run: fine-tune the same transformer model"
+            ),
+        )
     _freeze(net, cfg.freeze_layers)
     max_length = choose_max_length(cfg, float(dataset.schema.get("p95_tokens", 128)), net.max_positions)
     ids = encode(net.tokenizer, texts, max_length)
