@@ -55,13 +55,14 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
         "latest_metrics",
         "artifacts",
         "workers",
+        "exports",
         "alembic_version",
     } <= tables
     from db.session import upgrade
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:
