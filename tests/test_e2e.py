@@ -199,6 +199,7 @@ def test_text_csv_train_type_a_sentence_see_highlighted_tokens(page, tmp_path: P
     page.get_by_text("ms on CPUExecutionProvider").wait_for()
     page.get_by_text("Green tokens push towards it").wait_for(timeout=120_000)
     spans = page.locator(".ascent-attribution span")
+    spans.nth(9).wait_for()  # the shaded text renders just after its caption
     assert spans.count() >= 10
     assert "election" in page.locator(".ascent-attribution").inner_text()
     _shot(page, "predict-text")
