@@ -201,6 +201,20 @@ def val_targets(data: TaskData) -> np.ndarray:
     return torch.cat([y.cpu() for _, y in data.val]).numpy()
 
 
+def read_index(dataset: DatasetInfo, what: str) -> Any:
+    """A zip dataset's index.parquet (a DataFrame), or a DatasetError that says to add it again."""
+    import pandas as pd
+
+    from core.errors import DatasetError
+
+    try:
+        return pd.read_parquet(Path(dataset.path) / "index.parquet")
+    except Exception as exc:
+        raise DatasetError(
+            f"dataset {dataset.id}'s {what} index cannot be read ({exc}); add the zip again"
+        ) from exc
+
+
 def init_from_run(
     module: torch.nn.Module, run_id: int, refuse: Callable[[dict[str, Any]], str | None]
 ) -> None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from core.config import RunConfig
 from core.data.audio import clip_seconds
-from core.errors import DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
 from core.models import get_model
 from core.models.audio import AudioClassifier, seconds_to_samples
@@ -30,6 +28,7 @@ from core.tasks import (
     cross_entropy,
     export_metadata,
     init_from_run,
+    read_index,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -52,12 +51,7 @@ class _Shifted(TensorBatches):
 def load_clips(dataset: DatasetInfo, rate: int, samples: int) -> tuple[np.ndarray, list[str], list[str]]:
     """(waveforms float32 [N, samples], labels, relative paths) of a stored audio dataset."""
     root = Path(dataset.path)
-    try:
-        index = pd.read_parquet(root / "index.parquet")
-    except Exception as exc:
-        raise DatasetError(
-            f"dataset {dataset.id}'s clip index cannot be read ({exc}); add the zip again"
-        ) from exc
+    index = read_index(dataset, "clip")
     waves = np.stack([prepare_clip(root / "clips" / p, rate, samples) for p in index["path"]])
     return waves, index["label"].tolist(), index["path"].tolist()
 

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.config import RunConfig
-from core.errors import DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
 from core.models import get_model
 from core.models.vision import ImageClassifier
@@ -32,6 +30,7 @@ from core.tasks import (
     cross_entropy,
     export_metadata,
     init_from_run,
+    read_index,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -92,12 +91,7 @@ def _decode_all(files: list[Path], size: int) -> np.ndarray:
 def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
     torch.manual_seed(cfg.seed)  # model initialisation is part of the run's seed
     root = Path(dataset.path)
-    try:
-        index = pd.read_parquet(root / "index.parquet")
-    except Exception as exc:
-        raise DatasetError(
-            f"dataset {dataset.id}'s image index cannot be read ({exc}); add the zip again"
-        ) from exc
+    index = read_index(dataset, "image")
     classes: list[str] = dataset.schema["classes"]
     lookup = {c: i for i, c in enumerate(classes)}
     y = index["label"].map(lookup).to_numpy(np.int64)
