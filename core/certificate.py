@@ -1,7 +1,8 @@
 """The export certificate: each variant of a run's model measured on the run's own data.
 
 For a finished run: the PyTorch model as the baseline, then ONNX variants (fp32, the run's
-`model.onnx`; int8, ONNX Runtime's dynamic quantisation; fp16 on CUDA machines), each checked
+`model.onnx`; int8: static QDQ calibrated on the run's training samples for convolution nets,
+dynamic for MLPs and transformers, see core/quantize.py; fp16 on CUDA machines), each checked
 on the whole validation split against PyTorch (max |difference|, top-1 agreement, the task
 metric and its change) and timed in a fresh process per provider at batch 1 and 32 (p50 and p95
 over repeated calls after warm-up, the process's peak memory), with its file size. A variant
@@ -172,16 +173,18 @@ def _providers() -> list[str]:
     return chosen
 
 
-def _variant_file(variant: str, run_dir: Path) -> tuple[Path, str]:
+def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, str]:
     fp32 = run_dir / "model.onnx"
     if variant == "fp32":
         return fp32, "the run's export (fp32)"
     if variant == "int8":
-        from core.quantize import quantize_dynamic_int8
+        from core.quantize import has_convolutions, quantize_dynamic_int8, quantize_static_int8
 
-        return quantize_dynamic_int8(
-            fp32, run_dir / "model.int8.onnx"
-        ), "dynamic int8 (weights int8, activations per batch)"
+        dst = run_dir / "model.int8.onnx"
+        if ref.calibration and has_convolutions(fp32):
+            done = quantize_static_int8(fp32, dst, ref.calibration)
+            return done.path, done.method
+        return quantize_dynamic_int8(fp32, dst), "dynamic int8 (weights int8, activations per batch)"
     if variant == "fp16":
         if "CUDAExecutionProvider" not in _providers():
             raise ConfigError("fp16 is measured on CUDA only, and no GPU is visible here")
@@ -224,7 +227,7 @@ def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[Export
         )
     ]
     for variant in variants:
-        path, method = _variant_file(variant, run_dir)
+        path, method = _variant_file(variant, run_dir, ref)
         got = _onnx_outputs(path, ref)
         agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if ref.classification else None
         _, value = _metric(got, ref)

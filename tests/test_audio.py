@@ -21,6 +21,7 @@ from core.data.ingest import ingest_file, list_datasets
 from core.data.samples import spoken_words_zip
 from core.errors import ConfigError, DatasetError
 from core.models.audio import LogMel, mel_filterbank
+from core.quantize import quantize_static_int8
 from core.runtime import Predictor, RuntimeInputError, fit_length, load_audio, prepare_clip, to_mono
 from core.tasks import get_task
 from core.train import BEST, train
@@ -185,6 +186,16 @@ def test_spoken_words_are_recognised_in_voices_never_heard(home: Path, tmp_path:
     accuracy = np.mean([p.label == f.parent.name for p, f in zip(preds, files, strict=True)])
     assert accuracy >= 0.7, f"only {accuracy:.2f} on {len(files)} clips of unheard voices"
     assert predictor.audio == (16000, data.extra["samples"])
+
+    # int8 for this convolution net: static, calibrated on its training clips; the log-mel front
+    # end stays float, and the answers on the unheard voices stay the same.
+    calibration = get_task(TASK).reference(data, cfg, ds).calibration
+    int8 = quantize_static_int8(tmp_path / "run" / "model.onnx", tmp_path / "run" / "int8.onnx", calibration)
+    assert "static int8" in int8.method
+    same = np.mean(
+        [a.label == b.label for a, b in zip(preds, Predictor(int8.path).predict_audio(files), strict=True)]
+    )
+    assert same >= 0.95, f"int8 kept {same:.2f} of the answers ({int8.method})"
 
     # Fine-tuning this run on new words: the front end and CNN carry over, the head is new.
     earlier = get_settings().runs_dir / "3"

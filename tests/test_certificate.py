@@ -33,6 +33,7 @@ def test_certificate_of_a_table_model(wine_run: int) -> None:
     assert fp32.metric_value == base.metric_value and fp32.path.endswith("model.onnx")
     assert int8.path.endswith("model.int8.onnx") and Path(int8.path).exists() and int8.bytes > 0
     assert int8.status == ("ok" if int8.top1_agreement >= 0.95 else "flagged")  # type: ignore[operator]
+    assert int8.method.startswith("dynamic int8")  # an MLP: no calibration needed
     for r in records:
         batches = sorted(m["batch"] for m in r.measurements)
         assert batches == [1, 32]
@@ -80,6 +81,8 @@ def test_certificates_of_an_image_and_a_text_model(home: Path, tmp_path: Path) -
         assert fp32.status == "ok" and fp32.top1_agreement == 1.0
         assert int8.top1_agreement is not None and int8.bytes < fp32.bytes
         assert int8.status == ("ok" if int8.top1_agreement >= 0.95 else "flagged")
+        # Both are convolution nets: static int8, calibrated on their own training samples.
+        assert int8.method.startswith("static int8") and "training samples" in int8.method
 
 
 def test_runs_page_shows_the_certificate_and_its_columns(wine_run: int) -> None:

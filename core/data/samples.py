@@ -203,7 +203,7 @@ SAMPLES = {
             "fashion",
             "Fashion-MNIST",
             "Images: 4 kinds of clothing, 60 pictures each (Debian's Fashion-MNIST)",
-            {"model": "efficientnet-lite0", "image_size": 64, "epochs": 3, "batch_size": 16},
+            {"model": "efficientnet-lite0", "image_size": 64, "epochs": 8, "batch_size": 16},
         ),
         Sample(
             "bbc",

@@ -194,6 +194,17 @@ class Reference:
     inputs: tuple[np.ndarray, ...]  # the whole validation split, in the file's input format
     targets: np.ndarray  # class indices, or values for regression
     classification: bool
+    # Training samples in the same format, shuffled, for static quantisation's calibration
+    # (empty where the task's int8 variant needs none).
+    calibration: tuple[np.ndarray, ...] = ()
+
+
+CALIBRATION_POOL = 256  # training samples a Reference carries for calibration and its check
+
+
+def calibration_rows(n: int, seed: int) -> np.ndarray:
+    """Up to CALIBRATION_POOL training rows in a seeded random order."""
+    return np.random.default_rng(seed).permutation(n)[:CALIBRATION_POOL]
 
 
 def val_targets(data: TaskData) -> np.ndarray:

@@ -24,6 +24,7 @@ from core.tasks import (
     Reference,
     TaskData,
     TensorBatches,
+    calibration_rows,
     classification_metrics,
     cross_entropy,
     export_metadata,
@@ -136,5 +137,9 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     assert isinstance(data.val, TensorBatches)
     (waves,) = data.val.inputs
     assert waves is not None
+    assert isinstance(data.train, TensorBatches)
+    (train,) = data.train.inputs
+    assert train is not None
+    calibration = train.cpu().numpy()[calibration_rows(len(train), cfg.seed)]
     module = Probabilities(data.model.to("cpu")).eval()
-    return Reference(module, (waves.cpu().numpy(),), data.val.target.cpu().numpy(), classification=True)
+    return Reference(module, (waves.cpu().numpy(),), data.val.target.cpu().numpy(), True, (calibration,))

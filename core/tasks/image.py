@@ -26,6 +26,7 @@ from core.tasks import (
     Probabilities,
     Reference,
     TaskData,
+    calibration_rows,
     classification_metrics,
     cross_entropy,
     export_metadata,
@@ -215,5 +216,9 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     val_set = data.val.loader.dataset
     assert isinstance(val_set, ImageDataset)
     images = np.stack([val_set.image(i) for i in range(len(val_set))])
+    assert isinstance(data.train, DeviceLoader)
+    train_set = data.train.loader.dataset
+    assert isinstance(train_set, ImageDataset)
+    calibration = np.stack([train_set.image(i) for i in calibration_rows(len(train_set), cfg.seed)])
     module = Probabilities(data.model.to("cpu").to(memory_format=torch.contiguous_format)).eval()
-    return Reference(module, (images,), val_set.labels.astype(np.int64), classification=True)
+    return Reference(module, (images,), val_set.labels.astype(np.int64), True, (calibration,))

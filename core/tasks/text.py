@@ -28,6 +28,7 @@ from core.tasks import (
     Probabilities,
     Reference,
     TaskData,
+    calibration_rows,
     classification_metrics,
     cross_entropy,
     export_metadata,
@@ -262,5 +263,10 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     val_set = data.val.loader.dataset
     assert isinstance(val_set, TokenDataset)
     ids, mask = pad_batch(val_set.ids, data.extra["pad_id"])
+    assert isinstance(data.train, DeviceLoader)
+    train_set = data.train.loader.dataset
+    assert isinstance(train_set, TokenDataset)
+    rows = calibration_rows(len(train_set.ids), cfg.seed)
+    calibration = pad_batch([train_set.ids[i] for i in rows], data.extra["pad_id"])
     module = Probabilities(data.model.to("cpu")).eval()
-    return Reference(module, (ids, mask), val_set.labels.astype(np.int64), classification=True)
+    return Reference(module, (ids, mask), val_set.labels.astype(np.int64), True, calibration)
