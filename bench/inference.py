@@ -20,6 +20,15 @@ front end alone, four ways: torch.stft (the natural PyTorch front end, the refer
 torch.stft exported to ONNX's STFT operator in ONNX Runtime.
 
     python bench/inference.py [--repeats 3] [--threads 2] [--models small-cnn,minilm,audio-cnn]
+
+Certificates (`--certificate`): each Home sample (wine, Fashion-MNIST, BBC News, spoken words)
+is added, trained with its quick-start configuration (its task's default model) by a real worker
+in a throwaway ASCENT_HOME, and certified by `core.certificate.certify` exactly as
+`python -m core export` does; a Markdown table of the figures comes out (the README's). For the
+image model, a naive static int8 (ONNX Runtime's defaults: every op, per-tensor weights, 32
+calibration images) is measured beside it for comparison.
+
+    python bench/inference.py --certificate [--samples wine,fashion,bbc,words]
 """
 
 from __future__ import annotations
@@ -464,6 +473,101 @@ def _measure(args: argparse.Namespace, mode: str, model: str, batch: int, iters:
     return statistics.median(runs)
 
 
+CERTIFIED = ("wine", "fashion", "bbc", "words")  # the Home samples, one per task
+
+
+def _naive_static_agreement(run_id: int) -> float:
+    """Top-1 agreement with fp32, on the validation split, of ONNX Runtime's static int8 with its
+    defaults and 32 training images: the baseline core/quantize.py improves on."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from core import certificate, jobs
+    from core.quantize import _Feed, _outputs, _preprocess
+
+    ref = certificate._reference(run_id)
+    src = jobs.run_dir(run_id) / "model.onnx"
+    pre, naive = src.with_name("naive.pre.onnx"), src.with_name("naive.int8.onnx")
+    names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
+    _preprocess(src, pre)
+    quantize_static(pre, naive, _Feed(names, [x[:32] for x in ref.calibration]), quant_format=QuantFormat.QDQ)
+    agreement = (
+        _outputs(naive, names, ref.inputs).argmax(1) == _outputs(src, names, ref.inputs).argmax(1)
+    ).mean()
+    return float(np.mean(agreement))
+
+
+def _certificates(keys: list[str]) -> list[dict[str, Any]]:
+    """Train each sample's quick start and certify it; one row per variant."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["ASCENT_HOME"] = home
+        from core import certificate, jobs
+        from core.data.samples import SAMPLES, add_sample
+        from core.worker import Worker
+
+        for key in keys:
+            sample = SAMPLES[key]
+            dataset = add_sample(key)
+            run = jobs.submit(jobs.config_for(dataset.id, **sample.quick_start))
+            start = time.perf_counter()
+            Worker(poll_s=0.1, idle_exit_s=0.3).run()
+            train_s = time.perf_counter() - start
+            if jobs.get_run(run.id).status != "succeeded":
+                raise SystemExit(f"the {key} sample's run failed:\n{jobs.run_dir(run.id) / 'run.log'}")
+            start = time.perf_counter()
+            records = certificate.certify(run.id)
+            certify_s = time.perf_counter() - start
+            naive = _naive_static_agreement(run.id) if dataset.task == IMAGE else None
+            for r in records:
+                cpu = {
+                    m["batch"]: m["p50_ms"]
+                    for m in r.measurements
+                    if m["provider"] in ("pytorch-cpu", "CPUExecutionProvider")
+                }
+                rows.append(
+                    {
+                        "sample": key,
+                        "model": run.config["model"],
+                        "config": sample.quick_start,
+                        "n_val": r.n_samples,
+                        "variant": r.variant,
+                        "status": r.status,
+                        "method": r.method,
+                        "metric": r.metric_name,
+                        "value": r.metric_value,
+                        "change": r.metric_change,
+                        "agreement": r.top1_agreement,
+                        "max_abs_diff": r.max_abs_diff,
+                        "b1_ms": cpu.get(1),
+                        "b32_ms": cpu.get(32),
+                        "mb": r.bytes / 1e6,
+                        "train_s": train_s,
+                        "certify_s": certify_s,
+                        "naive_int8_agreement": naive if r.variant == "int8" else None,
+                    }
+                )
+            print(f"{key}: trained in {train_s:.0f} s, certified in {certify_s:.0f} s", flush=True)
+    return rows
+
+
+def _certificate_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as the README's Markdown table."""
+    lines = [
+        "| sample (val n) | model | variant | val metric (change) | top-1 agreement | CPU p50 batch 1 | CPU p50 batch 32 | size | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        agreement = "" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        change = "" if r["variant"] == "pytorch" else f" ({r['change']:+.3f})"
+        lines.append(
+            f"| {r['sample']} ({r['n_val']}) | {r['model']} | {r['variant']} | {r['metric']} {r['value']:.3f}{change} "
+            f"| {agreement} | {r['b1_ms']:.2f} ms | {r['b32_ms']:.1f} ms | {r['mb']:.1f} MB | {'' if r['status'] == 'ok' else r['status']} |"
+        )
+    return "\n".join(lines)
+
+
 def _default_models() -> str:
     from core.models import models_for
 
@@ -477,8 +581,24 @@ def main() -> None:
     parser.add_argument(
         "--models", default=None, help="comma-separated (default: every image, text and audio model)"
     )
+    parser.add_argument(
+        "--certificate", action="store_true", help="train and certify the Home samples instead"
+    )
+    parser.add_argument("--samples", default=",".join(CERTIFIED), help="with --certificate")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.certificate:
+        rows = _certificates(args.samples.split(","))
+        print(_certificate_table(rows))
+        for r in rows:
+            if r["naive_int8_agreement"] is not None:
+                print(
+                    f"{r['sample']}: naive static int8 (ONNX Runtime defaults, 32 images) top-1 agreement "
+                    f"{r['naive_int8_agreement']:.3f}; ours {r['agreement']:.3f} ({r['method']})"
+                )
+        print(f"{os.cpu_count()} CPUs; 1-minute load average at the end {os.getloadavg()[0]:.2f}")
+        print(json.dumps(rows))
+        return
     if args.child:
         mode, model, batch, iters, folder = args.child
         print(json.dumps(_child(mode, model, int(batch), int(iters), args.threads, Path(folder))))

@@ -385,7 +385,8 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
         "p50 ms b32",
         "MB",
     ]
-    return records, _table(rows, header)
+    made = "\n".join(f"{r.variant}: {r.method}" for r in records)
+    return records, _table(rows, header) + "\n\n" + made
 
 
 def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:

@@ -180,6 +180,8 @@ if run.status == "succeeded":
         )
         if any(r.status == "flagged" for r in records):
             st.warning("Flagged variants agree with PyTorch on fewer top-1 classes than their threshold.")
+        with st.expander("How each variant was made"):
+            st.markdown("\n".join(f"- **{r.variant}**: {r.method}" for r in records))
         cols = st.columns(len(records))
         for col, r in zip(cols, records, strict=True):
             path = Path(r.path)

@@ -57,7 +57,7 @@ def test_export_command(wine_run: int) -> None:
     doc = cli_json("export", "--run", str(wine_run), "--variants", "fp32")
     assert [d["variant"] for d in doc] == ["pytorch", "fp32"] and doc[1]["status"] == "ok"
     text = cli("export", "--run", str(wine_run), "--variants", "fp32").stdout
-    assert "CPU:" in text and "pytorch-cpu:" in text
+    assert "CPU:" in text and "pytorch-cpu:" in text and "fp32: the run's export (fp32)" in text
     bad = cli("export", "--run", str(wine_run), "--variants", "fp8", ok=False)
     assert bad.returncode != 0 and "unknown variant 'fp8'" in bad.stderr
     gpu = cli("export", "--run", str(wine_run), "--variants", "fp16", ok=False)
@@ -105,6 +105,7 @@ def test_runs_page_shows_the_certificate_and_its_columns(wine_run: int) -> None:
     table = next(d.value for d in at.dataframe if "top-1 agreement" in getattr(d.value, "columns", []))
     assert list(table.index) == ["pytorch", "fp32"] and "CPU b32 p95 (ms)" in table.columns
     assert any(b.label.startswith("fp32 (") for b in at.get("download_button"))
+    assert any("**fp32**: the run's export (fp32)" in m.value for m in at.markdown)
 
 
 def test_the_page_button_measures_in_a_background_process(wine_run: int) -> None:
