@@ -484,16 +484,18 @@ def _naive_static_agreement(run_id: int) -> float:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     from core import certificate, jobs
-    from core.quantize import _Feed, _outputs, _preprocess
+    from core.quantize import SampleFeed, onnx_outputs, preprocess
 
-    ref = certificate._reference(run_id)
+    ref = certificate.run_reference(run_id)
     src = jobs.run_dir(run_id) / "model.onnx"
     pre, naive = src.with_name("naive.pre.onnx"), src.with_name("naive.int8.onnx")
     names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
-    _preprocess(src, pre)
-    quantize_static(pre, naive, _Feed(names, [x[:32] for x in ref.calibration]), quant_format=QuantFormat.QDQ)
+    preprocess(src, pre)
+    quantize_static(
+        pre, naive, SampleFeed(names, [x[:32] for x in ref.calibration]), quant_format=QuantFormat.QDQ
+    )
     agreement = (
-        _outputs(naive, names, ref.inputs).argmax(1) == _outputs(src, names, ref.inputs).argmax(1)
+        onnx_outputs(naive, names, ref.inputs).argmax(1) == onnx_outputs(src, names, ref.inputs).argmax(1)
     ).mean()
     return float(np.mean(agreement))
 

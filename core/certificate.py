@@ -92,7 +92,7 @@ def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> lis
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-        module = _reference(int(target[4:])).module
+        module = run_reference(int(target[4:])).module
 
         def call(batch: list[np.ndarray]) -> None:
             with torch.inference_mode():
@@ -144,7 +144,7 @@ def _measure_fresh(target: str, inputs: Path, provider: str) -> list[dict[str, A
     return list(json.loads(proc.stdout.strip().splitlines()[-1]))  # prepare() may print before it
 
 
-def _reference(run_id: int) -> Reference:
+def run_reference(run_id: int) -> Reference:
     database()
     run = jobs.get_run(run_id)
     best = jobs.run_dir(run_id) / BEST
@@ -199,7 +199,7 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
 
 def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[ExportInfo]:
     """Measure the PyTorch baseline and each variant of run `run_id`; store and return them."""
-    ref = _reference(run_id)
+    ref = run_reference(run_id)
     variants = variants or tuple(
         v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers()
     )

@@ -34,7 +34,7 @@ CHECK_SAMPLES = 128  # at most this many others choose the recipe
 STATIC_TARGET = 0.99  # top-1 agreement with fp32 on the check samples a recipe must reach
 
 
-def _preprocess(src: Path, pre: Path) -> None:
+def preprocess(src: Path, pre: Path) -> None:
     """ONNX Runtime's pre-processing (graph optimisation, ONNX shape inference), as its docs
     advise. Its symbolic shape inference is skipped: it gives up on traced transformer graphs
     ("Incomplete symbolic shape inference")."""
@@ -74,7 +74,7 @@ def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
 
     pre = dst.with_name(dst.name + ".pre.onnx")
     try:
-        _preprocess(src, pre)
+        preprocess(src, pre)
         try:
             quantize_dynamic(pre, dst, weight_type=QuantType.QInt8)
         except RuntimeError as exc:
@@ -179,7 +179,7 @@ class StaticResult:
     attempts: list[Attempt]
 
 
-class _Feed:
+class SampleFeed:
     """A CalibrationDataReader over the calibration samples, in batches."""
 
     def __init__(self, names: list[str], samples: Sequence[np.ndarray], batch: int = 16) -> None:
@@ -192,7 +192,7 @@ class _Feed:
         return next(self.batches, None)
 
 
-def _outputs(path: Path, names: list[str], samples: Sequence[np.ndarray]) -> np.ndarray:
+def onnx_outputs(path: Path, names: list[str], samples: Sequence[np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -235,13 +235,13 @@ def quantize_static_int8(
     pre = dst.with_name(dst.name + ".pre.onnx")
     tries = [dst.with_name(f"{dst.name}.try{i}.onnx") for i in range(len(RECIPES))]
     try:
-        _preprocess(src, pre)
+        preprocess(src, pre)
         parts = layers(onnx.load(str(pre)))
         names = [
             i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
         ]
         calibration, check = split_samples(samples)
-        expected = _outputs(src, names, check).argmax(1)
+        expected = onnx_outputs(src, names, check).argmax(1)
         attempts: list[Attempt] = []
         for (recipe, kept), path in zip(RECIPES, tries, strict=True):
             exclude = parts.before + parts.head + [n for part in kept for n in getattr(parts, part)]
@@ -249,7 +249,7 @@ def quantize_static_int8(
                 quantize_static(
                     pre,
                     path,
-                    _Feed(names, calibration),
+                    SampleFeed(names, calibration),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
@@ -257,7 +257,7 @@ def quantize_static_int8(
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=exclude,
                 )  # MinMax keeps only per-batch minima and maxima: little memory
-                agreement = float((_outputs(path, names, check).argmax(1) == expected).mean())
+                agreement = float((onnx_outputs(path, names, check).argmax(1) == expected).mean())
             except Exception as exc:  # a recipe the quantiser cannot do; the next may work
                 attempts.append(Attempt(recipe, None, f"{type(exc).__name__}: {exc}"))
                 continue
