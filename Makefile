@@ -34,6 +34,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/train_overhead.py
 	$(PY) bench/inference.py
 	$(PY) bench/runs_table.py
+	$(PY) bench/inference.py --certificate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

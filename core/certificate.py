@@ -145,6 +145,8 @@ def _measure_fresh(target: str, inputs: Path, provider: str) -> list[dict[str, A
 
 
 def run_reference(run_id: int) -> Reference:
+    """The run's exported computation in PyTorch (best checkpoint), its validation split and
+    training samples for calibration, as its task prepares them."""
     database()
     run = jobs.get_run(run_id)
     best = jobs.run_dir(run_id) / BEST
