@@ -510,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "export", cmd_export, "the export certificate: variants measured for fidelity, speed, size")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("--variants", help="comma-separated: fp32,int8 (default; fp16 too on CUDA)")
+    p.add_argument(
+        "--variants", help="comma-separated from fp32,int8,fp16 (default: fp32,int8, and fp16 on CUDA)"
+    )
 
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")

@@ -60,8 +60,14 @@ def test_export_command(wine_run: int) -> None:
     assert "CPU:" in text and "pytorch-cpu:" in text and "fp32: the run's export (fp32)" in text
     bad = cli("export", "--run", str(wine_run), "--variants", "fp8", ok=False)
     assert bad.returncode != 0 and "unknown variant 'fp8'" in bad.stderr
-    gpu = cli("export", "--run", str(wine_run), "--variants", "fp16", ok=False)
-    assert "CUDA only" in gpu.stderr
+
+
+def test_fp16_when_asked_for_without_a_gpu(wine_run: int) -> None:
+    (base, fp32, fp16) = certificate.certify(wine_run, ("fp32", "fp16"))
+    assert fp16.path.endswith("model.fp16.onnx") and fp16.bytes < 0.7 * fp32.bytes
+    assert fp16.status == "ok" and fp16.top1_agreement == 1.0 and 0 < fp16.max_abs_diff < 1e-2
+    assert fp16.metric_value == base.metric_value and "timed on the CPU" in fp16.method
+    assert {m["provider"] for m in fp16.measurements} == {"CPUExecutionProvider"}
 
 
 def test_certificates_of_an_image_and_a_text_model(home: Path, tmp_path: Path) -> None:
