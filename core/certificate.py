@@ -21,20 +21,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core import checkpoint, jobs
+from core import jobs
 from core.config import RunConfig, database
-from core.data.ingest import get_dataset
 from core.errors import ConfigError, ExportError
-from core.runtime import create_session
-from core.tasks import Reference, get_task
-from core.train import BEST
 from db import queries
 from db.queries import ExportInfo
 from db.session import session_scope
+
+if TYPE_CHECKING:
+    from core.tasks import Reference
+
+# torch, the tasks and ONNX Runtime are imported where used: the Runs page imports this module
+# to read stored certificates, and importing torch took its render from 0.8 to 3.2 s.
 
 VARIANTS = ("fp32", "int8", "fp16")
 # Top-1 agreement with PyTorch under which a variant is flagged.
@@ -61,6 +63,8 @@ def _torch_outputs(ref: Reference) -> np.ndarray:
 
 
 def _onnx_outputs(path: Path, ref: Reference, providers: list[str] | None = None) -> np.ndarray:
+    from core.runtime import create_session
+
     session = create_session(path, providers)
     names = [i.name for i in session.get_inputs()]
     return np.concatenate(
@@ -100,6 +104,8 @@ def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> lis
                 module(*(torch.from_numpy(x) for x in batch))
 
     else:
+        from core.runtime import create_session
+
         session = create_session(target, [provider])
         if session.get_providers()[0] != provider:
             raise ExportError(f"{provider} is not available here")
@@ -148,6 +154,11 @@ def _measure_fresh(target: str, inputs: Path, provider: str) -> list[dict[str, A
 def run_reference(run_id: int) -> Reference:
     """The run's exported computation in PyTorch (best checkpoint), its validation split and
     training samples for calibration, as its task prepares them."""
+    from core import checkpoint
+    from core.data.ingest import get_dataset
+    from core.tasks import get_task
+    from core.train import BEST
+
     database()
     run = jobs.get_run(run_id)
     best = jobs.run_dir(run_id) / BEST
@@ -203,6 +214,8 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
 
 def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[ExportInfo]:
     """Measure the PyTorch baseline and each variant of run `run_id`; store and return them."""
+    from core.train import BEST
+
     ref = run_reference(run_id)
     variants = variants or tuple(
         v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers()
