@@ -479,25 +479,24 @@ CERTIFIED = ("wine", "fashion", "bbc", "words")  # the Home samples, one per tas
 def _naive_static_agreement(run_id: int) -> float:
     """Top-1 agreement with fp32, on the validation split, of ONNX Runtime's static int8 with its
     defaults and 32 training images: the baseline core/quantize.py improves on."""
-    import numpy as np
-    import onnxruntime as ort
+    import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     from core import certificate, jobs
-    from core.quantize import SampleFeed, onnx_outputs, preprocess
+    from core.quantize import CPU, SampleFeed, input_names, preprocess
+    from core.runtime import outputs
 
     ref = certificate.run_reference(run_id)
     src = jobs.run_dir(run_id) / "model.onnx"
     pre, naive = src.with_name("naive.pre.onnx"), src.with_name("naive.int8.onnx")
-    names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
+    names = input_names(onnx.load(str(src), load_external_data=False))
     preprocess(src, pre)
     quantize_static(
         pre, naive, SampleFeed(names, [x[:32] for x in ref.calibration]), quant_format=QuantFormat.QDQ
     )
-    agreement = (
-        onnx_outputs(naive, names, ref.inputs).argmax(1) == onnx_outputs(src, names, ref.inputs).argmax(1)
-    ).mean()
-    return float(np.mean(agreement))
+    return float(
+        (outputs(naive, ref.inputs, CPU).argmax(1) == outputs(src, ref.inputs, CPU).argmax(1)).mean()
+    )
 
 
 def _certificates(keys: list[str]) -> list[dict[str, Any]]:

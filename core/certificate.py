@@ -28,6 +28,7 @@ import numpy as np
 from core import jobs
 from core.config import RunConfig, database
 from core.errors import ConfigError, ExportError
+from core.runtime import outputs
 from db import queries
 from db.queries import ExportInfo
 from db.session import session_scope
@@ -60,16 +61,6 @@ def _torch_outputs(ref: Reference) -> np.ndarray:
                 for chunk in _chunks(ref.inputs)
             ]
         )
-
-
-def _onnx_outputs(path: Path, ref: Reference, providers: list[str] | None = None) -> np.ndarray:
-    from core.runtime import create_session
-
-    session = create_session(path, providers)
-    names = [i.name for i in session.get_inputs()]
-    return np.concatenate(
-        [session.run(None, dict(zip(names, chunk, strict=True)))[0] for chunk in _chunks(ref.inputs)]
-    )
 
 
 def _metric(out: np.ndarray, ref: Reference) -> tuple[str, float]:
@@ -245,7 +236,7 @@ def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[Export
     ]
     for variant in variants:
         path, method = _variant_file(variant, run_dir, ref)
-        got = _onnx_outputs(path, ref)
+        got = outputs(path, ref.inputs)
         agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if ref.classification else None
         _, value = _metric(got, ref)
         rows = [r for provider in _providers() for r in _measure_fresh(str(path), inputs, provider)]

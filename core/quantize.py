@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from core.errors import ExportError
+from core.runtime import outputs
 
 CALIBRATION_SAMPLES = 128  # at most this many training samples set the activation ranges
 CHECK_SAMPLES = 128  # at most this many others choose the recipe
 STATIC_TARGET = 0.99  # top-1 agreement with fp32 on the check samples a recipe must reach
+CPU = ["CPUExecutionProvider"]  # int8 is made for, and checked on, the CPU
 
 
 def preprocess(src: Path, pre: Path) -> None:
@@ -192,17 +194,10 @@ class SampleFeed:
         return next(self.batches, None)
 
 
-def onnx_outputs(path: Path, names: list[str], samples: Sequence[np.ndarray]) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    n = len(samples[0])
-    return np.concatenate(
-        [
-            np.asarray(session.run(None, {k: x[i : i + 64] for k, x in zip(names, samples, strict=True)})[0])
-            for i in range(0, n, 64)
-        ]
-    )
+def input_names(model: Any) -> list[str]:
+    """The graph inputs a caller feeds (initializers listed as inputs left out)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in weights]
 
 
 def split_samples(
@@ -227,7 +222,6 @@ def quantize_static_int8(
     Recipes are tried in the order of RECIPES; the first whose agreement on the check samples
     reaches `target` is kept, else the one that agreed best."""
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not samples or len(samples[0]) == 0:
@@ -236,12 +230,10 @@ def quantize_static_int8(
     tries = [dst.with_name(f"{dst.name}.try{i}.onnx") for i in range(len(RECIPES))]
     try:
         preprocess(src, pre)
-        parts = layers(onnx.load(str(pre)))
-        names = [
-            i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()
-        ]
+        model = onnx.load(str(pre))
+        parts, names = layers(model), input_names(model)
         calibration, check = split_samples(samples)
-        expected = onnx_outputs(src, names, check).argmax(1)
+        expected = outputs(src, check, CPU).argmax(1)
         attempts: list[Attempt] = []
         for (recipe, kept), path in zip(RECIPES, tries, strict=True):
             exclude = parts.before + parts.head + [n for part in kept for n in getattr(parts, part)]
@@ -257,7 +249,7 @@ def quantize_static_int8(
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=exclude,
                 )  # MinMax keeps only per-batch minima and maxima: little memory
-                agreement = float((onnx_outputs(path, names, check).argmax(1) == expected).mean())
+                agreement = float((outputs(path, check, CPU).argmax(1) == expected).mean())
             except Exception as exc:  # a recipe the quantiser cannot do; the next may work
                 attempts.append(Attempt(recipe, None, f"{type(exc).__name__}: {exc}"))
                 continue
@@ -267,8 +259,8 @@ def quantize_static_int8(
         done = [(a, p) for a, p in zip(attempts, tries, strict=False) if a.agreement is not None]
         if not done:
             raise ExportError("; ".join(f"{a.recipe}: {a.error}" for a in attempts))
-        reached = [(a, p) for a, p in done if a.agreement is not None and a.agreement >= target]
-        best, path = reached[0] if reached else max(done, key=lambda ap: ap[0].agreement or 0.0)
+        # The loop stops at the first recipe that reaches the target, so the best is that one.
+        best, path = max(done, key=lambda ap: ap[0].agreement or 0.0)
         path.replace(dst)
         _keep_metadata(src, dst)
     except Exception as exc:

@@ -155,6 +155,22 @@ def create_session(path: str | Path, providers: Sequence[str] | None = None) -> 
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def outputs(
+    path: str | Path, inputs: Sequence[np.ndarray], providers: Sequence[str] | None = None, batch: int = 64
+) -> np.ndarray:
+    """The file's first output over whole input arrays (in its input order), `batch` rows a call."""
+    session = create_session(path, providers)
+    names = [i.name for i in session.get_inputs()]
+    return np.concatenate(
+        [
+            np.asarray(
+                session.run(None, {k: x[i : i + batch] for k, x in zip(names, inputs, strict=True)})[0]
+            )
+            for i in range(0, len(inputs[0]), batch)
+        ]
+    )
+
+
 def _cuda_driver_present() -> bool:
     import ctypes
 

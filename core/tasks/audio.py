@@ -140,6 +140,6 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     assert isinstance(data.train, TensorBatches)
     (train,) = data.train.inputs
     assert train is not None
-    calibration = train.cpu().numpy()[calibration_rows(len(train), cfg.seed)]
+    calibration = train[torch.from_numpy(calibration_rows(len(train), cfg.seed))].cpu().numpy()
     module = Probabilities(data.model.to("cpu")).eval()
     return Reference(module, (waves.cpu().numpy(),), data.val.target.cpu().numpy(), True, (calibration,))
