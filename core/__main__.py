@@ -358,7 +358,7 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
     from core.certificate import certify
 
     variants = tuple(v.strip() for v in a.variants.split(",")) if a.variants else None
-    records = certify(a.run, variants)
+    records = certify(a.run, variants, say=lambda line: print(line, file=sys.stderr, flush=True))
     rows = []
     for r in records:
         b1 = {m["provider"]: m["p50_ms"] for m in r.measurements if m["batch"] == 1}

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 # to read stored certificates, and importing torch took its render from 0.8 to 3.2 s.
 
 VARIANTS = ("fp32", "int8", "fp16")
+LOG = "certificate.log"  # in the run folder: what a background measurement says
 # Top-1 agreement with PyTorch under which a variant is flagged.
 MIN_AGREEMENT = {"fp32": 0.99, "int8": 0.95, "fp16": 0.99}
 BATCHES = (1, 32)
@@ -203,22 +206,37 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
     raise ConfigError(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
 
 
-def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[ExportInfo]:
-    """Measure the PyTorch baseline and each variant of run `run_id`; store and return them."""
+def certify(
+    run_id: int, variants: tuple[str, ...] | None = None, say: Callable[[str], None] | None = None
+) -> list[ExportInfo]:
+    """Measure the PyTorch baseline and each variant of run `run_id`; store and return them.
+
+    `say` hears a line per step, "[k/n] what", as the work goes (the page's progress bar)."""
     from core.train import BEST
 
-    ref = run_reference(run_id)
     variants = variants or tuple(
         v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers()
     )
     for v in variants:
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant '{v}'; choose from {', '.join(VARIANTS)}")
+    steps = 2 + 3 * len(variants)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if say:
+            say(f"[{done}/{steps}] {what}")
+
+    step("loading the run's model and data")
+    ref = run_reference(run_id)
     run_dir = jobs.run_dir(run_id)
     expected = _torch_outputs(ref)
     metric_name, baseline = _metric(expected, ref)
     inputs = _latency_inputs(ref, run_dir)
     n = len(expected)
+    step("PyTorch (the baseline): timing it at batch 1 and 32")
     torch_rows = _measure_fresh(f"run:{run_id}", inputs, "pytorch-cpu")
     records = [
         _save(
@@ -235,10 +253,13 @@ def certify(run_id: int, variants: tuple[str, ...] | None = None) -> list[Export
         )
     ]
     for variant in variants:
+        step(f"{variant}: making the file")
         path, method = _variant_file(variant, run_dir, ref)
+        step(f"{variant}: checking it on the {n} validation samples")
         got = outputs(path, ref.inputs)
         agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if ref.classification else None
         _, value = _metric(got, ref)
+        step(f"{variant}: timing it at batch 1 and 32")
         rows = [r for provider in _providers() for r in _measure_fresh(str(path), inputs, provider)]
         flagged = agreement is not None and agreement < MIN_AGREEMENT[variant]
         records.append(
@@ -296,7 +317,7 @@ def _save(
 def start(run_id: int) -> subprocess.Popen[bytes]:
     """Measure a run's certificate in a background process (pages must not block); it logs to
     the run folder's certificate.log."""
-    log = jobs.run_dir(run_id) / "certificate.log"
+    log = jobs.run_dir(run_id) / LOG
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "core", "export", "--run", str(run_id)],
@@ -305,6 +326,20 @@ def start(run_id: int) -> subprocess.Popen[bytes]:
             start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
+
+
+def log_lines(run_id: int) -> list[str]:
+    """What the background measurement (`start`) has written so far."""
+    log = jobs.run_dir(run_id) / LOG
+    return log.read_text(errors="replace").splitlines() if log.exists() else []
+
+
+def progress(lines: list[str]) -> tuple[int, int, str]:
+    """(steps done, steps, the step going on) from `certify`'s lines in its log."""
+    for line in reversed(lines):
+        if m := re.fullmatch(r"\[(\d+)/(\d+)\] (.*)", line):
+            return int(m[1]) - 1, int(m[2]), m[3]
+    return 0, 1, "starting"
 
 
 def certificate(run_id: int) -> list[ExportInfo]:

@@ -1,6 +1,7 @@
 """Runs: the table (filter, sort, page), comparison of selected runs, and a run's detail."""
 
 from pathlib import Path
+from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -83,6 +84,21 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
         rings = base.transform_filter(f"datum['{best}']").mark_point(size=320, strokeWidth=2, color="black")
         labels_ = base.mark_text(dy=-12, fontSize=10).encode(text="variant:N")
         column.altair_chart(dots + rings + labels_, width="stretch")
+
+
+@st.fragment(run_every="2s")
+def watch_certificate(run_id: int) -> None:
+    """The certificate being measured in its background process: progress, then the page again."""
+    proc = st.session_state["certifying"][run_id]
+    lines = certificate.log_lines(run_id)
+    if proc.poll() is None:
+        done, steps, what = certificate.progress(lines)
+        st.progress(done / steps, text=f"Measuring the certificate: {what}")
+        return
+    del st.session_state["certifying"][run_id]
+    if proc.returncode != 0:
+        st.session_state["certify-failed"][run_id] = "\n".join(lines[-8:]) or f"exit code {proc.returncode}"
+    st.rerun(scope="app")
 
 
 if len(selected) >= 2:
@@ -198,11 +214,16 @@ if run.status == "succeeded":
             "Not measured yet: fp32 and int8 variants (fp16 on a GPU) checked on the whole validation split "
             "and timed at batch 1 and 32 against PyTorch."
         )
-    if st.button("Measure the certificate" if not records else "Measure again", key=f"certify-{run.id}"):
-        certificate.start(run.id)
-        st.info(
-            "Measuring in the background (certificate.log in the run folder); reload this page in a minute."
-        )
+    measuring: dict[int, Any] = st.session_state.setdefault("certifying", {})
+    failed: dict[int, str] = st.session_state.setdefault("certify-failed", {})
+    if run.id in failed:
+        st.error(f"Measuring the certificate failed:\n\n```\n{failed[run.id]}\n```")
+    if run.id in measuring:
+        watch_certificate(run.id)
+    elif st.button("Measure the certificate" if not records else "Measure again", key=f"certify-{run.id}"):
+        failed.pop(run.id, None)
+        measuring[run.id] = certificate.start(run.id)
+        st.rerun()
 
 files = summary.artifact_paths(run.id)
 if files:

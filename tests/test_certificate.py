@@ -124,7 +124,13 @@ def test_the_page_button_measures_in_a_background_process(wine_run: int) -> None
         if proc.poll() is None:
             proc.kill()
     assert [r.variant for r in certificate.certificate(wine_run)] == ["pytorch", "fp32", "int8"]
-    assert "fp32" in (jobs.run_dir(wine_run) / "certificate.log").read_text()
+    lines = certificate.log_lines(wine_run)
+    assert (
+        lines[0] == "[1/8] loading the run's model and data"
+        and "[8/8] int8: timing it at batch 1 and 32" in lines
+    )
+    assert certificate.progress(lines) == (7, 8, "int8: timing it at batch 1 and 32")
+    assert "fp32" in "\n".join(lines)
 
 
 def test_deleting_a_run_deletes_its_certificate(wine_run: int) -> None:
@@ -160,3 +166,23 @@ def test_best_trade_offs_are_marked(home: Path, data_dir: Path) -> None:
     assert not at.exception and not at.error
     assert any("Which to ship?" in m.value for m in at.markdown)
     assert len(at.get("vega_lite_chart")) >= 2  # metric against latency, and against size
+
+
+def test_a_failed_measurement_shows_its_error_on_the_page(wine_run: int) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from core.train import BEST
+
+    (jobs.run_dir(wine_run) / BEST).unlink()  # the measurement cannot load the model
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
+    at.multiselect[0].set_value([wine_run]).run()
+    at.button(key=f"certify-{wine_run}").click().run()
+    proc = at.session_state["certifying"][wine_run]
+    assert proc.wait(timeout=120) != 0
+    at.run()
+    assert wine_run not in at.session_state["certifying"]
+    assert (
+        "Measuring the certificate failed" in at.error[0].value and "with a checkpoint" in at.error[0].value
+    )
+    assert certificate.certificate(wine_run) == []

@@ -1,5 +1,6 @@
 """End to end in real Chromium (Debian's), driven by Playwright, against the studio started on
-127.0.0.1 by the test: a table and an image set, from upload to prediction and comparison.
+127.0.0.1 by the test: a table, an image set, texts and clips, from upload to prediction and comparison,
+and a run's export certificate measured from its page and a variant downloaded.
 Screenshots of each page land in test-output/e2e/."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,3 +234,45 @@ def test_audio_zip_train_predict_uploaded_clip(page, tmp_path: Path) -> None:  #
     page.get_by_text("Log-mel spectrogram the model sees").wait_for()
     assert page.locator('[data-testid="stAudio"]').count() >= 1
     _shot(page, "predict-audio")
+
+
+def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # type: ignore[no-untyped-def]
+    page, data_dir: Path, tmp_path: Path
+) -> None:
+    from conftest import wait_for
+
+    from core import certificate, jobs
+    from core.data.ingest import ingest_file
+    from core.runtime import Predictor
+
+    ds = ingest_file(data_dir / "wine.csv")
+    run = jobs.submit(jobs.config_for(ds.id, epochs=5))
+    _open(page, "/")  # the studio starts its worker, which trains the run
+    wait_for(lambda: jobs.get_run(run.id).status == "succeeded", timeout=240)
+
+    _open(page, "/runs")
+    select = page.locator('[data-testid="stMultiSelect"]')
+    select.locator("input").click()
+    page.get_by_role("option").first.click()
+    page.keyboard.press("Escape")
+    page.get_by_text("Not measured yet").wait_for()
+    page.get_by_role("button", name="Measure the certificate").click()
+    page.get_by_text("Measuring the certificate:").wait_for()
+    _shot(page, "certificate-measuring")
+    page.get_by_role("button", name="Measure again").wait_for(timeout=300_000)  # the page came back by itself
+    page.get_by_text("Which to ship?").wait_for()
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 2  # metric against latency and size
+    _shot(page, "certificate")
+
+    int8 = next(r for r in certificate.certificate(run.id) if r.variant == "int8")
+    with page.expect_download() as download:
+        page.get_by_role("button", name=f"int8 ({int8.bytes / 1e6:.1f} MB)").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == "model.int8.onnx" and saved.read_bytes() == Path(int8.path).read_bytes()
+    table = pd.read_csv(data_dir / "wine.csv")
+    int8_answers = [p.label for p in Predictor(saved).predict_table(table.to_dict("list"))]
+    fp32_answers = [
+        p.label for p in Predictor(jobs.run_dir(run.id) / "model.onnx").predict_table(table.to_dict("list"))
+    ]
+    assert np.mean(np.array(int8_answers) == np.array(fp32_answers)) >= 0.9  # the file works on its own
