@@ -108,7 +108,11 @@ def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
             "size (MB)": round(r.bytes / 1e6, 3),
         }
         for m in r.measurements:
-            where = m["provider"].removesuffix("ExecutionProvider")
+            # PyTorch's baseline shares the CPU columns with ONNX Runtime's CPU provider: its row
+            # says it is PyTorch, and the same column compares them.
+            where = (
+                "CPU" if m["provider"] == "pytorch-cpu" else m["provider"].removesuffix("ExecutionProvider")
+            )
             row[f"{where} b{m['batch']} p50 (ms)"] = round(m["p50_ms"], 3)
             row[f"{where} b{m['batch']} p95 (ms)"] = round(m["p95_ms"], 3)
         row["peak memory (MB)"] = max((m["peak_mb"] for m in r.measurements), default=None)

@@ -112,6 +112,8 @@ def test_runs_page_shows_the_certificate_and_its_columns(wine_run: int) -> None:
     assert not at.exception and not at.error
     table = next(d.value for d in at.dataframe if "top-1 agreement" in getattr(d.value, "columns", []))
     assert list(table.index) == ["pytorch", "fp32"] and "CPU b32 p95 (ms)" in table.columns
+    assert table["CPU b1 p50 (ms)"].notna().all()  # PyTorch and ONNX Runtime side by side
+    assert not any(c.startswith("pytorch-cpu") for c in table.columns)
     assert any(b.label.startswith("fp32 (") for b in at.get("download_button"))
     assert any("**fp32**: the run's export (fp32)" in m.value for m in at.markdown)
 
