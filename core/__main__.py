@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from core.errors import AscentError, PredictError
+from core.errors import AscentError, ConfigError, PredictError
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -389,6 +389,61 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
     return records, _table(rows, header) + "\n\n" + made
 
 
+def _password(a: argparse.Namespace) -> str:
+    """The password from standard input (one line), or a prompt on a terminal."""
+    if a.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise ConfigError("--password-stdin: standard input is empty; pipe the password in")
+        return line.rstrip("\r\n")
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise ConfigError("the two passwords differ")
+        return first
+    raise ConfigError("give the password on standard input with --password-stdin")
+
+
+def _user_doc(user: Any) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "created_at": user.created_at.isoformat()}
+
+
+def cmd_users_add(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    user = access.add_user(a.name, _password(a), a.role)
+    return _user_doc(user), f"user {user.name} added ({user.role})"
+
+
+def cmd_users_list(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    users = access.list_users()
+    rows = [[u.name, u.role, _fmt_time(u.created_at)] for u in users]
+    text = (
+        _table(rows, ["name", "role", "created"])
+        if rows
+        else "no users: the studio is open on 127.0.0.1 only"
+    )
+    return [_user_doc(u) for u in users], text
+
+
+def cmd_users_delete(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    access.delete_user(a.name)
+    return {"deleted": a.name}, f"user {a.name} deleted"
+
+
+def cmd_users_passwd(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    access.set_password(a.name, _password(a))
+    return {"name": a.name, "password_changed": True}, f"password of {a.name} changed; their sessions ended"
+
+
 def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
     from core.models import all_models, models_for
 
@@ -417,12 +472,24 @@ def cmd_run(a: argparse.Namespace) -> tuple[Any, str]:
     return {"id": a.id}, f"run {a.id} done"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 1, like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def one_line(message: str) -> str:
+    """A message as the single line the CLI prints."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.data.ingest import TASKS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
-    parser = argparse.ArgumentParser(prog="python -m core", description="Ascent from the command line")
+    parser = _Parser(prog="python -m core", description="Ascent from the command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(
@@ -514,6 +581,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants", help="comma-separated from fp32,int8,fp16 (default: fp32,int8, and fp16 on CUDA)"
     )
 
+    users = sub.add_parser("users", help="who may sign in to the studio").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(users, "add", cmd_users_add, "add a user (the first is an admin)")
+    p.add_argument("name")
+    p.add_argument(
+        "--role", choices=["admin", "member", "viewer"], help="default: admin for the first user, else member"
+    )
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add(users, "list", cmd_users_list, "list users")
+    add(users, "delete", cmd_users_delete, "delete a user").add_argument("name")
+    p = add(users, "passwd", cmd_users_passwd, "set a user's password (their sessions end)")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
@@ -533,14 +615,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(ended.doc, indent=2))
         else:
             print(_run_text(ended.doc))
-        print(f"error: {ended}", file=sys.stderr)
+        print(f"error: {one_line(str(ended))}", file=sys.stderr)
         return 1
     except AscentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except ValidationError as exc:
         first = exc.errors()[0]
-        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        print(f"error: {'.'.join(map(str, first['loc']))}: {one_line(first['msg'])}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the edge: one line and an error id; the traceback to the log
+        from core import errorlog
+
+        error_id = errorlog.record(exc, where=f"python -m core {' '.join(argv or sys.argv[1:])[:200]}")
+        print(f"error: {errorlog.user_message(exc, error_id)}", file=sys.stderr)
         return 1
     print(json.dumps(to_jsonable(doc), indent=2) if args.json else text)
     return 0

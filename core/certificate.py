@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core import jobs
+from core import atomic, jobs
+from core.access import LOCAL, Action, Actor, require
 from core.config import RunConfig, database
 from core.errors import ConfigError, ExportError
 from core.runtime import outputs
@@ -149,7 +150,6 @@ def run_reference(run_id: int) -> Reference:
     """The run's exported computation in PyTorch (best checkpoint), its validation split and
     training samples for calibration, as its task prepares them."""
     from core import checkpoint
-    from core.data.ingest import get_dataset
     from core.tasks import get_task
     from core.train import BEST
 
@@ -161,7 +161,7 @@ def run_reference(run_id: int) -> Reference:
             f"run {run_id} is {run.status}; only a finished run with a checkpoint has a certificate"
         )
     cfg = RunConfig.model_validate(run.config)
-    dataset = get_dataset(cfg.dataset_id)
+    dataset = jobs.run_dataset(run)
     task = get_task(cfg.task)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries results (JSON)
         data = task.prepare(dataset, cfg, "cpu", jobs.run_dir(run_id))
@@ -198,7 +198,8 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         out = run_dir / "model.fp16.onnx"
-        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(out))
+        half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+        atomic.write_with(out, lambda tmp: onnx.save(half, str(tmp)))
         method = "fp16 weights and activations, fp32 inputs and outputs"
         if "CUDAExecutionProvider" not in _providers():
             method += " (asked for without a GPU: timed on the CPU, which has no fast fp16 kernels)"
@@ -211,7 +212,23 @@ def certify(
 ) -> list[ExportInfo]:
     """Measure the PyTorch baseline and each variant of run `run_id`; store and return them.
 
-    `say` hears a line per step, "[k/n] what", as the work goes (the page's progress bar)."""
+    `say` hears a line per step, "[k/n] what", as the work goes (the page's progress bar).
+    One measurement of a run at a time: a second one is refused while the first goes on."""
+    held = _inherited_locks()
+    if held:
+        return _certify(run_id, variants, say)
+    run_lock = _lock(jobs.run_dir(run_id) / RUN_LOCK)
+    if run_lock is None:
+        raise ConfigError(f"run {run_id}'s certificate is being measured already; wait for it to finish")
+    try:
+        return _certify(run_id, variants, say)
+    finally:
+        os.close(run_lock)
+
+
+def _certify(
+    run_id: int, variants: tuple[str, ...] | None, say: Callable[[str], None] | None
+) -> list[ExportInfo]:
     from core.train import BEST
 
     variants = variants or tuple(
@@ -314,18 +331,97 @@ def _save(
         )
 
 
-def start(run_id: int) -> subprocess.Popen[bytes]:
+# Measurements are bounded: one per run (a lock in its folder) and ASCENT_MAX_MEASUREMENTS
+# across the installation (lock slots in ASCENT_HOME). start() takes the locks and hands them
+# to the measuring process, which holds them until it exits.
+RUN_LOCK = "certificate.lock"
+_HELD_ENV = "ASCENT_CERTIFICATE_LOCKS"
+
+
+def _lock(path: Path) -> int | None:
+    """An open file descriptor holding an exclusive flock on `path`, or None when taken."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _inherited_locks() -> bool:
+    """Whether this process was started by start() with its locks (file descriptors) in hand."""
+    fds = [f for f in os.environ.pop(_HELD_ENV, "").split(",") if f.isdigit()]
+    return bool(fds) and all(_is_open(int(f)) for f in fds)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def measuring(run_id: int) -> bool:
+    """Whether a certificate of this run is being measured now (by any process)."""
+    fd = _lock(jobs.run_dir(run_id) / RUN_LOCK)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def start(run_id: int, *, actor: Actor = LOCAL) -> subprocess.Popen[bytes]:
     """Measure a run's certificate in a background process (pages must not block); it logs to
-    the run folder's certificate.log."""
-    log = jobs.run_dir(run_id) / LOG
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "core", "export", "--run", str(run_id)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    the run folder's certificate.log. Refused while this run is being measured, or while
+    ASCENT_MAX_MEASUREMENTS measurements go on."""
+    from core.config import get_settings
+
+    require(actor, Action.MEASURE)
+    run = jobs.get_run(run_id)
+    if run.status != "succeeded":
+        raise ConfigError(f"run {run_id} is {run.status}; only a finished run has a certificate")
+    jobs.run_dataset(run)
+    settings = get_settings()
+    run_lock = _lock(jobs.run_dir(run_id) / RUN_LOCK)
+    if run_lock is None:
+        raise ConfigError(f"run {run_id}'s certificate is being measured already; wait for it to finish")
+    slot = next(
+        (
+            fd
+            for i in range(settings.max_measurements)
+            if (fd := _lock(settings.home / "locks" / f"measurement-{i}.lock")) is not None
+        ),
+        None,
+    )
+    if slot is None:
+        os.close(run_lock)
+        raise ConfigError(
+            f"{settings.max_measurements} certificates are being measured already "
+            "(ASCENT_MAX_MEASUREMENTS); wait for one to finish"
         )
+    log = jobs.run_dir(run_id) / LOG
+    try:
+        with log.open("w") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "core", "export", "--run", str(run_id)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(run_lock, slot),
+                env={
+                    **os.environ,
+                    "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                    _HELD_ENV: f"{run_lock},{slot}",
+                },
+            )
+    finally:  # the child holds the locks through its copies of the descriptors
+        os.close(run_lock)
+        os.close(slot)
 
 
 def log_lines(run_id: int) -> list[str]:

@@ -1,19 +1,21 @@
 """Checkpoints as safetensors: weights for the best model, weights plus optimiser state for resume.
 
 Each file carries the run's resolved config (and whatever the task needs to rebuild the model)
-as JSON in the safetensors metadata, so a checkpoint explains itself. Writes are atomic.
+as JSON in the safetensors metadata, so a checkpoint explains itself. Writes are atomic and
+fsynced (core.atomic).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from core import atomic
 
 _META_KEY = "ascent"
 
@@ -23,9 +25,8 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_cpu(tensors), str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    cpu = _cpu(tensors)
+    atomic.write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -61,6 +62,13 @@ def save_training_state(
                 scalars.setdefault(str(idx), {})[name] = value
     meta = {"state": state, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     _write(path, tensors, meta)
+
+
+def training_epoch(path: Path) -> int:
+    """The last finished epoch a training state holds (0 when there is none)."""
+    if not path.exists():
+        return 0
+    return int(read_metadata(path).get("state", {}).get("epoch", 0))
 
 
 def load_training_state(

@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The runtime reads the same two limits from the environment itself (it imports no settings).
+from core.runtime import DEFAULT_MAX_CLIP_SECONDS, DEFAULT_MAX_IMAGE_PIXELS
+
 
 class Settings(BaseSettings):
     """Where data lives, which database to use and how runs are supervised."""
@@ -26,6 +29,26 @@ class Settings(BaseSettings):
     # Zip uploads: at most this many bytes once unpacked, and this many entries.
     max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     max_zip_entries: int = 200_000
+    # Tables: at most this many columns (checked on the header, before the rows are read),
+    # and this many characters in one cell.
+    max_columns: int = 2_000
+    max_cell_chars: int = 100_000
+    # A dataset's schema and its quality report are each at most this many bytes of JSON
+    # (every page loads them); long lists inside them are cut to their first entries.
+    max_schema_bytes: int = 2_000_000
+    # Images with more pixels than this are left out at ingest and refused at prediction.
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # Clips longer than this are left out at ingest (listed in the report) and refused at
+    # prediction.
+    max_clip_seconds: float = DEFAULT_MAX_CLIP_SECONDS
+    # Export certificates measured at once across the installation (each times models in
+    # fresh processes, so they would disturb each other's figures too).
+    max_measurements: int = 2
+    # How long a run, a worker or the CLI keeps retrying the database when it is unreachable
+    # (a restart, a network blip) before giving up.
+    db_retry_s: float = 60.0
+    # A signed-in studio session lasts this long (the cookie expires with it).
+    session_hours: float = 12.0
     # Seconds between heartbeats of a running run and of a worker.
     heartbeat_s: float = 2.0
     # A running run whose heartbeat is older than this is lost.

@@ -23,3 +23,7 @@ class ExportError(AscentError):
 
 class PredictError(AscentError):
     """Input a model cannot take."""
+
+
+class AccessError(AscentError):
+    """Not signed in, a wrong password, or a role that may not do this."""

@@ -7,18 +7,16 @@ Everything printed here lands in the run's log file.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import traceback
 
-from core import checkpoint, jobs
+from core import atomic, checkpoint, jobs
 from core.config import RunConfig, database, get_settings, resolve_device
-from core.data.ingest import get_dataset
 from core.errors import AscentError, ExportError
 from core.report import build_report
 from core.tasks import get_task
-from core.train import BEST, EpochResult, Progress, predict_split, train
+from core.train import BEST, LAST, EpochResult, Progress, predict_split, train
 from db.models import RunStatus
 
 
@@ -36,11 +34,15 @@ def _log(message: str) -> None:
 
 def _heartbeat_loop(run_id: int, progress: Progress, stop: threading.Event, done: threading.Event) -> None:
     interval = get_settings().heartbeat_s
+    parent = os.getppid()
     while not done.wait(interval):
+        if os.getppid() != parent:  # the worker died (where the kernel does not kill us with it)
+            _log("the worker supervising this run died; stopping")
+            os._exit(3)
         try:
             if jobs.heartbeat(run_id, progress.as_dict()):
                 stop.set()
-        except Exception as exc:  # a database hiccup must not kill the run
+        except Exception as exc:  # a database outage past the retries must not kill the run
             _log(f"heartbeat failed: {exc}")
 
 
@@ -62,10 +64,17 @@ def execute_run(run_id: int) -> int:
             f"run {run_id}: {cfg.task} / {cfg.model} on {device_label(device)}"
             + (" (resumed)" if cfg.resume else "")
         )
-        dataset = get_dataset(cfg.dataset_id)
+        dataset = jobs.run_dataset(run)
+        if cfg.resume:
+            done_epochs = checkpoint.training_epoch(out / LAST)
+            dropped = jobs.discard_metrics_after(run_id, done_epochs)
+            _log(
+                f"resuming after epoch {done_epochs}"
+                + (f"; {dropped} metric points of the unfinished epoch dropped" if dropped else "")
+            )
         task = get_task(cfg.task)
         data = task.prepare(dataset, cfg, device, out)
-        (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        atomic.write_json(out / "config.json", cfg.model_dump(mode="json"), indent=2)
         _log(f"data: {data.n_train} train / {data.n_val} validation samples")
 
         def on_epoch(result: EpochResult) -> None:
@@ -94,7 +103,7 @@ def execute_run(run_id: int) -> int:
         checkpoint.load_weights(out / BEST, data.model)
         jobs.record_artifact(run_id, "checkpoint", out / BEST)
         jobs.record_artifact(run_id, "config", out / "config.json")
-        (out / "report.json").write_text(json.dumps(build_report(*predict_split(data), data.extra)))
+        atomic.write_json(out / "report.json", build_report(*predict_split(data), data.extra))
         jobs.record_artifact(run_id, "report", out / "report.json")
         check = task.export(data, cfg, dataset, out / "model.onnx", run_id)
         values = {"export_max_abs_diff": check.max_abs_diff, "export_n_samples": float(check.n_samples)}

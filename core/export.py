@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from core import atomic
 from core.errors import ExportError
 from core.tasks import ExportCheck
 
@@ -72,8 +73,11 @@ def export_onnx(
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
     large = model.ByteSize() > TWO_GB
-    onnx.save_model(
-        model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None
+    atomic.write_with(
+        path,
+        lambda tmp: onnx.save_model(
+            model, str(tmp), save_as_external_data=large, location=path.name + ".data" if large else None
+        ),
     )
     try:
         onnx.checker.check_model(str(path), full_check=True)

@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import RunConfig, database, get_settings
 from core.data.ingest import get_dataset, sha256_file
 from core.errors import ConfigError, NotFoundError
 from core.models import default_model, get_model
 from db import queries
-from db.models import FINISHED, RunStatus
-from db.queries import ArtifactInfo, MetricPoint, RunFilter, RunInfo
-from db.session import session_scope
+from db.models import FINISHED, NAME_MAX, RunStatus
+from db.queries import ArtifactInfo, DatasetInfo, MetricPoint, RunFilter, RunInfo
+from db.session import retrying, session_scope
+
+T = TypeVar("T")
+MAX_TAGS = 20
+MAX_TAG_CHARS = 64
 
 
 def run_dir(run_id: int) -> Path:
     return get_settings().runs_dir / str(run_id)
 
 
-def submit(cfg: RunConfig) -> RunInfo:
+def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
     """Check a configuration and queue it as a run. The worker does the training."""
+    require(actor, Action.TRAIN)
     dataset = get_dataset(cfg.dataset_id)
     if cfg.task != dataset.task:
         raise ConfigError(f"dataset {dataset.id} is {dataset.task}; the run asks for {cfg.task}")
     get_model(cfg.model, cfg.task)
-    name = cfg.name or f"{cfg.model}-{dataset.name}"
+    if cfg.init_from_run is not None:
+        _check_seed_run(cfg.init_from_run)
+    name = check_name(cfg.name, "run") if cfg.name.strip() else f"{cfg.model}-{dataset.name}"[:NAME_MAX]
     cfg = cfg.model_copy(update={"name": name, "resume": False})
     with session_scope() as session:
         return queries.create_run(
@@ -39,7 +47,37 @@ def submit(cfg: RunConfig) -> RunInfo:
             model=cfg.model,
             config=cfg.model_dump(mode="json"),
             params=cfg.params(),
+            created_by=actor.name,
+            dataset_sha256=dataset.sha256,
         )
+
+
+def run_dataset(run: RunInfo) -> DatasetInfo:
+    """The dataset a run was submitted on, or ConfigError when it is gone or is another one
+    now (its id reused by a database from before ids were retired, or its content changed)."""
+    if run.dataset_id is None:
+        raise ConfigError(
+            f"run {run.id}'s dataset was deleted, so it cannot be trained or measured again; "
+            "its exported model still predicts"
+        )
+    try:
+        dataset = get_dataset(run.dataset_id)
+    except NotFoundError:
+        raise ConfigError(f"run {run.id}'s dataset {run.dataset_id} no longer exists") from None
+    if run.dataset_sha256 != dataset.sha256:
+        raise ConfigError(
+            f"dataset {dataset.id} is not the data run {run.id} was trained on "
+            f"({'its content differs' if run.dataset_sha256 else 'it was added after the run'}); "
+            "train a new run on it instead"
+        )
+    return dataset
+
+
+def _check_seed_run(run_id: int) -> None:
+    """An earlier run whose checkpoint seeds a new one must still be the run it was."""
+    seed = get_run(run_id)
+    if seed.dataset_id is not None:
+        run_dataset(seed)
 
 
 def config_for(dataset_id: int, **overrides: object) -> RunConfig:
@@ -53,7 +91,7 @@ def config_for(dataset_id: int, **overrides: object) -> RunConfig:
 
 
 def get_run(run_id: int) -> RunInfo:
-    database()
+    sweep_lost()
     with session_scope() as session:
         run = queries.get_run(session=session, run_id=run_id)
     if run is None:
@@ -71,7 +109,7 @@ def list_runs(
     descending: bool = True,
     metric: str | None = None,
 ) -> list[RunInfo]:
-    database()
+    sweep_lost()
     with session_scope() as session:
         return queries.list_runs(
             session=session,
@@ -86,7 +124,7 @@ def list_runs(
 
 
 def count_runs(where: RunFilter | None = None) -> int:
-    database()
+    sweep_lost()
     with session_scope() as session:
         return queries.count_runs(session=session, where=where)
 
@@ -97,25 +135,33 @@ def params(run_id: int) -> dict[str, str]:
         return queries.get_params(session=session, run_id=run_id)
 
 
-def rename(run_id: int, name: str) -> None:
-    name = name.strip()
-    if not name:
-        raise ConfigError("a run needs a name")
-    get_run(run_id)
+def rename(run_id: int, name: str, *, actor: Actor = LOCAL) -> None:
+    name = check_name(name, "run")
+    run = get_run(run_id)
+    require(actor, Action.EDIT, run.created_by, what=f"run {run_id}")
     with session_scope() as session:
-        queries.rename_run(session=session, run_id=run_id, name=name[:200])
+        queries.rename_run(session=session, run_id=run_id, name=name)
 
 
-def set_tags(run_id: int, tags: list[str]) -> None:
-    get_run(run_id)
+def set_tags(run_id: int, tags: list[str], *, actor: Actor = LOCAL) -> None:
+    run = get_run(run_id)
+    require(actor, Action.EDIT, run.created_by, what=f"run {run_id}")
     clean = sorted({t.strip() for t in tags if t.strip()})
+    if len(clean) > MAX_TAGS:
+        raise ConfigError(f"a run has at most {MAX_TAGS} tags; this asks for {len(clean)}")
+    for tag in clean:
+        if len(tag) > MAX_TAG_CHARS or any(ord(c) < 32 for c in tag):
+            raise ConfigError(
+                f"a tag is one line of at most {MAX_TAG_CHARS} characters ('{tag[:40]}…' is not)"
+            )
     with session_scope() as session:
         queries.set_tags(session=session, run_id=run_id, tags=clean)
 
 
-def delete_run(run_id: int) -> None:
+def delete_run(run_id: int, *, actor: Actor = LOCAL) -> None:
     """Delete a finished or queued run, its rows and its files."""
     run = get_run(run_id)
+    require(actor, Action.EDIT, run.created_by, what=f"run {run_id}")
     if run.status == RunStatus.RUNNING:
         raise ConfigError(f"run {run_id} is running; cancel it before deleting it")
     with session_scope() as session:
@@ -135,19 +181,22 @@ def metric_history(run_id: int) -> list[MetricPoint]:
         return queries.metric_history(session=session, run_id=run_id)
 
 
-def cancel(run_id: int) -> str:
-    """Cancel a queued run now; ask a running one to stop (it does within a few seconds)."""
+def cancel(run_id: int, *, actor: Actor = LOCAL) -> str:
+    """Cancel a queued or lost run now; ask a running one to stop (it does within seconds)."""
+    require(actor, Action.CANCEL)
     get_run(run_id)
     with session_scope() as session:
         status = queries.request_cancel(session=session, run_id=run_id)
     return str(status)
 
 
-def resume(run_id: int) -> RunInfo:
+def resume(run_id: int, *, actor: Actor = LOCAL) -> RunInfo:
     """Queue a lost, failed or cancelled run again; it continues from its last checkpoint."""
+    require(actor, Action.TRAIN)
     run = get_run(run_id)
     if run.status not in (RunStatus.LOST, RunStatus.FAILED, RunStatus.CANCELLED):
         raise ConfigError(f"run {run_id} is {run.status}; only lost, failed or cancelled runs resume")
+    run_dataset(run)
     has_checkpoint = (run_dir(run_id) / "last.safetensors").exists()
     with session_scope() as session:
         queries.update_run_config(
@@ -157,60 +206,111 @@ def resume(run_id: int) -> RunInfo:
     return get_run(run_id)
 
 
+# The run and worker processes outlive short database outages: their writes are retried.
+
+
+def _retried(what: str, work: Callable[[], T]) -> T:
+    return retrying(work, for_s=get_settings().db_retry_s, what=what)
+
+
 def claim(worker: str) -> RunInfo | None:
     database()
-    with session_scope() as session:
-        return queries.claim_next_run(session=session, worker=worker)
+
+    def work() -> RunInfo | None:
+        with session_scope() as session:
+            return queries.claim_next_run(session=session, worker=worker)
+
+    return _retried("claim", work)
 
 
 def heartbeat(run_id: int, progress: dict[str, Any] | None = None) -> bool:
-    """Beat a running run's heartbeat (with its progress); True when a cancel was requested."""
-    with session_scope() as session:
-        return queries.heartbeat(session=session, run_id=run_id, progress=progress)
+    """Beat a running run's heartbeat (with its progress). True when it should stop: a cancel
+    was requested, or the run is no longer running (marked lost while unreachable, deleted)."""
+
+    def work() -> bool:
+        with session_scope() as session:
+            return queries.heartbeat(session=session, run_id=run_id, progress=progress)
+
+    return _retried("heartbeat", work)
 
 
 def set_process(run_id: int, pid: int, device: str | None = None) -> None:
-    with session_scope() as session:
-        queries.set_run_process(session=session, run_id=run_id, pid=pid, device=device)
+    def work() -> None:
+        with session_scope() as session:
+            queries.set_run_process(session=session, run_id=run_id, pid=pid, device=device)
+
+    _retried("set process", work)
 
 
 def record_metrics(run_id: int, *, step: int, epoch: int, values: dict[str, float]) -> None:
-    with session_scope() as session:
-        queries.log_metrics(session=session, run_id=run_id, step=step, epoch=epoch, values=values)
+    def work() -> None:
+        with session_scope() as session:
+            queries.log_metrics(session=session, run_id=run_id, step=step, epoch=epoch, values=values)
+
+    _retried("metrics", work)
+
+
+def discard_metrics_after(run_id: int, epoch: int) -> int:
+    """Forget what an earlier attempt recorded for epochs after its last checkpoint."""
+
+    def work() -> int:
+        with session_scope() as session:
+            return queries.discard_metrics_after(session=session, run_id=run_id, epoch=epoch)
+
+    return _retried("metrics", work)
 
 
 def record_artifact(run_id: int, kind: str, path: Path, *, hash_file: bool = True) -> ArtifactInfo:
-    with session_scope() as session:
-        return queries.add_artifact(
-            session=session,
-            run_id=run_id,
-            kind=kind,
-            path=str(path),
-            sha256=sha256_file(path) if hash_file else None,
-            bytes=path.stat().st_size,
-        )
+    digest = sha256_file(path) if hash_file else None
+    size = path.stat().st_size
+
+    def work() -> ArtifactInfo:
+        with session_scope() as session:
+            return queries.add_artifact(
+                session=session, run_id=run_id, kind=kind, path=str(path), sha256=digest, bytes=size
+            )
+
+    return _retried("artifact", work)
 
 
 def finish(run_id: int, status: RunStatus, error: str | None = None) -> bool:
-    with session_scope() as session:
-        return queries.finish_run(session=session, run_id=run_id, status=status, error=error)
+    def work() -> bool:
+        with session_scope() as session:
+            return queries.finish_run(session=session, run_id=run_id, status=status, error=error)
+
+    return _retried("finish", work)
 
 
 def recover_lost(lost_after_s: float | None = None) -> list[int]:
-    """Mark running runs whose heartbeat stopped as lost; returns their ids."""
+    """Mark running runs whose heartbeat is older than lost_after_s (by the database's clock)
+    as lost; returns their ids."""
     database()
     limit = lost_after_s if lost_after_s is not None else get_settings().lost_after_s
-    older_than = datetime.now(UTC) - timedelta(seconds=limit)
     with session_scope() as session:
-        return queries.mark_stale_lost(session=session, older_than=older_than)
+        return queries.mark_stale_lost(session=session, lost_after_s=limit)
+
+
+_last_sweep: dict[str, float] = {}
+SWEEP_EVERY_S = 1.0
+
+
+def sweep_lost() -> None:
+    """Every process that reads runs (pages, `runs list/show`, workers) marks stale ones lost,
+    at most once a second, so a run whose worker and process died together is not left
+    `running` until some worker happens to start."""
+    url = database()
+    now = time.monotonic()
+    if now - _last_sweep.get(url, -SWEEP_EVERY_S) < SWEEP_EVERY_S:
+        return
+    _last_sweep[url] = now
+    recover_lost()
 
 
 def worker_alive() -> bool:
     """Whether some worker has beaten its heartbeat recently (on any host)."""
     database()
-    since = datetime.now(UTC) - timedelta(seconds=get_settings().lost_after_s)
     with session_scope() as session:
-        return bool(queries.alive_workers(session=session, since=since))
+        return bool(queries.alive_workers(session=session, within_s=get_settings().lost_after_s))
 
 
 _last_start: dict[str, float] = {}

@@ -7,10 +7,12 @@ are read from the file's metadata_props.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,24 @@ from typing import Any
 import numpy as np
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# Inputs past these are refused before they are decoded (the same settings as ingest's).
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEFAULT_MAX_CLIP_SECONDS = 60.0
+
+
+def _limit(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def max_image_pixels() -> int:
+    return int(_limit("ASCENT_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS))
+
+
+def max_clip_seconds() -> float:
+    return _limit("ASCENT_MAX_CLIP_SECONDS", DEFAULT_MAX_CLIP_SECONDS)
 
 
 class RuntimeInputError(ValueError):
@@ -51,19 +71,44 @@ class Prediction:
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
 
+@contextlib.contextmanager
+def open_image(source: Any) -> Iterator[Any]:
+    """A PIL image (path, bytes or file object) whose size is within the pixel limit, checked
+    from its header before any pixel is decoded; RuntimeInputError otherwise."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    limit = max_image_pixels()
+    Image.MAX_IMAGE_PIXELS = None  # checked here, at the limit itself (PIL's own check starts at 2x)
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opened = Image.open(source)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise RuntimeInputError(f"not a readable image ({type(exc).__name__})") from exc
+    with opened:
+        pixels = opened.width * opened.height
+        if pixels > limit:
+            raise RuntimeInputError(
+                f"the image is {opened.width}x{opened.height} ({pixels / 1e6:.0f} megapixels), over the "
+                f"limit of {limit / 1e6:.0f} megapixels (ASCENT_MAX_IMAGE_PIXELS)"
+            )
+        yield opened
+
+
 def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
     """An image file (path, bytes or file object) as uint8 [H, W, 3] RGB at `size` (h, w).
 
     The one resize used for validation in training and for prediction: EXIF rotation applied,
     transparency composited on white, then a bilinear resize of the whole image (no crop).
     """
-    import io
-
     from PIL import Image, ImageOps
 
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    with Image.open(source) as opened:
+    with open_image(source) as opened:
         img = ImageOps.exif_transpose(opened)
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -76,8 +121,8 @@ def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
 AUDIO_SUFFIXES = {".wav", ".flac"}
 
 
-def load_audio(source: Any) -> tuple[np.ndarray, int]:
-    """A WAV or FLAC clip (path, bytes or file object) as float32 [frames, channels] and its rate."""
+def clip_info(source: Any) -> tuple[float, int, int]:
+    """(seconds, sample rate, channels) from a clip's header, without decoding it."""
     import io
 
     import soundfile as sf
@@ -88,6 +133,36 @@ def load_audio(source: Any) -> tuple[np.ndarray, int]:
         source = io.BytesIO(source)
     elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
         raise RuntimeInputError(f"{Path(source).name} is empty (0 bytes)")
+    try:
+        info = sf.info(source)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError
+        raise RuntimeInputError(
+            f"not a readable WAV or FLAC clip ({str(exc).strip() or type(exc).__name__})"
+        ) from exc
+    finally:
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+    if info.samplerate <= 0:
+        raise RuntimeInputError("the clip's header gives no sample rate")
+    return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
+
+
+def load_audio(source: Any) -> tuple[np.ndarray, int]:
+    """A WAV or FLAC clip (path, bytes or file object) as float32 [frames, channels] and its
+    rate; clips over the duration limit are refused from their header, before decoding."""
+    import io
+
+    import soundfile as sf
+
+    seconds, _, _ = clip_info(source)
+    limit = max_clip_seconds()
+    if seconds > limit:
+        raise RuntimeInputError(
+            f"the clip lasts {seconds:.0f} s, over the limit of {limit:g} s (ASCENT_MAX_CLIP_SECONDS); "
+            "cut it into shorter clips"
+        )
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError

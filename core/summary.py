@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core import jobs
-from db.queries import DatasetInfo, ExportInfo, RunInfo
+from db.queries import DatasetInfo, DatasetSummary, ExportInfo, RunInfo
 
 MAIN_METRIC = {
     "tabular-classification": "val_f1_macro",
@@ -168,7 +168,7 @@ def log_tail(run_id: int, lines: int = 60) -> str:
     return tail(jobs.run_dir(run_id) / "run.log", lines)
 
 
-def dataset_label(ds: DatasetInfo) -> str:
+def dataset_label(ds: DatasetInfo | DatasetSummary) -> str:
     return (
         f"{ds.id} · {ds.name} ({ds.task}, {ds.n_items} {'images' if ds.task.startswith('image') else 'rows'})"
     )

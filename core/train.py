@@ -225,9 +225,11 @@ def train(
             checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch + 1})
         else:
             state["stale"] += 1
-        checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
+        # Metrics first, then the state to resume from: an attempt that dies in between
+        # trains this epoch again, and the resume drops what it recorded of it.
         if on_epoch is not None:
             on_epoch(EpochResult(epoch + 1, state["step"], metrics, improved))
+        checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
         if cfg.patience and state["stale"] >= cfg.patience:
             status = "early_stopped"
             break

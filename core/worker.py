@@ -1,12 +1,16 @@
 """The worker: claims queued runs one at a time and runs each in a child process.
 
-It marks runs whose heartbeat stopped as lost when it starts, kills a child that ignores a
-cancel request, and closes a run its child left `running` (crash, kill) as failed with the
-reason and the log's last lines.
+It marks runs whose heartbeat stopped as lost (at start and as it polls), kills a child that
+ignores a cancel request, and closes a run its child left `running` (crash, kill) as failed
+with the reason and the log's last lines. The child runs in its own process group, which the
+worker kills as a whole, and dies with the worker: on Linux the kernel sends it SIGKILL when
+the worker dies (even by kill -9), elsewhere its heartbeat thread notices the orphaning.
+Database outages of up to ASCENT_DB_RETRY_S seconds are waited out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +26,7 @@ from core.config import database, get_settings
 from db import queries
 from db.models import RunStatus
 from db.queries import RunInfo
-from db.session import session_scope
+from db.session import retrying, session_scope
 
 ROOT = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 20
@@ -40,6 +44,24 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
     with path.open(errors="replace") as f:
         return "".join(deque(f, maxlen=lines)).rstrip()
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: ask Linux to SIGKILL it when its parent dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def kill_group(child: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    """Signal the child and everything it started (data loaders, ranks)."""
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(sig)
 
 
 def _exit_reason(code: int) -> str:
@@ -68,25 +90,32 @@ class Worker:
         self.stopping = True
 
     def _beat(self) -> None:
-        with session_scope() as session:
-            queries.worker_heartbeat(session=session, worker_id=self.worker_id)
+        def work() -> None:
+            with session_scope() as session:
+                queries.worker_heartbeat(session=session, worker_id=self.worker_id)
+
+        retrying(work, for_s=get_settings().db_retry_s, what="worker heartbeat")
 
     def run(self) -> None:
         """Serve the queue until stopped (SIGTERM/SIGINT) or idle for idle_exit_s."""
         database()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        with session_scope() as session:
-            self.worker_id = queries.register_worker(
-                session=session, hostname=socket.gethostname(), pid=os.getpid()
-            )
+
+        def register() -> int:
+            with session_scope() as session:
+                return queries.register_worker(
+                    session=session, hostname=socket.gethostname(), pid=os.getpid()
+                )
+
+        self.worker_id = retrying(register, for_s=get_settings().db_retry_s, what="worker start")
         try:
-            lost = jobs.recover_lost()
-            if lost:
-                print(f"marked lost (heartbeat stopped): {lost}", flush=True)
             idle_since = time.monotonic()
             while not self.stopping:
                 self._beat()
+                lost = retrying(jobs.recover_lost, for_s=get_settings().db_retry_s, what="lost runs")
+                if lost:
+                    print(f"marked lost (heartbeat stopped): {lost}", flush=True)
                 run = jobs.claim(self.name)
                 if run is None:
                     if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
@@ -98,7 +127,7 @@ class Worker:
                 print(f"run {run.id}: {jobs.get_run(run.id).status}", flush=True)
                 idle_since = time.monotonic()
         finally:
-            with session_scope() as session:
+            with contextlib.suppress(Exception), session_scope() as session:
                 queries.stop_worker(session=session, worker_id=self.worker_id)
 
     def supervise(self, run: RunInfo) -> None:
@@ -115,30 +144,37 @@ class Worker:
                 stdin=subprocess.DEVNULL,
                 cwd=ROOT,
                 env=child_env(),
+                process_group=0,
+                preexec_fn=die_with_parent,
             )
         jobs.set_process(run.id, child.pid)
         jobs.record_artifact(run.id, "log", log_path, hash_file=False)
         cancel_seen: float | None = None
         last_beat = 0.0
-        while child.poll() is None:
-            time.sleep(min(0.2, heartbeat_s))
-            now = time.monotonic()
-            if now - last_beat >= heartbeat_s:
-                last_beat = now
-                self._beat()
-                # The run is alive while its supervisor and its process are, even before the
-                # child's own heartbeat starts (imports, data loading).
-                if jobs.heartbeat(run.id) and cancel_seen is None:
-                    cancel_seen = now
-            if cancel_seen is not None and now - cancel_seen > self.cancel_grace_s:
-                child.kill()
-            if self.stopping:
-                child.terminate()
-                try:
-                    child.wait(10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+        try:
+            while child.poll() is None:
+                time.sleep(min(0.2, heartbeat_s))
+                now = time.monotonic()
+                if now - last_beat >= heartbeat_s:
+                    last_beat = now
+                    self._beat()
+                    # The run is alive while its supervisor and its process are, even before the
+                    # child's own heartbeat starts (imports, data loading).
+                    if jobs.heartbeat(run.id) and cancel_seen is None:
+                        cancel_seen = now
+                if cancel_seen is not None and now - cancel_seen > self.cancel_grace_s:
+                    kill_group(child)
+                if self.stopping:
+                    kill_group(child, signal.SIGTERM)
+                    try:
+                        child.wait(10)
+                    except subprocess.TimeoutExpired:
+                        kill_group(child)
+        except BaseException:
+            kill_group(child)  # a supervisor that fails takes its run down with it
+            raise
         code = child.wait()
+        kill_group(child)  # whatever the run left behind (data loader processes)
         jobs.record_artifact(run.id, "log", log_path, hash_file=False)
         if jobs.get_run(run.id).status != RunStatus.RUNNING:
             return

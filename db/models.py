@@ -65,8 +65,23 @@ class Base(DeclarativeBase):
     }
 
 
+# Longest name a dataset, run or user may have, on every database (checked before the insert).
+NAME_MAX = 200
+
+
+class Role(enum.StrEnum):
+    """What a signed-in user may do: viewers browse and predict; members also upload, train,
+    cancel and measure; admins also delete others' work and manage users."""
+
+    VIEWER = "viewer"
+    MEMBER = "member"
+    ADMIN = "admin"
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
+    # Ids are never reused on SQLite either (a deleted dataset's id stays retired).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -79,6 +94,8 @@ class Dataset(Base):
     schema_: Mapped[dict[str, Any]] = mapped_column("schema")
     report: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The signed-in user who added it (None: the command line, or a studio without users).
+    created_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
 
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in RunStatus)
@@ -89,6 +106,7 @@ class Run(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUSES})", name="ck_runs_status"),
         Index("ix_runs_status_id", "status", "id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -111,6 +129,10 @@ class Run(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     # Live progress of a running run (epoch, step, total_steps, eta_s...), written with the heartbeat.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    # The content hash of the dataset the run was submitted on: resume, the certificate and
+    # init-from refuse when the dataset behind dataset_id is gone or is another one.
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class Param(Base):
@@ -183,6 +205,40 @@ class Export(Base):
     # [{provider, batch, p50_ms, p95_ms, peak_mb, runs}]
     measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+_ROLES = ", ".join(f"'{r.value}'" for r in Role)
+
+
+class User(Base):
+    """A person who signs in to the studio. Passwords are stored only as Argon2id hashes."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(f"role IN ({_ROLES})", name="ck_users_role"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Failed sign-ins in a row, and when the next attempt may be checked (a growing delay).
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    # Part of every session cookie: bumped on sign-out, a new password or deletion, which ends
+    # the sessions signed before.
+    session_epoch: Mapped[int] = mapped_column(default=0)
+
+
+class AppSetting(Base):
+    """Small values the whole installation shares, such as the key that signs session cookies."""
+
+    __tablename__ = "app_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Worker(Base):

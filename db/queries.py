@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, String, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
+    AppSetting,
     Artifact,
     Dataset,
     Export,
@@ -18,9 +19,21 @@ from db.models import (
     Param,
     Run,
     RunStatus,
+    User,
     Worker,
     utcnow,
 )
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock (PostgreSQL's), so hosts with skewed clocks agree on heartbeats.
+
+    SQLite is a file on this host, whose clock is the only one; there it is this process's."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.clock_timestamp()))
+        if isinstance(now, datetime):
+            return now
+    return utcnow()
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,21 @@ class DatasetInfo:
     schema: dict[str, Any]
     report: dict[str, Any]
     created_at: datetime
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A dataset as lists show it: without its schema and report (each up to megabytes)."""
+
+    id: int
+    name: str
+    task: str
+    format: str
+    bytes: int
+    n_items: int
+    created_at: datetime
+    created_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,8 @@ class RunInfo:
     pid: int | None
     attempts: int
     progress: dict[str, Any] | None = None
+    created_by: str | None = None
+    dataset_sha256: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     best_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -119,6 +149,7 @@ def _dataset(row: Dataset) -> DatasetInfo:
         schema=dict(row.schema_),
         report=dict(row.report),
         created_at=row.created_at,
+        created_by=row.created_by,
     )
 
 
@@ -144,6 +175,8 @@ def _run(row: Run, latest: list[LatestMetric] | None = None) -> RunInfo:
         pid=row.pid,
         attempts=row.attempts,
         progress=dict(row.progress) if row.progress else None,
+        created_by=row.created_by,
+        dataset_sha256=row.dataset_sha256,
         metrics={m.key: m.value for m in latest},
         best_metrics={m.key: m.best for m in latest},
     )
@@ -164,8 +197,10 @@ def add_dataset(
     n_items: int,
     schema: dict[str, Any],
     report: dict[str, Any],
+    created_by: str | None = None,
 ) -> DatasetInfo:
     row = Dataset(
+        created_by=created_by,
         name=name,
         task=task,
         format=format,
@@ -190,9 +225,20 @@ def get_dataset(*, session: Session, dataset_id: int) -> DatasetInfo | None:
     return _dataset(row) if row else None
 
 
-def list_datasets(*, session: Session) -> list[DatasetInfo]:
-    rows = session.scalars(select(Dataset).order_by(Dataset.id.desc()))
-    return [_dataset(r) for r in rows]
+def list_datasets(*, session: Session) -> list[DatasetSummary]:
+    rows = session.execute(
+        select(
+            Dataset.id,
+            Dataset.name,
+            Dataset.task,
+            Dataset.format,
+            Dataset.bytes,
+            Dataset.n_items,
+            Dataset.created_at,
+            Dataset.created_by,
+        ).order_by(Dataset.id.desc())
+    )
+    return [DatasetSummary(*r) for r in rows]
 
 
 def delete_dataset(*, session: Session, dataset_id: int) -> bool:
@@ -212,8 +258,18 @@ def create_run(
     model: str,
     config: dict[str, Any],
     params: dict[str, str],
+    created_by: str | None = None,
+    dataset_sha256: str | None = None,
 ) -> RunInfo:
-    row = Run(name=name, dataset_id=dataset_id, task=task, model=model, config=config)
+    row = Run(
+        name=name,
+        dataset_id=dataset_id,
+        task=task,
+        model=model,
+        config=config,
+        created_by=created_by,
+        dataset_sha256=dataset_sha256,
+    )
     session.add(row)
     session.flush()
     session.add_all(Param(run_id=row.id, key=k, value=v) for k, v in params.items())
@@ -347,7 +403,7 @@ def claim_next_run(*, session: Session, worker: str) -> RunInfo | None:
     )
     if candidate is None:
         return None
-    now = utcnow()
+    now = db_now(session)
     result = session.execute(
         update(Run)
         .where(Run.id == candidate, Run.status == RunStatus.QUEUED.value)
@@ -374,25 +430,31 @@ def set_run_process(*, session: Session, run_id: int, pid: int, device: str | No
 
 
 def heartbeat(*, session: Session, run_id: int, progress: dict[str, Any] | None = None) -> bool:
-    """Beat the run's heartbeat (with its progress); returns whether a cancel was requested."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    """Beat a running run's heartbeat (with its progress). True when the run should stop: a
+    cancel was requested, or it is no longer running here (marked lost, deleted)."""
+    values: dict[str, Any] = {"heartbeat_at": db_now(session)}
     if progress is not None:
         values["progress"] = progress
     session.execute(
         update(Run).where(Run.id == run_id, Run.status == RunStatus.RUNNING.value).values(**values)
     )
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+    row = session.execute(select(Run.cancel_requested, Run.status).where(Run.id == run_id)).first()
+    return row is None or bool(row[0]) or row[1] != RunStatus.RUNNING.value
 
 
 def request_cancel(*, session: Session, run_id: int) -> str | None:
-    """Cancel a queued run at once, or ask a running one to stop. Returns the new status."""
+    """Cancel a queued or lost run at once, or ask a running one to stop. Returns the new status."""
     row = session.get(Run, run_id, with_for_update=True)
     if row is None:
         return None
-    if row.status == RunStatus.QUEUED.value:
+    if row.status in (RunStatus.QUEUED.value, RunStatus.LOST.value):
+        row.error = (
+            "cancelled before it started"
+            if row.status == RunStatus.QUEUED.value
+            else f"cancelled after it was lost ({row.error or 'heartbeat stopped'})"
+        )
         row.status = RunStatus.CANCELLED.value
-        row.finished_at = utcnow()
-        row.error = "cancelled before it started"
+        row.finished_at = db_now(session)
     elif row.status == RunStatus.RUNNING.value:
         row.cancel_requested = True
     session.flush()
@@ -404,13 +466,16 @@ def finish_run(*, session: Session, run_id: int, status: RunStatus, error: str |
     result = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
-        .values(status=status.value, error=error, finished_at=utcnow(), pid=None)
+        .values(status=status.value, error=error, finished_at=db_now(session), pid=None)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def mark_stale_lost(*, session: Session, older_than: datetime) -> list[int]:
-    """Runs still `running` whose heartbeat stopped before `older_than` become `lost`."""
+def mark_stale_lost(*, session: Session, lost_after_s: float) -> list[int]:
+    """Runs still `running` whose heartbeat is older than `lost_after_s` (by the database's
+    clock) become `lost`; returns their ids."""
+    now = db_now(session)
+    older_than = now - timedelta(seconds=lost_after_s)
     stale = list(
         session.scalars(
             select(Run.id).where(
@@ -425,7 +490,7 @@ def mark_stale_lost(*, session: Session, older_than: datetime) -> list[int]:
             .where(Run.id.in_(stale), Run.status == RunStatus.RUNNING.value)
             .values(
                 status=RunStatus.LOST.value,
-                finished_at=utcnow(),
+                finished_at=now,
                 pid=None,
                 error="heartbeat stopped: the process running it died or lost the database",
             )
@@ -498,6 +563,39 @@ def log_metrics(*, session: Session, run_id: int, step: int, epoch: int, values:
     session.flush()
 
 
+def discard_metrics_after(*, session: Session, run_id: int, epoch: int) -> int:
+    """Drop the metric points of epochs after `epoch` (an attempt that died before it saved its
+    checkpoint) and rebuild the run's latest_metrics from what is left; returns rows dropped.
+
+    A resumed run trains those epochs again, so each epoch ends up recorded once."""
+    dropped = session.execute(delete(Metric).where(Metric.run_id == run_id, Metric.epoch > epoch))
+    count = int(dropped.rowcount or 0)  # type: ignore[attr-defined]
+    if not count:
+        return 0
+    session.execute(delete(LatestMetric).where(LatestMetric.run_id == run_id))
+    latest: dict[str, LatestMetric] = {}
+    for m in session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id)):
+        row = latest.get(m.key)
+        if row is None:
+            latest[m.key] = LatestMetric(
+                run_id=run_id,
+                key=m.key,
+                value=m.value,
+                best=m.value,
+                step=m.step,
+                epoch=m.epoch,
+                timestamp=m.timestamp,
+            )
+            continue
+        better = m.value < row.best if lower_is_better(m.key) else m.value > row.best
+        row.value, row.step, row.epoch, row.timestamp = m.value, m.step, m.epoch, m.timestamp
+        if better:
+            row.best = m.value
+    session.add_all(latest.values())
+    session.flush()
+    return count
+
+
 def metric_history(*, session: Session, run_id: int) -> list[MetricPoint]:
     rows = session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.step, Metric.id))
     return [MetricPoint(m.key, m.step, m.epoch, m.value, m.timestamp) for m in rows]
@@ -552,25 +650,150 @@ def list_exports(*, session: Session, run_ids: list[int]) -> list[ExportInfo]:
 
 
 def register_worker(*, session: Session, hostname: str, pid: int) -> int:
-    row = Worker(hostname=hostname, pid=pid)
+    now = db_now(session)
+    row = Worker(hostname=hostname, pid=pid, started_at=now, heartbeat_at=now)
     session.add(row)
     session.flush()
     return row.id
 
 
 def worker_heartbeat(*, session: Session, worker_id: int) -> None:
-    session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow()))
+    session.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=db_now(session)))
 
 
 def stop_worker(*, session: Session, worker_id: int) -> None:
-    session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow()))
+    session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=db_now(session)))
 
 
-def alive_workers(*, session: Session, since: datetime) -> list[tuple[int, str, int]]:
-    """(id, hostname, pid) of workers that beat after `since` and have not stopped."""
+def alive_workers(*, session: Session, within_s: float) -> list[tuple[int, str, int]]:
+    """(id, hostname, pid) of workers that beat in the last `within_s` seconds (the
+    database's clock) and have not stopped."""
+    since = db_now(session) - timedelta(seconds=within_s)
     rows = session.execute(
         select(Worker.id, Worker.hostname, Worker.pid).where(
             Worker.stopped_at.is_(None), Worker.heartbeat_at >= since
         )
     )
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+# --- users ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """A user without their password hash (what pages and the CLI may show)."""
+
+    id: int
+    name: str
+    role: str
+    created_at: datetime
+    session_epoch: int
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What checking a sign-in needs; never leaves core.access."""
+
+    user: UserInfo
+    password_hash: str
+    failed_logins: int
+    locked_until: datetime | None
+
+
+def _user(row: User) -> UserInfo:
+    return UserInfo(row.id, row.name, row.role, row.created_at, row.session_epoch)
+
+
+def count_users(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def add_user(*, session: Session, name: str, role: str, password_hash: str) -> UserInfo | None:
+    """A new user; None when the name is taken. (Two processes adding the same name at once:
+    the second gets the unique constraint's IntegrityError.)"""
+    if session.scalar(select(User.id).where(User.name == name)) is not None:
+        return None
+    row = User(name=name, role=role, password_hash=password_hash, created_at=db_now(session))
+    session.add(row)
+    session.flush()
+    return _user(row)
+
+
+def get_user(*, session: Session, name: str) -> UserInfo | None:
+    row = session.scalar(select(User).where(User.name == name))
+    return _user(row) if row else None
+
+
+def get_user_by_id(*, session: Session, user_id: int) -> UserInfo | None:
+    row = session.get(User, user_id)
+    return _user(row) if row else None
+
+
+def list_users(*, session: Session) -> list[UserInfo]:
+    return [_user(r) for r in session.scalars(select(User).order_by(User.name))]
+
+
+def delete_user(*, session: Session, name: str) -> bool:
+    result = session.execute(delete(User).where(User.name == name))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def count_admins(*, session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User).where(User.role == "admin")) or 0
+
+
+def credentials(*, session: Session, name: str) -> Credentials | None:
+    """The user's hash and sign-in counters, the row locked until the transaction ends (so
+    parallel attempts count one after another)."""
+    row = session.scalar(select(User).where(User.name == name).with_for_update())
+    if row is None:
+        return None
+    return Credentials(_user(row), row.password_hash, row.failed_logins, row.locked_until)
+
+
+def set_password(*, session: Session, name: str, password_hash: str) -> bool:
+    """A new hash; also ends the user's sessions and clears failed sign-ins."""
+    result = session.execute(
+        update(User)
+        .where(User.name == name)
+        .values(
+            password_hash=password_hash,
+            session_epoch=User.session_epoch + 1,
+            failed_logins=0,
+            locked_until=None,
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def record_login(*, session: Session, user_id: int, ok: bool, delay_s: float = 0.0) -> None:
+    """After a sign-in attempt: reset the counters, or count the failure and hold the next
+    attempt back `delay_s` seconds."""
+    if ok:
+        values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+    else:
+        values = {
+            "failed_logins": User.failed_logins + 1,
+            "locked_until": db_now(session) + timedelta(seconds=delay_s),
+        }
+    session.execute(update(User).where(User.id == user_id).values(**values))
+
+
+def end_sessions(*, session: Session, user_id: int) -> None:
+    """Every session cookie signed for the user so far stops working."""
+    session.execute(update(User).where(User.id == user_id).values(session_epoch=User.session_epoch + 1))
+
+
+# --- settings shared by the installation ------------------------------------------------
+
+
+def setting(*, session: Session, key: str, default: str) -> str:
+    """The stored value of `key`; stores `default` first when there is none. (When several
+    processes race, the later ones get the primary key's IntegrityError and read again.)"""
+    value = session.scalar(select(AppSetting.value).where(AppSetting.key == key))
+    if value is not None:
+        return value
+    session.add(AppSetting(key=key, value=default))
+    session.flush()
+    return default

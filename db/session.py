@@ -1,16 +1,21 @@
 """The engine (built once per URL), the session helper and SQLite pragmas.
 
 The schema belongs to Alembic: the first engine built for a URL upgrades that database to the
-newest revision, so a new or old database is ready before any query runs.
+newest revision, so a new or old database is ready before any query runs. Processes that open
+a fresh database at once take turns: a file lock beside a SQLite file, an advisory lock on
+PostgreSQL.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,23 +40,54 @@ def current_url() -> str:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: switching a fresh file to WAL waits for other openers.
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
+# Key of the PostgreSQL advisory lock that serialises migrations (any fixed 64-bit number).
+_MIGRATION_LOCK = 7_715_001_004
+
+
+def _sqlite_file(url: str) -> Path | None:
+    path = url.split("///", 1)[-1] if url.startswith("sqlite") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the database behind `engine` to the newest Alembic revision."""
+    """Bring the database behind `engine` to the newest Alembic revision, one process at a time."""
     from alembic import command
     from alembic.config import Config
+    from filelock import FileLock
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    file = _sqlite_file(str(engine.url)) if sqlite else None
+    lock = FileLock(f"{file}.migrate.lock", timeout=120) if file is not None else contextlib.nullcontext()
+    with lock, engine.connect() as conn:
+        if sqlite:
+            # Rebuilding a table (batch migrations) drops the old one; with foreign keys on,
+            # that would cascade into every row that points at it. Off outside a transaction.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left rows pointing nowhere: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
 
 
 def engine(url: str | None = None) -> Engine:
@@ -61,9 +97,9 @@ def engine(url: str | None = None) -> Engine:
         eng = _engines.get(url)
         if eng is None:
             if url.startswith("sqlite"):
-                path = url.split("///", 1)[-1]
-                if path and path != ":memory:":
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                file = _sqlite_file(url)
+                if file is not None:
+                    file.parent.mkdir(parents=True, exist_ok=True)
                 eng = create_engine(url, connect_args={"timeout": 30})
                 event.listen(eng, "connect", _sqlite_pragmas)
             else:
@@ -79,6 +115,34 @@ def dispose_all() -> None:
         for eng in _engines.values():
             eng.dispose()
         _engines.clear()
+
+
+T = TypeVar("T")
+
+
+def retrying(work: Callable[[], T], *, for_s: float, what: str = "database call") -> T:
+    """`work()`, tried again while the database is unreachable (a restart, a dropped
+    connection, SQLite's lock held too long) for up to `for_s` seconds, then the last error.
+
+    Only for idempotent work or work whose transaction was rolled back with the error."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    deadline = time.monotonic() + for_s
+    pause = 0.2
+    while True:
+        try:
+            return work()
+        except DBAPIError as exc:
+            transient = isinstance(exc, OperationalError) or exc.connection_invalidated
+            if not transient or time.monotonic() + pause > deadline:
+                raise
+            print(
+                f"{what}: the database is unreachable ({type(exc.orig).__name__}); retrying",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 @contextmanager

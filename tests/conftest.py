@@ -96,9 +96,7 @@ def _stop_workers(home: Path) -> None:
     try:
         config.database()
         with session_scope() as s:
-            from datetime import UTC, datetime, timedelta
-
-            workers = queries.alive_workers(session=s, since=datetime.now(UTC) - timedelta(days=1))
+            workers = queries.alive_workers(session=s, within_s=86_400)
             running = [r.pid for r in queries.list_runs(session=s, status="running") if r.pid]
     except Exception:
         return

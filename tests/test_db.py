@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -56,13 +55,15 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
         "artifacts",
         "workers",
         "exports",
+        "users",
+        "app_settings",
         "alembic_version",
     } <= tables
     from db.session import upgrade
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:
@@ -175,9 +176,9 @@ def test_cancel_finish_lost_and_requeue(any_home: Path) -> None:
         assert claimed is not None and claimed.id == running
         assert queries.request_cancel(session=s, run_id=running) == "running"
         assert queries.heartbeat(session=s, run_id=running) is True
-    old = datetime.now(UTC) + timedelta(seconds=1)
     with session_scope() as s:
-        assert queries.mark_stale_lost(session=s, older_than=old) == [running]
+        assert queries.mark_stale_lost(session=s, lost_after_s=60) == []  # it beat just now
+        assert queries.mark_stale_lost(session=s, lost_after_s=-1) == [running]
         assert not queries.finish_run(session=s, run_id=running, status=RunStatus.SUCCEEDED)
         assert queries.requeue_run(session=s, run_id=running)
         run = queries.get_run(session=s, run_id=running)
@@ -228,6 +229,91 @@ def test_an_old_database_is_upgraded_with_its_rows(tmp_path: Path) -> None:
         (run,) = queries.list_runs(session=s)
     assert run.name == "old" and run.progress is None
     old.dispose()
+
+
+def test_revision_0004_keeps_every_row_and_retires_deleted_ids(tmp_path: Path) -> None:
+    """The rebuild of datasets and runs (AUTOINCREMENT on SQLite) keeps runs, metrics and
+    params (no cascade through the dropped table), fills dataset_sha256 where the dataset is
+    the run's own, and from then on a deleted dataset's id is never handed out again."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from db.session import _MIGRATIONS, upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with old.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.execute(text("PRAGMA foreign_keys=ON"))
+        for ds_id, created in ((1, "2026-01-01 00:00:00"), (2, "2026-03-01 00:00:00")):
+            conn.execute(
+                text(
+                    "INSERT INTO datasets (id, name, task, format, path, sha256, bytes, n_items, schema, report, created_at) "
+                    f"VALUES ({ds_id}, 'd{ds_id}', 'tabular-classification', 'csv', '/x', '{ds_id}' || 'a', 1, 1, '{{}}', '{{}}', '{created}')"
+                )
+            )
+        # Run 1 trained on dataset 1; run 2 is older than dataset 2, which took a reused id.
+        for run_id, ds_id, created in ((1, 1, "2026-02-01 00:00:00"), (2, 2, "2026-02-01 00:00:00")):
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, name, dataset_id, task, model, status, config, created_at, cancel_requested, tags, attempts) "
+                    f"VALUES ({run_id}, 'r', {ds_id}, 'tabular-classification', 'mlp', 'succeeded', '{{}}', '{created}', 0, '[]', 1)"
+                )
+            )
+            conn.execute(text(f"INSERT INTO params (run_id, key, value) VALUES ({run_id}, 'lr', '0.1')"))
+            conn.execute(
+                text(
+                    "INSERT INTO metrics (run_id, key, step, epoch, value, timestamp) "
+                    f"VALUES ({run_id}, 'val_loss', 1, 1, 0.5, '2026-02-01 00:00:00')"
+                )
+            )
+    upgrade(old)
+    with old.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM metrics")).scalar() == 2
+        assert conn.execute(text("SELECT count(*) FROM params")).scalar() == 2
+        sha = dict(conn.execute(text("SELECT id, dataset_sha256 FROM runs")).tuples().all())
+        assert (
+            "AUTOINCREMENT"
+            in conn.execute(text("SELECT sql FROM sqlite_master WHERE name='datasets'")).scalar()
+        )
+        assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
+    assert sha == {1: "1a", 2: None}
+    with session_scope(url) as s:
+        assert queries.delete_dataset(session=s, dataset_id=2)
+        assert _dataset(s) == 3  # not 2 again
+    old.dispose()
+
+
+@pytest.mark.parametrize("n", [8])
+def test_processes_opening_a_fresh_database_at_once_all_succeed(any_home: Path, n: int) -> None:
+    """Each process builds the engine (which migrates) at the same moment; the migration lock
+    lets one create the schema while the others wait, then find it current."""
+    import subprocess
+    import sys
+
+    code = (
+        "from core.config import database\n"
+        "from core import jobs\n"
+        "from db.session import engine\n"
+        "engine(database()); print(len(jobs.list_runs()))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(n)
+    ]
+    results = [(p.wait(120), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    crashed = [err.decode()[-300:] for code, _, err in results if code != 0]
+    assert crashed == []
+    assert [out.strip() for _, out, _ in results] == [b"0"] * n
 
 
 def test_runs_filter_sort_and_count_in_sql(any_home: Path) -> None:

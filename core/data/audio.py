@@ -1,8 +1,9 @@
 """Audio datasets: a zip with one folder per class of WAV or FLAC clips.
 
-Unpacked with the same checks as image zips (no path escapes, links or bombs). Every clip is
-decoded once here: unreadable ones (empty, not audio, a corrupt header, 0 samples) are listed
-by name and left out. The report counts clips per class, durations, sample rates and channel
+Unpacked with the same checks as image zips (no path escapes, links or bombs), streamed to
+disk. Every clip's header is read first: clips longer than ASCENT_MAX_CLIP_SECONDS are listed
+and left out undecoded. The rest are decoded once here: unreadable ones (empty, not audio, a
+corrupt header, 0 samples) are listed by name and left out. The report counts clips per class, durations, sample rates and channel
 counts met, silent clips and clipped clips. Training resamples and mixes to mono itself.
 """
 
@@ -16,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from core.config import get_settings
 from core.data import images
 from core.errors import DatasetError
-from core.runtime import AUDIO_SUFFIXES, RuntimeInputError, load_audio
+from core.runtime import AUDIO_SUFFIXES, RuntimeInputError, clip_info, load_audio
 
 # A clip whose peak stays under this is silent; one with more than CLIPPED_SHARE of its
 # samples at full scale is clipped.
@@ -36,9 +38,12 @@ class Clip:
     channels: int
 
 
-def inspect_zip(path: Path, limits: images.ZipLimits) -> tuple[dict[str, bytes], list[Clip], dict[str, Any]]:
-    """Validate an audio zip. Returns (files to store by relative path, clips, report)."""
-    files = images._strip_top_folder(images.read_zip(path, limits))
+def inspect_zip(
+    path: Path, limits: images.ZipLimits, dest: Path
+) -> tuple[dict[PurePosixPath, Path], list[Clip], dict[str, Any]]:
+    """Unpack an audio zip under `dest` and validate it. Returns (its files on disk by
+    relative path, the readable clips, the report)."""
+    files = images._strip_top_folder(images.unpack_zip(path, limits, dest))
     audio = {p: b for p, b in files.items() if p.suffix.lower() in AUDIO_SUFFIXES}
     skipped = sorted(str(p) for p in files if p not in audio)
     if not audio:
@@ -52,10 +57,16 @@ def inspect_zip(path: Path, limits: images.ZipLimits) -> tuple[dict[str, bytes],
         )
     clips: list[Clip] = []
     unreadable: dict[str, str] = {}
+    too_long: dict[str, float] = {}
     silent: list[str] = []
     clipped: list[str] = []
+    limit = get_settings().max_clip_seconds
     for p in sorted(audio, key=str):
         try:
+            duration, _, _ = clip_info(audio[p])
+            if duration > limit:
+                too_long[str(p)] = round(duration, 1)
+                continue
             data, rate = load_audio(audio[p])
         except RuntimeInputError as exc:
             unreadable[str(p)] = str(exc)[:200]
@@ -67,13 +78,17 @@ def inspect_zip(path: Path, limits: images.ZipLimits) -> tuple[dict[str, bytes],
             clipped.append(str(p))
         clips.append(Clip(str(p), p.parts[0], data.shape[0] / rate, rate, data.shape[1]))
     if not clips:
-        shown = "; ".join(f"{k} ({v})" for k, v in list(unreadable.items())[:3])
+        shown = "; ".join(
+            [f"{k} ({v})" for k, v in list(unreadable.items())[:3]]
+            + [f"{k} ({v:g} s, over the {limit:g} s limit)" for k, v in list(too_long.items())[:3]]
+        )
         raise DatasetError(f"no readable clip in {path.name}: {shown}")
     counts = Counter(c.label for c in clips)
     if len(counts) < 2:
         raise DatasetError(
             f"only one class ('{next(iter(counts))}') has readable clips; a classifier needs at least two"
         )
+    images.check_classes(counts, "clips")
     seconds = np.array([c.seconds for c in clips])
     hist, edges = np.histogram(seconds, bins=min(20, len(clips)))
     classes = sorted(counts)
@@ -81,7 +96,11 @@ def inspect_zip(path: Path, limits: images.ZipLimits) -> tuple[dict[str, bytes],
         "clips": len(clips),
         "class_counts": {c: counts[c] for c in classes},
         "imbalance_ratio": round(max(counts.values()) / min(counts.values()), 3),
-        "unreadable": unreadable,
+        "unreadable": images.capped(unreadable),
+        "unreadable_count": len(unreadable),
+        "too_long": dict(list(too_long.items())[: images.REPORT_ITEMS]),
+        "too_long_count": len(too_long),
+        "max_clip_seconds": limit,
         "skipped_files": skipped[:100],
         "skipped_count": len(skipped),
         "seconds": {
@@ -98,8 +117,7 @@ def inspect_zip(path: Path, limits: images.ZipLimits) -> tuple[dict[str, bytes],
         "clipped": clipped[:100],
         "clipped_count": len(clipped),
     }
-    keep = {c.path: audio[PurePosixPath(c.path)] for c in clips}
-    return keep, clips, report
+    return files, clips, report
 
 
 def clip_seconds(p95: float) -> float:

@@ -1,10 +1,12 @@
 """Image datasets from a zip: safe unpacking, layout detection, decoding checks, quality report.
 
 Two layouts: one folder per class (optionally inside one top folder), or a CSV of `path,label`
-inside the zip. Entries that would leave the dataset folder, links, a zip bomb (total unpacked
-size or entry count over the limits) stop the ingest with nothing left on disk; `__MACOSX/`,
-hidden files and non-image files are skipped and counted; unreadable images are reported by
-name and left out.
+inside the zip. Entries that would leave the dataset folder, links, names the filesystem cannot
+hold (a component over 255 bytes, a file that is also a folder, a name twice), a zip bomb (total
+unpacked size or entry count over the limits) stop the ingest with nothing left on disk;
+`__MACOSX/`, hidden files and non-image files are skipped and counted; unreadable images and
+images over the pixel limit are reported by name and left out. Entries are streamed to disk,
+never held in memory.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import shutil
 import stat
 import statistics
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -23,8 +27,14 @@ from typing import Any
 from core.errors import DatasetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-# Images at most this many pixels are decoded; a decompression-bomb image is "unreadable".
-MAX_IMAGE_PIXELS = 64_000_000
+# One part of a path inside a zip, in bytes (what Linux, macOS and Windows filesystems hold),
+# and a whole path, in characters.
+MAX_NAME_BYTES = 255
+MAX_PATH_CHARS = 1024
+# A classifier over more classes than this is not what an upload of folders means.
+MAX_CLASSES = 1000
+# Lists in a quality report keep this many entries (the counts say how many there were).
+REPORT_ITEMS = 100
 
 
 @dataclass(frozen=True)
@@ -64,12 +74,36 @@ def _safe_name(info: zipfile.ZipInfo) -> PurePosixPath | None:
 def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DatasetError(f"{path.name} is not a valid zip archive ({exc})") from exc
 
 
-def read_zip(path: Path, limits: ZipLimits) -> dict[PurePosixPath, bytes]:
-    """Every kept file of the zip, checked against the limits before anything is read."""
+def _check_names(kept: list[tuple[zipfile.ZipInfo, PurePosixPath]]) -> None:
+    """Names the dataset folder can hold: short enough, each once, no file that is a folder."""
+    seen: set[PurePosixPath] = set()
+    for info, name in kept:
+        long = next((p for p in name.parts if len(p.encode("utf-8")) > MAX_NAME_BYTES), None)
+        if long is not None or len(str(name)) > MAX_PATH_CHARS:
+            shown = (long or str(name))[:40]
+            raise DatasetError(
+                f"the zip entry '{shown}…' has a name over {MAX_NAME_BYTES} bytes (or a path over "
+                f"{MAX_PATH_CHARS} characters); shorten the file and folder names"
+            )
+        if name in seen:
+            raise DatasetError(f"the zip holds '{info.filename}' twice; keep one of them")
+        seen.add(name)
+    folders = {parent for _, name in kept for parent in name.parents}
+    clash = next((name for _, name in kept if name in folders), None)
+    if clash is not None:
+        raise DatasetError(
+            f"the zip has a file '{clash}' and also files inside a folder '{clash}/'; rename one of them"
+        )
+
+
+def unpack_zip(path: Path, limits: ZipLimits, dest: Path) -> dict[PurePosixPath, Path]:
+    """Every kept file of the zip, written under `dest` by its relative path (streamed), after
+    the entry count, declared size and names are checked; the unpacked size is counted as it
+    is written, so a zip that lies about its sizes stops at the limit too."""
     with _open_zip(path) as zf:
         infos = zf.infolist()
         if len(infos) > limits.max_entries:
@@ -83,24 +117,65 @@ def read_zip(path: Path, limits: ZipLimits) -> dict[PurePosixPath, bytes]:
                 f"the zip unpacks to {declared / 1e6:.0f} MB, over the limit of "
                 f"{limits.max_unpacked_bytes / 1e6:.0f} MB (ASCENT_MAX_UNPACKED_BYTES); is it a zip bomb?"
             )
-        files: dict[PurePosixPath, bytes] = {}
+        kept = [(info, name) for info in infos if (name := _safe_name(info)) is not None]
+        _check_names(kept)
+        files: dict[PurePosixPath, Path] = {}
         total = 0
-        for info in infos:
-            name = _safe_name(info)
-            if name is None:
-                continue
+        for info, name in kept:
+            target = dest.joinpath(*name.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
             try:
-                data = zf.read(info)
-            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
+                with zf.open(info) as src, target.open("wb") as out:
+                    while block := src.read(1 << 20):
+                        total += len(block)
+                        if total > limits.max_unpacked_bytes:
+                            raise DatasetError("the zip unpacks past its size limit; is it a zip bomb?")
+                        out.write(block)
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, zlib.error, EOFError) as exc:
                 raise DatasetError(f"the zip entry '{info.filename}' cannot be read: {exc}") from exc
-            total += len(data)
-            if total > limits.max_unpacked_bytes:
-                raise DatasetError("the zip unpacks past its size limit; is it a zip bomb?")
-            files[name] = data
+            except OSError as exc:
+                raise DatasetError(
+                    f"the zip entry '{info.filename}' cannot be unpacked: {exc.strerror}"
+                ) from exc
+            files[name] = target
     return files
 
 
-def _strip_top_folder(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath, bytes]:
+def keep_files(staging: Path, folder: str, files: dict[PurePosixPath, Path], paths: list[str]) -> None:
+    """Move the kept files (by relative path) to staging/folder and drop the rest."""
+    root = staging / folder
+    sources = {str(rel): disk for rel, disk in files.items()}
+    for rel in paths:
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sources[rel].replace(target)
+    shutil.rmtree(staging / UNPACKED, ignore_errors=True)
+
+
+UNPACKED = "unpacked"  # inside a staging folder: the zip as it came, before its files are sorted
+
+
+def capped(items: list[str] | dict[str, str]) -> Any:
+    """The first REPORT_ITEMS entries of a report list or mapping."""
+    if isinstance(items, dict):
+        return dict(list(items.items())[:REPORT_ITEMS])
+    return items[:REPORT_ITEMS]
+
+
+def check_classes(counts: Counter[str], what: str) -> None:
+    """At least two classes, at most MAX_CLASSES, names short enough to store."""
+    if len(counts) > MAX_CLASSES:
+        raise DatasetError(f"the zip has {len(counts)} classes of {what}, over the limit of {MAX_CLASSES}")
+    from core.data.tabular import MAX_CATEGORY_CHARS
+
+    long = next((c for c in counts if len(c) > MAX_CATEGORY_CHARS), None)
+    if long is not None:
+        raise DatasetError(
+            f"the class name '{long[:40]}…' is over {MAX_CATEGORY_CHARS} characters; shorten it"
+        )
+
+
+def _strip_top_folder(files: dict[PurePosixPath, Any]) -> dict[PurePosixPath, Any]:
     """`flowers/roses/a.jpg` -> `roses/a.jpg` when every entry shares one top folder that holds
     class folders or a labels CSV (a lone `cats/` folder is one class, not a wrapper)."""
     tops = {p.parts[0] for p in files}
@@ -112,7 +187,7 @@ def _strip_top_folder(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath, 
     return files
 
 
-def _labels_from_csv(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath, str] | None:
+def _labels_from_csv(files: dict[PurePosixPath, Path]) -> dict[PurePosixPath, str] | None:
     """A CSV at the top with `path` and `label` columns maps images to labels."""
     tables = [p for p in files if len(p.parts) == 1 and p.suffix.lower() == ".csv"]
     if not tables:
@@ -122,9 +197,11 @@ def _labels_from_csv(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath, s
             f"the zip has several CSV files at the top ({', '.join(map(str, tables))}); keep one"
         )
     try:
-        rows = list(csv.DictReader(io.StringIO(files[tables[0]].decode("utf-8-sig"))))
+        rows = list(csv.DictReader(io.StringIO(files[tables[0]].read_bytes().decode("utf-8-sig"))))
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{tables[0]} is not UTF-8 text") from exc
+    except csv.Error as exc:
+        raise DatasetError(f"{tables[0]} is not a readable CSV ({exc})") from exc
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise DatasetError(f"{tables[0]} needs the columns path,label (one row per image)")
     mapping = {}
@@ -141,18 +218,21 @@ def _labels_from_csv(files: dict[PurePosixPath, bytes]) -> dict[PurePosixPath, s
 
 
 def decode_image(data: bytes) -> tuple[int, int, str]:
-    """(width, height, mode) of an image that fully decodes; raises on anything else."""
-    from PIL import Image
+    """(width, height, mode) of an image that fully decodes within the pixel limit; raises on
+    anything else (the limit is checked from the header, before the pixels are decoded)."""
+    from core.runtime import open_image
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         img.load()
         return img.width, img.height, img.mode
 
 
-def inspect_zip(path: Path, limits: ZipLimits) -> tuple[dict[str, bytes], list[ImageItem], dict[str, Any]]:
-    """Validate an image zip. Returns (files to store by relative path, items, report)."""
-    files = _strip_top_folder(read_zip(path, limits))
+def inspect_zip(
+    path: Path, limits: ZipLimits, dest: Path
+) -> tuple[dict[PurePosixPath, Path], list[ImageItem], dict[str, Any]]:
+    """Unpack an image zip under `dest` and validate it. Returns (its files on disk by relative
+    path, the readable images, the quality report)."""
+    files = _strip_top_folder(unpack_zip(path, limits, dest))
     if not files:
         raise DatasetError(f"{path.name} contains no files (hidden files and __MACOSX/ are skipped)")
     by_csv = _labels_from_csv(files)
@@ -176,7 +256,7 @@ def inspect_zip(path: Path, limits: ZipLimits) -> tuple[dict[str, bytes], list[I
     items: list[ImageItem] = []
     unreadable: dict[str, str] = {}
     for p, label in candidates:
-        data = files[p]
+        data = files[p].read_bytes()
         try:
             width, height, mode = decode_image(data)
         except Exception as exc:
@@ -192,6 +272,7 @@ def inspect_zip(path: Path, limits: ZipLimits) -> tuple[dict[str, bytes], list[I
         raise DatasetError(
             f"only one class ('{next(iter(counts))}') has readable images; a classifier needs at least two"
         )
+    check_classes(counts, "images")
     groups: dict[str, list[ImageItem]] = defaultdict(list)
     for item in items:
         groups[item.sha256].append(item)
@@ -203,16 +284,16 @@ def inspect_zip(path: Path, limits: ZipLimits) -> tuple[dict[str, bytes], list[I
         "images": len(items),
         "class_counts": {c: counts[c] for c in classes},
         "imbalance_ratio": round(max(counts.values()) / min(counts.values()), 3),
-        "unreadable": unreadable,
-        "skipped_files": skipped[:100],
+        "unreadable": capped(unreadable),
+        "unreadable_count": len(unreadable),
+        "skipped_files": capped(skipped),
         "skipped_count": len(skipped),
-        "duplicate_groups": duplicates[:100],
+        "duplicate_groups": [g[:10] for g in duplicates[:REPORT_ITEMS]],
         "duplicate_images": sum(len(g) - 1 for g in duplicates),
-        "cross_class_duplicates": cross[:100],
+        "cross_class_duplicates": [g[:10] for g in cross[:REPORT_ITEMS]],
         "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
         "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
         "modes": dict(Counter(i.mode for i in items)),
         "layout": "csv" if by_csv is not None else "folders",
     }
-    keep = {i.path: files[PurePosixPath(i.path)] for i in items}
-    return keep, items, report
+    return files, items, report

@@ -1,24 +1,29 @@
 """Uploads become datasets here: checked, described, stored under ASCENT_HOME, recorded in SQL.
 
 A bad upload raises DatasetError and leaves nothing behind: files are staged in a temporary
-folder and moved into place only in the same transaction that writes the `datasets` row.
+folder (zips are unpacked into it, entry by entry) and moved into place only in the same
+transaction that writes the `datasets` row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import database, get_settings
 from core.data import audio, images, tabular, text
-from core.errors import DatasetError, NotFoundError
+from core.errors import ConfigError, DatasetError, NotFoundError
 from db import queries
-from db.queries import DatasetInfo
+from db.models import NAME_MAX
+from db.queries import DatasetInfo, DatasetSummary
 from db.session import session_scope
 
 TASKS = (
@@ -60,10 +65,29 @@ def ingest_file(
     target: str | None = None,
     task: str | None = None,
     text_column: str | None = None,
+    actor: Actor = LOCAL,
 ) -> DatasetInfo:
     """Check an uploaded file (a table, a zip of images or of texts), store it and record it."""
+    require(actor, Action.UPLOAD)
     path = Path(path)
+    try:
+        name = check_name(name, "dataset") if name and name.strip() else path.stem[:NAME_MAX] or "dataset"
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
     size = _check_size(path)
+    return _ingest(path, name, size, target, task, text_column, actor.name)
+
+
+def _ingest(
+    path: Path,
+    name: str,
+    size: int,
+    target: str | None,
+    task: str | None,
+    text_column: str | None,
+    created_by: str | None,
+) -> DatasetInfo:
+    """ingest_file once the caller, the name and the size are checked."""
     if task is not None and task not in TASKS:
         raise DatasetError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
     suffix = path.suffix.lower()
@@ -71,20 +95,26 @@ def ingest_file(
         task = "text-classification"
     if task is None and suffix == ".zip":
         task = _zip_task(path, path.name)
-    elif task is None and suffix in text.TEXT_SUFFIXES and text.text_column_guess(text.read_table(path)):
+    elif (
+        task is None
+        and suffix in text.TEXT_SUFFIXES
+        and text.text_column_guess(text.read_table(path, GUESS_ROWS))
+    ):
         task = "text-classification"  # a column of free text (force a table task with --task)
     if task == "audio-classification":
         if suffix != ".zip":
             raise DatasetError(
                 "audio-classification takes a zip with one folder per class of WAV or FLAC clips"
             )
-        return _ingest_audio(path, name=name, size=size)
+        return _ingest_audio(path, name=name, size=size, created_by=created_by)
     if task == "text-classification":
-        return _ingest_texts(path, name=name, size=size, text_column=text_column, target=target)
+        return _ingest_texts(
+            path, name=name, size=size, text_column=text_column, target=target, created_by=created_by
+        )
     if suffix == ".zip":
         if task not in (None, "image-classification"):
             raise DatasetError(f"a zip of images is image-classification, not {task}")
-        return _ingest_images(path, name=name, size=size)
+        return _ingest_images(path, name=name, size=size, created_by=created_by)
     if task == "image-classification":
         raise DatasetError("image-classification takes a zip of class folders or a CSV of path,label")
     if suffix not in tabular.TABLE_SUFFIXES:
@@ -101,64 +131,79 @@ def ingest_file(
         shutil.copyfile(path, staging / f"original{suffix}")
 
     fmt = "parquet" if suffix in {".parquet", ".pq"} else "csv"
-    return _store(path, name, task, fmt, size, len(df), schema, report, write)
+    with _staging() as staging:
+        write(staging)
+        return _commit(staging, path, name, task, fmt, size, len(df), schema, report, created_by)
 
 
-def _ingest_images(path: Path, *, name: str | None, size: int) -> DatasetInfo:
+def _zip_limits() -> images.ZipLimits:
     settings = get_settings()
-    limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
-    files, items, report = images.inspect_zip(path, limits)
-    schema = {
-        "task": "image-classification",
-        "classes": sorted(report["class_counts"]),
-        "source": path.name,
-        "index": "index.parquet",
-    }
-
-    def write(staging: Path) -> None:
-        _write_folder(staging, "images", files, items)
-
-    return _store(path, name, "image-classification", "zip", size, len(items), schema, report, write)
+    return images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
 
 
-def _write_folder(staging: Path, folder: str, files: dict[str, bytes], items: Sequence[Any]) -> None:
-    """Files of a zip under staging/folder, and one index row per item (a dataclass)."""
+def _ingest_images(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
+    with _staging() as staging:
+        files, items, report = images.inspect_zip(path, _zip_limits(), staging / images.UNPACKED)
+        schema = {
+            "task": "image-classification",
+            "classes": sorted(report["class_counts"]),
+            "source": path.name,
+            "index": "index.parquet",
+        }
+        _sort_files(staging, "images", files, items)
+        return _commit(
+            staging, path, name, "image-classification", "zip", size, len(items), schema, report, created_by
+        )
+
+
+def _sort_files(staging: Path, folder: str, files: dict[Any, Path], items: Sequence[Any]) -> None:
+    """The kept files of an unpacked zip moved under staging/folder, one index row per item."""
     import pandas as pd
 
-    root = staging / folder
-    for rel, data in files.items():
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    images.keep_files(staging, folder, files, [i.path for i in items])
     pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(staging / "index.parquet", index=False)
 
 
-def _ingest_audio(path: Path, *, name: str | None, size: int) -> DatasetInfo:
-    settings = get_settings()
-    limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
-    files, clips, report = audio.inspect_zip(path, limits)
-    schema = {
-        "task": "audio-classification",
-        "classes": sorted(report["class_counts"]),
-        "source": path.name,
-        "index": "index.parquet",
-        "clip_seconds": audio.clip_seconds(report["seconds"]["p95"]),
-    }
-
-    def write(staging: Path) -> None:
-        _write_folder(staging, "clips", files, clips)
-
-    return _store(path, name, "audio-classification", "zip", size, len(clips), schema, report, write)
+def _ingest_audio(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
+    with _staging() as staging:
+        files, clips, report = audio.inspect_zip(path, _zip_limits(), staging / images.UNPACKED)
+        schema = {
+            "task": "audio-classification",
+            "classes": sorted(report["class_counts"]),
+            "source": path.name,
+            "index": "index.parquet",
+            "clip_seconds": audio.clip_seconds(report["seconds"]["p95"]),
+        }
+        _sort_files(staging, "clips", files, clips)
+        return _commit(
+            staging, path, name, "audio-classification", "zip", size, len(clips), schema, report, created_by
+        )
 
 
 def _ingest_texts(
-    path: Path, *, name: str | None, size: int, text_column: str | None, target: str | None
+    path: Path,
+    *,
+    name: str,
+    size: int,
+    text_column: str | None,
+    target: str | None,
+    created_by: str | None,
 ) -> DatasetInfo:
+    with _staging() as staging:
+        data, schema, report, fmt = _read_texts(path, text_column, target, staging)
+        data.to_parquet(staging / "data.parquet", index=False)
+        shutil.rmtree(staging / images.UNPACKED, ignore_errors=True)
+        return _commit(
+            staging, path, name, "text-classification", fmt, size, len(data), schema, report, created_by
+        )
+
+
+def _read_texts(
+    path: Path, text_column: str | None, target: str | None, staging: Path
+) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        settings = get_settings()
-        limits = images.ZipLimits(settings.max_unpacked_bytes, settings.max_zip_entries)
-        frame = text.read_zip(path, limits)
+        frame = text.read_zip(path, _zip_limits(), staging / images.UNPACKED)
         text_column, target, fmt = "text", "label", "zip"
     elif suffix in text.TEXT_SUFFIXES:
         frame = text.read_table(path)
@@ -172,36 +217,45 @@ def _ingest_texts(
             "or a zip of class folders of .txt files"
         )
     data, schema, report = text.inspect_texts(frame, text_column, target, path.name)
-
-    def write(staging: Path) -> None:
-        data.to_parquet(staging / "data.parquet", index=False)
-
-    return _store(path, name, "text-classification", fmt, size, len(data), schema, report, write)
+    return data, schema, report, fmt
 
 
-def _store(
+@contextlib.contextmanager
+def _staging() -> Iterator[Path]:
+    """A temporary folder beside the datasets, removed unless _commit moved it into place."""
+    settings = get_settings()
+    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=settings.datasets_dir))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _commit(
+    staging: Path,
     path: Path,
-    name: str | None,
+    name: str,
     task: str,
     fmt: str,
     size: int,
     n_items: int,
     schema: dict[str, Any],
     report: dict[str, Any],
-    write: Callable[[Path], None],
+    created_by: str | None,
 ) -> DatasetInfo:
-    """Write the files in a staging folder and move it into place with the dataset row."""
+    """Move the staged files into place in the same transaction that writes the dataset row."""
     settings = get_settings()
-    settings.datasets_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=settings.datasets_dir))
+    tabular.check_size(schema, "schema", "")
+    tabular.check_size(report, "quality report", "")
     final: Path | None = None
     try:
-        write(staging)
         database()
         with session_scope() as session:
             info = queries.add_dataset(
                 session=session,
-                name=name or path.stem,
+                name=name,
+                created_by=created_by,
                 task=task,
                 format=fmt,
                 path="",
@@ -218,19 +272,33 @@ def _store(
             queries.set_dataset_path(session=session, dataset_id=info.id, path=str(final))
         return get_dataset(info.id)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
         if final is not None:
             shutil.rmtree(final, ignore_errors=True)
         raise
 
 
-def ingest_upload(filename: str, data: bytes, **options: str | None) -> DatasetInfo:
+def _upload_name(filename: str) -> str:
+    """The browser's file name as a safe, short local one (its suffix kept)."""
+    safe = Path(filename.replace("\\", "/")).name.strip() or "upload"
+    if len(safe.encode("utf-8")) > 200:
+        stem, suffix = Path(safe).stem, Path(safe).suffix[:16]
+        safe = stem.encode("utf-8")[: 200 - len(suffix.encode("utf-8"))].decode("utf-8", "ignore") + suffix
+    return safe
+
+
+def ingest_upload(filename: str, data: bytes, *, actor: Actor = LOCAL, **options: str | None) -> DatasetInfo:
     """Ingest bytes a browser uploaded, under their original file name."""
-    safe = Path(filename).name or "upload"
+    require(actor, Action.UPLOAD)
+    limit = get_settings().max_upload_bytes
+    if len(data) > limit:
+        raise DatasetError(
+            f"{filename} is {len(data) / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB limit; "
+            "upload a smaller file or raise ASCENT_MAX_UPLOAD_BYTES"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / safe
+        path = Path(tmp) / _upload_name(filename)
         path.write_bytes(data)
-        return ingest_file(path, **options)
+        return ingest_file(path, actor=actor, **options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,15 +328,34 @@ def _zip_task(source: bytes | Path, name: str) -> str:
     return "text-classification" if names and texts > len(names) / 2 else "image-classification"
 
 
+GUESS_ROWS = 2_000  # a table's first rows are enough to offer its task and columns
+_guesses: OrderedDict[tuple[str, str], UploadGuess] = OrderedDict()
+
+
 def guess_upload(filename: str, data: bytes) -> UploadGuess:
-    """The likely task and columns of an upload: a zip of images or texts, a table or texts."""
-    safe = Path(filename).name or "upload.csv"
+    """The likely task and columns of an upload: a zip of images or texts, a table or texts.
+
+    A page calls this on every rerun while the file is picked, so the answer is kept per
+    content hash, and a table is judged from its first GUESS_ROWS rows."""
+    safe = _upload_name(filename) or "upload.csv"
+    key = (safe, hashlib.sha256(data).hexdigest())
+    if key in _guesses:
+        _guesses.move_to_end(key)
+        return _guesses[key]
+    guess = _guess(safe, data)
+    _guesses[key] = guess
+    while len(_guesses) > 16:
+        _guesses.popitem(last=False)
+    return guess
+
+
+def _guess(safe: str, data: bytes) -> UploadGuess:
     if safe.lower().endswith(".zip"):
         return UploadGuess(_zip_task(data, safe), [], None, None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / safe
         path.write_bytes(data)
-        df = text.read_table(path)
+        df = text.read_table(path, nrows=GUESS_ROWS)
     columns = [str(c) for c in df.columns]
     text_column = text.text_column_guess(df)
     if text_column is not None:
@@ -286,15 +373,17 @@ def get_dataset(dataset_id: int) -> DatasetInfo:
     return info
 
 
-def list_datasets() -> list[DatasetInfo]:
+def list_datasets() -> list[DatasetSummary]:
+    """Every dataset without its schema and report (get_dataset has those for one)."""
     database()
     with session_scope() as session:
         return queries.list_datasets(session=session)
 
 
-def delete_dataset(dataset_id: int) -> None:
+def delete_dataset(dataset_id: int, *, actor: Actor = LOCAL) -> None:
     """Delete a dataset's row and files. Its runs stay, pointing at no dataset."""
     info = get_dataset(dataset_id)
+    require(actor, Action.EDIT, info.created_by, what=f"dataset {dataset_id}")
     with session_scope() as session:
         queries.delete_dataset(session=session, dataset_id=dataset_id)
     shutil.rmtree(info.path, ignore_errors=True)

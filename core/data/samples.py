@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from core.access import LOCAL, Action, Actor, require
 from db.queries import DatasetInfo
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -221,10 +222,11 @@ SAMPLES = {
 }
 
 
-def add_sample(key: str) -> DatasetInfo:
+def add_sample(key: str, *, actor: Actor = LOCAL) -> DatasetInfo:
     """Build a sample dataset's file in a temporary folder and add it like an upload."""
     from core.data.ingest import ingest_file
 
+    require(actor, Action.UPLOAD)
     sample = SAMPLES[key]
     with tempfile.TemporaryDirectory() as tmp:
         if key == "fashion":
@@ -235,10 +237,10 @@ def add_sample(key: str) -> DatasetInfo:
             )
         elif key == "words":
             path = spoken_words_zip(Path(tmp) / "spoken-words.zip")
-            return ingest_file(path, name=sample.title, task="audio-classification")
+            return ingest_file(path, name=sample.title, task="audio-classification", actor=actor)
         elif key == "bbc":
             path = bbc_news_csv(Path(tmp) / "bbc-news.csv", per_class=60, chars=300)
-            return ingest_file(path, name=sample.title, task="text-classification")
+            return ingest_file(path, name=sample.title, task="text-classification", actor=actor)
         else:
             path = sklearn_csv(key, Path(tmp) / f"{key}.csv")
-        return ingest_file(path, name=sample.title)
+        return ingest_file(path, name=sample.title, actor=actor)

@@ -7,38 +7,112 @@ to the user, or raises DatasetError with a message that says what to fix.
 from __future__ import annotations
 
 import csv
+import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from core.config import get_settings
 from core.errors import DatasetError
 from core.runtime import as_category
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".txt", ".parquet", ".pq"}
-# A text column with more distinct values than this (or unique on nearly every row) is an
-# identifier or free text, not a category.
+# A categorical column keeps its this many most frequent values as categories; rarer values
+# share the code of unseen ones (0) and are only counted in the report. A column whose kept
+# values cover under half of its rows (nearly every value unique) is an identifier or free
+# text, not a category.
 MAX_CATEGORIES = 1000
+MIN_CATEGORY_COVERAGE = 0.5
+# A value longer than this is text, not a category.
+MAX_CATEGORY_CHARS = 200
 # A numeric target with more distinct values than this (or any fractional value) is regression.
 MAX_CLASSES_AUTO = 20
 _TARGET_NAMES = ("target", "label", "labels", "class", "y")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a table, turning every way a file can fail to be one into a DatasetError."""
+def check_columns(names: list[str], source: str) -> list[str]:
+    """Column names as used (trimmed): within the column limit, each one distinct."""
+    limit = get_settings().max_columns
+    if len(names) > limit:
+        raise DatasetError(
+            f"{source} has {len(names):,} columns, over the limit of {limit:,} (ASCENT_MAX_COLUMNS); "
+            "keep the columns the model should learn from"
+        )
+    clean = [str(n).strip() for n in names]
+    twice = [n for n, k in Counter(clean).items() if k > 1]
+    if twice:
+        where = [i + 1 for i, n in enumerate(clean) if n == twice[0]]
+        raise DatasetError(
+            f"{source}: columns {', '.join(map(str, where))} are all named '{twice[0][:60]}' "
+            "(spaces around names are trimmed); give each column its own name"
+        )
+    return clean
+
+
+def check_cells(df: pd.DataFrame, source: str) -> None:
+    """No text cell longer than ASCENT_MAX_CELL_CHARS, and no lists or objects in cells."""
+    limit = get_settings().max_cell_chars
+    for column in df.columns:
+        values = df[column]
+        if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)):
+            continue
+        nested = values.map(lambda v: isinstance(v, (list, dict, tuple, set)) or hasattr(v, "__array__"))
+        if nested.any():
+            row = int(nested.to_numpy().argmax())
+            raise DatasetError(
+                f"{source}: column '{column}' holds lists or objects (row {row + 1}); "
+                "a table takes one number or text per cell: flatten it first"
+            )
+        lengths = values.map(lambda v: len(v) if isinstance(v, (str, bytes)) else 0)
+        if len(lengths) and int(lengths.max()) > limit:
+            row = int(lengths.to_numpy().argmax())
+            raise DatasetError(
+                f"{source}: row {row + 1} of column '{column}' holds {int(lengths.max()):,} characters, "
+                f"over the limit of {limit:,} per cell (ASCENT_MAX_CELL_CHARS)"
+            )
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    """The columns of a Parquet file from its footer, refusing nested ones before any rows load."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        raise DatasetError(
+            f"{path.name} is not a readable Parquet file ({type(exc).__name__}); export it again or upload a CSV"
+        ) from exc
+    names = check_columns(schema.names, path.name)
+    nested = [f.name for f in schema if pa.types.is_nested(f.type) or pa.types.is_binary(f.type)]
+    if nested:
+        raise DatasetError(
+            f"{path.name}: column '{nested[0]}' holds lists, structs or binary values; "
+            "a table takes one number or text per cell: flatten it first"
+        )
+    return names
+
+
+def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """Read a table (its first `nrows` rows when given), turning every way a file can fail to
+    be one into a DatasetError."""
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
+        names = _parquet_columns(path)
         try:
-            df = pd.read_parquet(path)
+            df = _read_parquet(path, nrows)
         except Exception as exc:
             raise DatasetError(
                 f"{path.name} is not a readable Parquet file ({type(exc).__name__}); "
                 "export it again or upload a CSV"
             ) from exc
+        df.columns = names
     else:
-        df = _read_text_table(path, "\t" if suffix == ".tsv" else None)
-    df.columns = [str(c).strip() for c in df.columns]
+        df = _read_text_table(path, "\t" if suffix == ".tsv" else None, nrows)
+    check_cells(df, path.name)
     if len(df.columns) < 2:
         raise DatasetError(
             f"{path.name} has {len(df.columns)} column; a table needs a target column and at "
@@ -49,7 +123,16 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _read_text_table(path: Path, sep: str | None) -> pd.DataFrame:
+def _read_parquet(path: Path, nrows: int | None) -> pd.DataFrame:
+    if nrows is None:
+        return pd.read_parquet(path)
+    import pyarrow.parquet as pq
+
+    first = next(pq.ParquetFile(path).iter_batches(batch_size=nrows), None)
+    return pd.read_parquet(path).head(0) if first is None else first.to_pandas()
+
+
+def _read_text_table(path: Path, sep: str | None, nrows: int | None = None) -> pd.DataFrame:
     try:
         with path.open(encoding="utf-8-sig", errors="strict") as f:
             head = f.read(64 * 1024)
@@ -63,11 +146,14 @@ def _read_text_table(path: Path, sep: str | None) -> pd.DataFrame:
         raise DatasetError(f"{path.name} looks like a binary file, not a CSV table")
     if sep is None:
         try:
-            sep = csv.Sniffer().sniff(head.splitlines()[0], delimiters=",;\t|").delimiter
+            sep = csv.Sniffer().sniff(head.splitlines()[0][: 64 * 1024], delimiters=",;\t|").delimiter
         except csv.Error:
             sep = ","
+    names = check_columns(_header(path, sep), path.name)
     try:
-        return pd.read_csv(path, sep=sep, encoding="utf-8-sig", encoding_errors="strict")
+        df = pd.read_csv(
+            path, sep=sep, encoding="utf-8-sig", encoding_errors="strict", header=0, names=names, nrows=nrows
+        )
     except UnicodeDecodeError as exc:
         raise DatasetError(
             f"{path.name} is not UTF-8 text (a byte past the start cannot be decoded); save it as UTF-8 CSV"
@@ -76,6 +162,18 @@ def _read_text_table(path: Path, sep: str | None) -> pd.DataFrame:
         raise DatasetError(f"{path.name} has no columns; upload a table with a header row") from exc
     except pd.errors.ParserError as exc:
         raise DatasetError(f"{path.name} is not a consistent table: {exc}".strip()) from exc
+    return df
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    """The header row alone, so a table of too many columns is refused before its rows load."""
+    limit = get_settings().max_cell_chars
+    csv.field_size_limit(max(limit, 128 * 1024))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f, delimiter=sep), [])
+    except csv.Error as exc:
+        raise DatasetError(f"{path.name}: the header row cannot be read ({exc})") from exc
 
 
 def choose_target(df: pd.DataFrame, target: str | None) -> str:
@@ -112,9 +210,23 @@ def _describe_feature(col: pd.Series, n_rows: int) -> tuple[dict[str, Any] | Non
         return {"name": col.name, "kind": "numeric"}, None
     cats = present.map(as_category)
     counts = cats.value_counts()
-    if len(counts) > MAX_CATEGORIES or (n_rows >= 50 and len(counts) > 0.9 * n_rows):
+    if (n_rows >= 50 and len(counts) > 0.9 * n_rows) or (
+        counts.iloc[:MAX_CATEGORIES].sum() < MIN_CATEGORY_COVERAGE * len(present)
+    ):
         return None, f"{len(counts)} distinct text values: an identifier or free text"
-    return {"name": col.name, "kind": "categorical", "categories": list(map(str, counts.index))}, None
+    longest = max(len(str(v)) for v in counts.index)
+    if longest > MAX_CATEGORY_CHARS:
+        return None, f"values up to {longest:,} characters long: free text, not categories"
+    spec: dict[str, Any] = {
+        "name": col.name,
+        "kind": "categorical",
+        "categories": list(map(str, counts.index[:MAX_CATEGORIES])),
+    }
+    if len(counts) > MAX_CATEGORIES:
+        rest = counts.iloc[MAX_CATEGORIES:]
+        # Not stored: the rarer values are coded like unseen ones.
+        spec["rare"] = {"values": len(rest), "rows": int(rest.sum())}
+    return spec, None
 
 
 def inspect_table(
@@ -158,6 +270,12 @@ def inspect_table(
                 f"the target column '{target}' has {len(counts)} classes; for a numeric "
                 "target use --task tabular-regression"
             )
+        long = next((c for c in counts.index if len(c) > MAX_CATEGORY_CHARS), None)
+        if long is not None:
+            raise DatasetError(
+                f"the target column '{target}' holds a value of {len(long):,} characters "
+                f"('{long[:40]}…'); class labels are at most {MAX_CATEGORY_CHARS}: is it the right column?"
+            )
         classes = sorted(counts.index, key=_class_order)
         schema["classes"] = classes
         report["class_counts"] = {c: int(counts[c]) for c in classes}
@@ -193,7 +311,29 @@ def inspect_table(
         why = "; ".join(f"{c}: {r}" for c, r in dropped.items()) or "the table has only the target"
         raise DatasetError(f"no usable feature column besides the target '{target}' ({why})")
     schema["features"] = features
+    report["rare_categories"] = {f["name"]: f["rare"] for f in features if "rare" in f}
+    check_size(schema, "schema", _levels_hint(features))
+    check_size(report, "quality report", "")
     return task, schema, report
+
+
+def _levels_hint(features: list[dict[str, Any]]) -> str:
+    cats = sorted((f for f in features if f["kind"] == "categorical"), key=lambda f: -len(f["categories"]))[
+        :3
+    ]
+    shown = ", ".join(f"{f['name']} ({len(f['categories'])} values)" for f in cats)
+    return f"; the columns with the most categories: {shown}" if shown else ""
+
+
+def check_size(document: dict[str, Any], what: str, hint: str) -> None:
+    """A schema or report over ASCENT_MAX_SCHEMA_BYTES of JSON is refused (pages load them)."""
+    size = len(json.dumps(document, default=str))
+    limit = get_settings().max_schema_bytes
+    if size > limit:
+        raise DatasetError(
+            f"the dataset's {what} would be {size / 1e6:.1f} MB of JSON, over the limit of "
+            f"{limit / 1e6:.1f} MB (ASCENT_MAX_SCHEMA_BYTES){hint}; drop or group such columns"
+        )
 
 
 def _class_order(label: str) -> tuple[int, float, str]:

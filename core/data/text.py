@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.config import get_settings
 from core.data import images, tabular
 from core.errors import DatasetError
 from core.runtime import as_category
@@ -38,19 +39,21 @@ def decode(data: bytes, name: str) -> str:
         ) from exc
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """CSV, TSV, Parquet or JSON Lines as a DataFrame; every failure is a DatasetError."""
+def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """CSV, TSV, Parquet or JSON Lines (the first `nrows` rows when given) as a DataFrame;
+    every failure is a DatasetError."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson"):
-        return tabular.read_table(path)
+        return tabular.read_table(path, nrows)
     text = decode(path.read_bytes(), path.name)
     if not text.strip():
         raise DatasetError(f"{path.name} is empty; upload one JSON object per line")
     try:
-        df = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+        df = pd.read_json(io.StringIO(text), lines=True, dtype=False, nrows=nrows)
     except ValueError as exc:
         raise DatasetError(f"{path.name} is not JSON Lines (one JSON object per line): {exc}") from exc
-    df.columns = [str(c).strip() for c in df.columns]
+    df.columns = tabular.check_columns([str(c) for c in df.columns], path.name)
+    tabular.check_cells(df, path.name)
     if len(df.columns) < 2:
         raise DatasetError(f"{path.name} needs a text field and a label field in every line")
     return df
@@ -150,10 +153,15 @@ def inspect_texts(
         raise DatasetError(
             f"the label column '{label_column}' has one class ('{only}'); classification needs two or more"
         )
-    if len(counts) > 1000:
+    if len(counts) > images.MAX_CLASSES:
         raise DatasetError(
             f"'{label_column}' has {len(counts)} distinct labels; is it the text column? "
             "Name the columns with --text-column and --target"
+        )
+    long = next((c for c in counts if len(c) > tabular.MAX_CATEGORY_CHARS), None)
+    if long is not None:
+        raise DatasetError(
+            f"the label '{long[:40]}…' is over {tabular.MAX_CATEGORY_CHARS} characters; is '{label_column}' the label column?"
         )
     lengths, unit = token_lengths(data["text"].tolist())
     labels_of: dict[str, set[str]] = defaultdict(set)
@@ -197,10 +205,11 @@ def inspect_texts(
     return data, schema, report
 
 
-def read_zip(path: Path, limits: images.ZipLimits) -> pd.DataFrame:
-    """A zip of class folders of .txt files (optionally inside one top folder) as text, label."""
-    files = images.read_zip(path, limits)
-    texts = {p: b for p, b in files.items() if p.suffix.lower() == ".txt"}
+def read_zip(path: Path, limits: images.ZipLimits, dest: Path) -> pd.DataFrame:
+    """A zip of class folders of .txt files (optionally inside one top folder) as text, label;
+    unpacked under `dest` one file at a time."""
+    files = images.unpack_zip(path, limits, dest)
+    texts = {p: disk for p, disk in files.items() if p.suffix.lower() == ".txt"}
     if not texts:
         raise DatasetError(f"{path.name} holds no .txt file; zip one folder per class of .txt files")
     parents = {p.parent for p in texts}
@@ -211,7 +220,14 @@ def read_zip(path: Path, limits: images.ZipLimits) -> pd.DataFrame:
     tops = {p.parts[0] for p in texts}
     strip = 1 if len(tops) == 1 and all(len(p.parts) >= 3 for p in texts) else 0
     rows: list[dict[str, str]] = []
+    limit = get_settings().max_cell_chars
     for rel in sorted(texts, key=str):
         label = PurePosixPath(*rel.parts[strip:]).parts[0]
-        rows.append({"text": decode(texts[rel], str(rel)), "label": label, "file": str(rel)})
+        content = decode(texts[rel].read_bytes(), str(rel))
+        if len(content) > limit:
+            raise DatasetError(
+                f"{rel} holds {len(content):,} characters, over the limit of {limit:,} per text "
+                "(ASCENT_MAX_CELL_CHARS); split it or cut it"
+            )
+        rows.append({"text": content, "label": label, "file": str(rel)})
     return pd.DataFrame(rows)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from core import atomic
 from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
 from core.export import ExportConfig, check_parity, export_onnx
@@ -139,7 +140,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
             net.layers = [list(net.module.get_submodule("embed").parameters())]
     elif saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(net.tokenizer.to_str(), encoding="utf-8")
+        atomic.write_text(saved, net.tokenizer.to_str())
     if cfg.init_from_run is not None:
         init_from_run(
             net.module,
@@ -221,7 +222,7 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     val_set = data.val.loader.dataset
     assert isinstance(val_set, TokenDataset)
     extra = data.extra
-    (path.parent / TOKENIZER_FILE).write_text(extra["tokenizer"], encoding="utf-8")
+    atomic.write_text(path.parent / TOKENIZER_FILE, extra["tokenizer"])
     wrapper = Probabilities(data.model.to("cpu")).eval()
     spec = [
         {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
