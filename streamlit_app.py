@@ -1,9 +1,11 @@
-"""Ascent's router: page config, navigation over pages/, the local worker, the device."""
+"""Ascent's router: page config, the sign-in gate, navigation over pages/, the local worker,
+the device, and the edge that turns an unexpected error into one line with an error id."""
 
 import streamlit as st
 
-from core import jobs
+from core import access, jobs
 from core.config import describe_device
+from pages.studio import edge, session
 
 
 @st.cache_resource(ttl=60)
@@ -11,16 +13,38 @@ def _device() -> str:
     return describe_device()
 
 
-st.set_page_config(page_title="Ascent", page_icon=":material/monitoring:", layout="wide")
-jobs.ensure_worker()
-st.sidebar.caption(f"Device: **{_device()}**")
-page = st.navigation(
-    [
-        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-        st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:"),
-        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-        st.Page("pages/runs.py", title="Runs", icon=":material/table:"),
-        st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
-    ]
-)
-page.run()
+@st.cache_resource
+def _say_refusal(message: str) -> None:
+    print(f"ascent: {message}", flush=True)  # once, in the server's log
+
+
+def main() -> None:
+    st.set_page_config(page_title="Ascent", page_icon=":material/monitoring:", layout="wide")
+    refusal = access.serving_refusal(st.get_option("server.address") or "")
+    if refusal:
+        _say_refusal(refusal)
+        st.error(refusal, icon=":material/lock:")
+        return
+    actor = session.current_actor()
+    if actor is None:
+        st.navigation([st.Page(session.sign_in_form, title="Sign in", default=True)], position="hidden").run()
+        return
+    jobs.ensure_worker()
+    st.sidebar.caption(f"Device: **{_device()}**")
+    session.signed_in_sidebar(actor)
+    page = st.navigation(
+        [
+            st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+            st.Page("pages/datasets.py", title="Datasets", icon=":material/dataset:"),
+            st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("pages/runs.py", title="Runs", icon=":material/table:"),
+            st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
+        ]
+    )
+    page.run()
+
+
+try:
+    main()
+except Exception as exc:  # st.stop and st.rerun are not Exceptions: they pass
+    edge.show_unexpected(exc, "studio page")

@@ -214,8 +214,8 @@ def certify(
 
     `say` hears a line per step, "[k/n] what", as the work goes (the page's progress bar).
     One measurement of a run at a time: a second one is refused while the first goes on."""
-    held = _inherited_locks()
-    if held:
+    variants = _check(run_id, variants)
+    if _inherited_locks():
         return _certify(run_id, variants, say)
     run_lock = _lock(jobs.run_dir(run_id) / RUN_LOCK)
     if run_lock is None:
@@ -226,17 +226,25 @@ def certify(
         os.close(run_lock)
 
 
-def _certify(
-    run_id: int, variants: tuple[str, ...] | None, say: Callable[[str], None] | None
-) -> list[ExportInfo]:
+def _check(run_id: int, variants: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The variants to measure, once the run can have a certificate (nothing written yet)."""
     from core.train import BEST
 
-    variants = variants or tuple(
-        v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers()
-    )
-    for v in variants:
+    for v in variants or ():
         if v not in VARIANTS:
             raise ConfigError(f"unknown variant '{v}'; choose from {', '.join(VARIANTS)}")
+    run = jobs.get_run(run_id)
+    if run.status != "succeeded" or not (jobs.run_dir(run_id) / BEST).exists():
+        raise ConfigError(
+            f"run {run_id} is {run.status}; only a finished run with a checkpoint has a certificate"
+        )
+    jobs.run_dataset(run)
+    return variants or tuple(v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers())
+
+
+def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] | None) -> list[ExportInfo]:
+    from core.train import BEST
+
     steps = 2 + 3 * len(variants)
     done = 0
 
@@ -382,10 +390,7 @@ def start(run_id: int, *, actor: Actor = LOCAL) -> subprocess.Popen[bytes]:
     from core.config import get_settings
 
     require(actor, Action.MEASURE)
-    run = jobs.get_run(run_id)
-    if run.status != "succeeded":
-        raise ConfigError(f"run {run_id} is {run.status}; only a finished run has a certificate")
-    jobs.run_dataset(run)
+    _check(run_id, None)
     settings = get_settings()
     run_lock = _lock(jobs.run_dir(run_id) / RUN_LOCK)
     if run_lock is None:

@@ -44,11 +44,12 @@ def database_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError))
 
 
-def user_message(exc: BaseException, error_id: str) -> str:
-    """The one line a user sees for an unexpected error."""
+def user_message(exc: BaseException, error_id: str, *, page: bool = False) -> str:
+    """The one line a user sees for an unexpected error. A page names no server path."""
+    where = "the server's log" if page else str(log_path())
     if database_unreachable(exc):
         return (
             f"the database cannot be reached ({type(exc.__cause__ or exc).__name__}); is the server "
-            f"running, and is ASCENT_DATABASE_URL right? (error id {error_id}, details in {log_path()})"
+            f"running, and is ASCENT_DATABASE_URL right? (error id {error_id}, details in {where})"
         )
-    return f"something went wrong on our side (error id {error_id}); the details are in {log_path()}"
+    return f"something went wrong on our side (error id {error_id}); the details are in {where}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,44 @@ def log_tail(run_id: int, lines: int = 60) -> str:
 
 
 def dataset_label(ds: DatasetInfo | DatasetSummary) -> str:
-    return (
-        f"{ds.id} · {ds.name} ({ds.task}, {ds.n_items} {'images' if ds.task.startswith('image') else 'rows'})"
-    )
+    return f"{ds.id} · {plain(ds.name)} ({ds.task}, {ds.n_items} {'images' if ds.task.startswith('image') else 'rows'})"
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'@%])")
+
+
+def md(text: object) -> str:
+    """User text (a name, label, tag, file name) to put inside Markdown that Streamlit renders:
+    one line, every Markdown, HTML, LaTeX and Streamlit directive character escaped, so
+    `![x](http://host/x)` shows as those characters and fetches nothing."""
+    return _MARKDOWN.sub(r"\\\1", plain(text))
+
+
+def plain(text: object) -> str:
+    """User text as one line (widget options and labels take no newlines)."""
+    return " ".join(str(text).split())
+
+
+# OWASP's advice for CSV injection: a text cell that starts with one of these is read as a
+# formula by spreadsheets; a leading apostrophe makes it text. Numbers stay numbers.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def safe_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A DataFrame as a CSV download with formula-looking text cells (and headers) neutralised."""
+    out = frame.copy()
+    out.columns = [safe_cell(str(c)) for c in out.columns]
+    for column in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[column].dtype):
+            out[column] = out[column].map(safe_cell)
+    return out.to_csv(index=False).encode("utf-8")
 
 
 def preview_table(ds: DatasetInfo, rows: int = 20) -> pd.DataFrame:
@@ -224,7 +260,7 @@ def highlight_html(text: str, tokens: list[Any]) -> str:
         colour = "22,163,74" if tok.score >= 0 else "220,38,38"
         alpha = min(1.0, abs(tok.score)) * 0.75
         parts.append(
-            f'<span title="{tok.token}: {tok.score:+.2f}" '
+            f'<span title="{html.escape(str(tok.token), quote=True)}: {tok.score:+.2f}" '
             f'style="background: rgba({colour},{alpha:.2f}); border-radius: 3px; padding: 0 1px">'
             f"{html.escape(text[tok.start : tok.end])}</span>"
         )

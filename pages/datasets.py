@@ -4,9 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from core import summary
-from core.data.ingest import delete_dataset, guess_upload, ingest_upload, list_datasets
+from core.access import Action, can
+from core.data.ingest import delete_dataset, get_dataset, guess_upload, ingest_upload, list_datasets
 from core.errors import AscentError
+from pages.studio.session import page_actor
 
+actor = page_actor()
 st.title("Datasets")
 
 TASK_CHOICES = {
@@ -18,10 +21,16 @@ TASK_CHOICES = {
 
 with st.container(border=True):
     st.subheader("Add a dataset")
-    upload = st.file_uploader(
-        "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
-        "class folders of images, of .txt files or of WAV/FLAC clips",
-        type=["csv", "tsv", "parquet", "jsonl", "zip"],
+    if not can(actor, Action.UPLOAD):
+        st.caption(f"You are a {actor.role.value}: a member or admin adds datasets.")
+    upload = (
+        None
+        if not can(actor, Action.UPLOAD)
+        else st.file_uploader(
+            "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
+            "class folders of images, of .txt files or of WAV/FLAC clips",
+            type=["csv", "tsv", "parquet", "jsonl", "zip"],
+        )
     )
     options: dict[str, str | None] = {}
     ready = upload is not None
@@ -51,28 +60,33 @@ with st.container(border=True):
                     left, right = st.columns(2)
                     text_guess = guess.text_column or columns[0]
                     options["text_column"] = left.selectbox(
-                        "Text column", columns, index=columns.index(text_guess)
+                        "Text column", columns, index=columns.index(text_guess), format_func=summary.plain
                     )
                     rest = [c for c in columns if c != options["text_column"]]
                     label_guess = guess.target if guess.target in rest else rest[0]
-                    options["target"] = right.selectbox("Label column", rest, index=rest.index(label_guess))
+                    options["target"] = right.selectbox(
+                        "Label column", rest, index=rest.index(label_guess), format_func=summary.plain
+                    )
                 else:
                     target_guess = guess.target if guess.target in columns else columns[-1]
                     options["target"] = st.selectbox(
-                        "Column to predict", columns, index=columns.index(target_guess)
+                        "Column to predict",
+                        columns,
+                        index=columns.index(target_guess),
+                        format_func=summary.plain,
                     )
         except AscentError as exc:
-            st.error(str(exc))
+            st.error(summary.md(exc))
             ready = False
     if upload is not None:
         options["name"] = st.text_input("Name", value=upload.name.rsplit(".", 1)[0]) or None
-    if st.button("Add dataset", type="primary", disabled=not ready) and upload is not None:
+    if upload is not None and st.button("Add dataset", type="primary", disabled=not ready):
         try:
             with st.spinner("Checking the data…"):
-                ds = ingest_upload(upload.name, upload.getvalue(), **options)
-            st.success(f"Added dataset {ds.id}: {ds.task}, {ds.n_items} items.")
+                added = ingest_upload(upload.name, upload.getvalue(), actor=actor, **options)
+            st.success(f"Added dataset {added.id}: {added.task}, {added.n_items} items.")
         except AscentError as exc:
-            st.error(str(exc))
+            st.error(summary.md(exc))
 
 datasets = list_datasets()
 if not datasets:
@@ -89,6 +103,7 @@ st.dataframe(
                 "items": d.n_items,
                 "MB": round(d.bytes / 1e6, 2),
                 "added": summary.when(d.created_at),
+                "by": d.created_by or "(command line)",
             }
             for d in datasets
         ]
@@ -96,21 +111,25 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
-ds = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+ds = get_dataset(choice.id)
 report = ds.report
 
 st.subheader("Preview")
 if ds.task == "image-classification":
     for label, paths in summary.sample_images(ds).items():
-        st.markdown(f"**{label}**")
+        st.markdown(f"**{summary.md(label)}**")
         st.image([str(p) for p in paths], width=96)
 elif ds.task == "audio-classification":
     for label, paths in summary.sample_clips(ds).items():
-        st.markdown(f"**{label}**")
+        st.markdown(f"**{summary.md(label)}**")
         for column, clip in zip(st.columns(len(paths)), paths, strict=True):
             column.audio(str(clip))
 elif ds.task == "text-classification":
-    st.caption(f"Text column '{ds.schema['text_column']}', label column '{ds.schema['label_column']}'")
+    st.caption(
+        f"Text column '{summary.md(ds.schema['text_column'])}', "
+        f"label column '{summary.md(ds.schema['label_column'])}'"
+    )
     st.dataframe(summary.sample_texts(ds), hide_index=True, width="stretch")
 else:
     st.dataframe(summary.preview_table(ds), width="stretch")
@@ -170,18 +189,20 @@ if "missing_per_column" in report:
     st.bar_chart(missing)
     if report.get("dropped_columns"):
         st.warning(
-            "Columns left out: " + "; ".join(f"{c} ({r})" for c, r in report["dropped_columns"].items())
+            "Columns left out: "
+            + summary.md("; ".join(f"{c} ({r})" for c, r in report["dropped_columns"].items()))
         )
 if "target_stats" in report:
     st.write({"target": report["target"], **report["target_stats"]})
 
-with st.expander("Delete this dataset"):
-    st.caption("Its files go; its runs stay, without a dataset.")
-    sure = st.checkbox(f"Yes, delete '{ds.name}'", key=f"confirm-delete-{ds.id}")
-    if st.button("Delete", disabled=not sure, key=f"delete-{ds.id}"):
-        try:
-            delete_dataset(ds.id)
-            st.success(f"Deleted dataset {ds.id}.")
-            st.rerun()
-        except AscentError as exc:
-            st.error(str(exc))
+if can(actor, Action.EDIT, ds.created_by):
+    with st.expander("Delete this dataset"):
+        st.caption("Its files go; its runs stay, without a dataset.")
+        sure = st.checkbox(f"Yes, delete '{summary.md(ds.name)}'", key=f"confirm-delete-{ds.id}")
+        if st.button("Delete", disabled=not sure, key=f"delete-{ds.id}"):
+            try:
+                delete_dataset(ds.id, actor=actor)
+                st.success(f"Deleted dataset {ds.id}.")
+                st.rerun()
+            except AscentError as exc:
+                st.error(summary.md(exc))

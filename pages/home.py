@@ -3,10 +3,14 @@
 import streamlit as st
 
 from core import jobs, summary
+from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.data.samples import SAMPLES, add_sample
 from core.errors import AscentError
+from db.queries import RunFilter
+from pages.studio.session import page_actor
 
+actor = page_actor()
 st.title("Ascent")
 st.markdown(
     "Upload a table, a folder of images, a set of texts or sound clips, train a model from scratch or fine-tune a pretrained one, "
@@ -19,23 +23,36 @@ runs = jobs.list_runs(limit=8)
 col1, col2, col3 = st.columns(3)
 col1.metric("Datasets", len(datasets))
 col2.metric("Runs", jobs.count_runs())
-col3.metric("Running or queued", sum(r.status in ("running", "queued") for r in jobs.list_runs(limit=1000)))
+col3.metric(
+    "Running or queued",
+    jobs.count_runs(RunFilter(status="running")) + jobs.count_runs(RunFilter(status="queued")),
+)
 
 st.subheader("Start with a sample")
 st.caption("Each button adds a real dataset shipped with installed packages and trains a quick model on it.")
+may_train = can(actor, Action.UPLOAD) and can(actor, Action.TRAIN)
+if not may_train:
+    st.caption(
+        f"You are a {actor.role.value}: you can browse runs and predict; a member or admin adds data and trains."
+    )
 cols = st.columns(len(SAMPLES))
 for col, sample in zip(cols, SAMPLES.values(), strict=True):
     with col.container(border=True):
         st.markdown(f"**{sample.title}**")
         st.caption(sample.description)
-        if st.button("Add and train", key=f"sample-{sample.key}", icon=":material/rocket_launch:"):
+        if st.button(
+            "Add and train",
+            key=f"sample-{sample.key}",
+            icon=":material/rocket_launch:",
+            disabled=not may_train,
+        ):
             try:
                 with st.spinner(f"Adding {sample.title}…"):
-                    ds = add_sample(sample.key)
-                    run = jobs.submit(jobs.config_for(ds.id, **sample.quick_start))
+                    ds = add_sample(sample.key, actor=actor)
+                    run = jobs.submit(jobs.config_for(ds.id, **sample.quick_start), actor=actor)
                 st.success(f"Dataset {ds.id} added; run {run.id} queued. Watch it learn on the Train page.")
             except (AscentError, FileNotFoundError) as exc:
-                st.error(str(exc))
+                st.error(summary.md(exc))
 
 st.subheader("Recent runs")
 if runs:

@@ -11,6 +11,9 @@ from core.errors import AscentError
 from core.explain import TextExplainer
 from core.models.audio import log_mel
 from core.runtime import Predictor, RuntimeInputError, prepare_clip
+from pages.studio.session import page_actor
+
+actor = page_actor()  # every role may predict
 
 
 @st.cache_resource(max_entries=8)
@@ -31,9 +34,9 @@ def explain(run_id: int, text: str) -> None:
         with st.spinner("Attributing the prediction to tokens (integrated gradients)…"):
             found = explainer(str(run_dir), (run_dir / "best.safetensors").stat().st_mtime).explain(text)
     except (AscentError, OSError) as exc:
-        st.warning(f"No token attribution: {exc}")
+        st.warning(f"No token attribution: {summary.md(exc)}")
         return
-    st.markdown(f"**Why {found.label}?** Green tokens push towards it, red ones against it.")
+    st.markdown(f"**Why {summary.md(found.label)}?** Green tokens push towards it, red ones against it.")
     st.html(summary.highlight_html(text, found.tokens))
     st.caption(
         f"Integrated gradients through the token embeddings, 32 steps from a padding baseline; "
@@ -43,16 +46,14 @@ def explain(run_id: int, text: str) -> None:
 
 def show_top(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
     top = pd.DataFrame(pred.top(k), columns=["label", "probability"]).set_index("label")
-    st.markdown(f"### {pred.label}")
+    st.markdown(f"### {summary.md(pred.label)}")
     st.bar_chart(top, horizontal=True)
 
 
 def show_batch(out: pd.DataFrame, what: str, model: Predictor) -> None:
     st.caption(f"{len(out)} {what} in {model.last_latency_ms:.1f} ms on {model.provider}")
     st.dataframe(out, width="stretch")
-    st.download_button(
-        "Download predictions (CSV)", out.to_csv(index=False).encode(), file_name="predictions.csv"
-    )
+    st.download_button("Download predictions (CSV)", summary.csv_bytes(out), file_name="predictions.csv")
 
 
 st.title("Predict")
@@ -63,7 +64,9 @@ if not finished:
     st.info("No finished run with an exported model yet: train one on the Train page.")
     st.stop()
 
-run = st.selectbox("Run", finished, format_func=lambda r: f"{r.id} · {r.name} ({r.task}, {r.model})")
+run = st.selectbox(
+    "Run", finished, format_func=lambda r: f"{r.id} · {summary.plain(r.name)} ({r.task}, {r.model})"
+)
 path = summary.artifact_paths(run.id)["onnx"]
 model = predictor(str(path), Path(path).stat().st_mtime)
 
@@ -81,7 +84,7 @@ if model.task == "text-classification":
                 st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
                 explain(run.id, text)
             except RuntimeInputError as exc:
-                st.error(str(exc))
+                st.error(summary.md(exc))
     with many:
         upload = st.file_uploader("A .txt file with one text per line", type=["txt"])
         if upload is not None:
@@ -97,9 +100,9 @@ if model.task == "text-classification":
                 )
                 show_batch(out, "texts", model)
             except UnicodeDecodeError:
-                st.error(f"{upload.name} is not UTF-8 text; save it as UTF-8")
+                st.error(f"{summary.md(upload.name)} is not UTF-8 text; save it as UTF-8")
             except RuntimeInputError as exc:
-                st.error(str(exc))
+                st.error(summary.md(exc))
 elif model.task == "audio-classification":
     rate, samples = model.audio
     st.caption(f"Clips are mixed to mono, resampled to {rate} Hz and centred in {samples / rate:g} s.")
@@ -124,7 +127,7 @@ elif model.task == "audio-classification":
                 caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
             )
         except RuntimeInputError as exc:
-            st.error(str(exc))
+            st.error(summary.md(exc))
 elif model.task == "image-classification":
     h, w = model.image_size
     st.caption(f"Images are resized to {w}×{h} as in validation. {len(model.labels)} classes.")
@@ -143,7 +146,7 @@ elif model.task == "image-classification":
                 show_top(pred)
                 st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
             except RuntimeInputError as exc:
-                st.error(str(exc))
+                st.error(summary.md(exc))
 else:
     one, many = st.tabs(["One row", "A CSV of rows"])
     with one, st.form("row"):
@@ -151,19 +154,21 @@ else:
         for spec in model.inputs:
             for column in spec["columns"]:
                 if spec["dtype"] == "float32":
-                    row[column] = [st.number_input(column, value=None, format="%g", placeholder="missing")]
+                    row[column] = [
+                        st.number_input(summary.md(column), value=None, format="%g", placeholder="missing")
+                    ]
                 else:
                     row[column] = [
                         st.selectbox(
-                            column,
+                            summary.md(column),
                             [None, *spec["codes"][column]],
-                            format_func=lambda v: "(missing)" if v is None else str(v),
+                            format_func=lambda v: "(missing)" if v is None else summary.plain(v),
                         )
                     ]
         if st.form_submit_button("Predict", type="primary"):
             (pred,) = model.predict_table(row)
             if pred.value is not None:
-                st.metric(run.name, f"{pred.value:.4g}")
+                st.metric(summary.md(run.name), f"{pred.value:.4g}")
             else:
                 show_top(pred)
             st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
@@ -183,4 +188,4 @@ else:
                     out["probability"] = [p.probabilities[p.label or ""] for p in preds]
                 show_batch(out, "rows", model)
             except (RuntimeInputError, ValueError) as exc:
-                st.error(str(exc))
+                st.error(summary.md(exc))

@@ -8,13 +8,17 @@ import pandas as pd
 import streamlit as st
 
 from core import certificate, jobs, summary
+from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.errors import AscentError
 from db.models import RunStatus
 from db.queries import SORTS, RunFilter
+from pages.studio.edge import guarded
+from pages.studio.session import page_actor
 
 PAGE_SIZE = 50
 
+actor = page_actor()
 st.title("Runs")
 datasets = list_datasets()
 names = {d.id: d.name for d in datasets}
@@ -22,7 +26,7 @@ names = {d.id: d.name for d in datasets}
 f1, f2, f3, f4 = st.columns(4)
 task = f1.selectbox("Task", [None, *sorted(summary.MAIN_METRIC)], format_func=lambda t: t or "all tasks")
 dataset = f2.selectbox(
-    "Dataset", [None, *names], format_func=lambda i: "all datasets" if i is None else names[i]
+    "Dataset", [None, *names], format_func=lambda i: "all datasets" if i is None else summary.plain(names[i])
 )
 status = f3.selectbox(
     "Status", [None, *(s.value for s in RunStatus)], format_func=lambda s: s or "any status"
@@ -52,13 +56,23 @@ runs = jobs.list_runs(
     offset=(page - 1) * PAGE_SIZE,
 )
 table = summary.runs_table(runs, names)
-st.caption(f"{total} runs · select rows to compare them or see one in detail")
+head, download = st.columns([4, 1])
+head.caption(f"{total} runs · select rows to compare them or see one in detail")
+download.download_button(
+    "This page as CSV",
+    summary.csv_bytes(table),
+    file_name="runs.csv",
+    icon=":material/download:",
+    key="runs-csv",
+)
 event = st.dataframe(
     table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table"
 )
 ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
 by_id = {r.id: r for r in runs}
-picked = st.multiselect("Also select by id", list(by_id), format_func=lambda i: f"{i} · {by_id[i].name}")
+picked = st.multiselect(
+    "Also select by id", list(by_id), format_func=lambda i: f"{i} · {summary.plain(by_id[i].name)}"
+)
 selected = [r for r in runs if r.id in ticked or r.id in picked]
 
 
@@ -87,17 +101,19 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
 
 
 @st.fragment(run_every="2s")
+@guarded
 def watch_certificate(run_id: int) -> None:
-    """The certificate being measured in its background process: progress, then the page again."""
-    proc = st.session_state["certifying"][run_id]
+    """The certificate being measured in a background process (started here or from another
+    tab): progress, then the page again."""
     lines = certificate.log_lines(run_id)
-    if proc.poll() is None:
+    if certificate.measuring(run_id):
         done, steps, what = certificate.progress(lines)
-        st.progress(done / steps, text=f"Measuring the certificate: {what}")
+        st.progress(done / steps, text=f"Measuring the certificate: {summary.md(what)}")
         return
-    del st.session_state["certifying"][run_id]
-    if proc.returncode != 0:
-        st.session_state["certify-failed"][run_id] = "\n".join(lines[-8:]) or f"exit code {proc.returncode}"
+    proc = st.session_state["certifying"].pop(run_id, None)
+    code = proc.wait() if proc is not None else None
+    if code or (lines and lines[-1].startswith("error:")):
+        st.session_state["certify-failed"][run_id] = "\n".join(lines[-8:]) or f"exit code {code}"
     st.rerun(scope="app")
 
 
@@ -110,7 +126,9 @@ if len(selected) >= 2:
         - {"export_max_abs_diff", "export_n_samples", "export_top1_agreement"}
     )
     key = st.selectbox("Curve", keys, index=keys.index("val_loss") if "val_loss" in keys else 0)
-    st.line_chart(summary.curves(ids, [key], labels), x_label="epoch")
+    st.line_chart(
+        summary.curves(ids, [key], {i: summary.plain(v) for i, v in labels.items()}), x_label="epoch"
+    )
     left, right = st.columns(2)
     left.markdown("**Best metrics**")
     left.dataframe(summary.metrics_side_by_side(selected), width="stretch")
@@ -132,13 +150,14 @@ run = selected[0] if len(selected) == 1 else None
 if run is None:
     st.stop()
 
-st.header(f"Run {run.id} · {run.name}")
+st.header(f"Run {run.id} · {summary.md(run.name)}")
 st.caption(
-    f"{run.status} · {run.task} · {run.model} · dataset {names.get(run.dataset_id or -1, '(deleted)')} · "
-    f"device {run.device or '-'} · created {summary.when(run.created_at)} · attempts {run.attempts}"
+    f"{run.status} · {run.task} · {run.model} · dataset {summary.md(names.get(run.dataset_id or -1, '(deleted)'))} · "
+    f"device {summary.md(run.device or '-')} · created {summary.when(run.created_at)} by "
+    f"{summary.md(run.created_by or 'the command line')} · attempts {run.attempts}"
 )
 if run.error:
-    st.error(run.error.splitlines()[0])
+    st.error(summary.md(run.error.splitlines()[0]))
 metrics = {k: v for k, v in sorted(run.best_metrics.items()) if not k.startswith("export_")}
 if metrics:
     st.dataframe(
@@ -217,13 +236,19 @@ if run.status == "succeeded":
     measuring: dict[int, Any] = st.session_state.setdefault("certifying", {})
     failed: dict[int, str] = st.session_state.setdefault("certify-failed", {})
     if run.id in failed:
-        st.error(f"Measuring the certificate failed:\n\n```\n{failed[run.id]}\n```")
-    if run.id in measuring:
+        st.error("Measuring the certificate failed:")
+        st.code(failed[run.id], language=None)
+    if run.id in measuring or certificate.measuring(run.id):
         watch_certificate(run.id)
-    elif st.button("Measure the certificate" if not records else "Measure again", key=f"certify-{run.id}"):
+    elif can(actor, Action.MEASURE) and st.button(
+        "Measure the certificate" if not records else "Measure again", key=f"certify-{run.id}"
+    ):
         failed.pop(run.id, None)
-        measuring[run.id] = certificate.start(run.id)
-        st.rerun()
+        try:
+            measuring[run.id] = certificate.start(run.id, actor=actor)
+            st.rerun()
+        except AscentError as exc:
+            st.error(summary.md(exc))
 
 files = summary.artifact_paths(run.id)
 if files:
@@ -240,20 +265,36 @@ if files:
 with st.expander("Log"):
     st.code(summary.log_tail(run.id) or "(empty)", language=None)
 
-with st.expander("Rename, tag, delete"):
-    new_name = st.text_input("Name", value=run.name, key=f"name-{run.id}")
-    tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"tags-{run.id}")
-    if st.button("Save", key=f"save-{run.id}"):
-        try:
-            jobs.rename(run.id, new_name)
-            jobs.set_tags(run.id, tags.split(","))
+if run.status in (RunStatus.LOST, RunStatus.FAILED, RunStatus.CANCELLED):
+    left, right = st.columns(2)
+    try:
+        if can(actor, Action.TRAIN) and left.button(
+            "Resume", key=f"resume-{run.id}", icon=":material/replay:"
+        ):
+            jobs.resume(run.id, actor=actor)
             st.rerun()
-        except AscentError as exc:
-            st.error(str(exc))
-    sure = st.checkbox("Yes, delete this run and its files", key=f"sure-{run.id}")
-    if st.button("Delete run", disabled=not sure, key=f"del-{run.id}"):
-        try:
-            jobs.delete_run(run.id)
+        lost = run.status == RunStatus.LOST and can(actor, Action.CANCEL)
+        if lost and right.button("Cancel (stop trying)", key=f"cancel-lost-{run.id}", icon=":material/stop:"):
+            jobs.cancel(run.id, actor=actor)
             st.rerun()
-        except AscentError as exc:
-            st.error(str(exc))
+    except AscentError as exc:
+        st.error(summary.md(exc))
+
+if can(actor, Action.EDIT, run.created_by):
+    with st.expander("Rename, tag, delete"):
+        new_name = st.text_input("Name", value=run.name, key=f"name-{run.id}")
+        tags = st.text_input("Tags (comma-separated)", value=", ".join(run.tags), key=f"tags-{run.id}")
+        if st.button("Save", key=f"save-{run.id}"):
+            try:
+                jobs.rename(run.id, new_name, actor=actor)
+                jobs.set_tags(run.id, tags.split(","), actor=actor)
+                st.rerun()
+            except AscentError as exc:
+                st.error(summary.md(exc))
+        sure = st.checkbox("Yes, delete this run and its files", key=f"sure-{run.id}")
+        if st.button("Delete run", disabled=not sure, key=f"del-{run.id}"):
+            try:
+                jobs.delete_run(run.id, actor=actor)
+                st.rerun()
+            except AscentError as exc:
+                st.error(summary.md(exc))

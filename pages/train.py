@@ -3,10 +3,14 @@
 import streamlit as st
 
 from core import jobs, summary
-from core.data.ingest import list_datasets
+from core.access import Action, can
+from core.data.ingest import get_dataset, list_datasets
 from core.errors import AscentError
 from core.models import get_model, models_for
+from pages.studio.edge import guarded
+from pages.studio.session import page_actor
 
+actor = page_actor()
 st.title("Train")
 
 datasets = list_datasets()
@@ -14,8 +18,11 @@ if not datasets:
     st.info("Add a dataset first (Datasets page, or a sample on the Home page).")
     st.stop()
 
+if not can(actor, Action.TRAIN):
+    st.caption(f"You are a {actor.role.value}: you can follow the runs going on; a member or admin trains.")
 with st.container(border=True):
-    ds = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+    choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+    ds = get_dataset(choice.id)
     specs = models_for(ds.task)
     spec = st.selectbox("Model", specs, format_func=lambda m: f"{m.name} — {m.description}")
     d = get_model(spec.name, ds.task).defaults
@@ -127,7 +134,9 @@ with st.container(border=True):
                     or None
                 )
         name = st.text_input("Run name (optional)")
-        launch = st.form_submit_button("Launch", type="primary", icon=":material/play_arrow:")
+        launch = st.form_submit_button(
+            "Launch", type="primary", icon=":material/play_arrow:", disabled=not can(actor, Action.TRAIN)
+        )
     if launch:
         try:
             cfg = jobs.config_for(
@@ -142,13 +151,14 @@ with st.container(border=True):
                 name=name or None,
                 **options,
             )
-            run = jobs.submit(cfg)
-            st.success(f"Run {run.id} queued: {run.name}.")
+            run = jobs.submit(cfg, actor=actor)
+            st.success(f"Run {run.id} queued: {summary.md(run.name)}.")
         except (AscentError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(summary.md(exc))
 
 
 @st.fragment(run_every="2s")
+@guarded
 def live() -> None:
     active = jobs.list_runs(status="running", limit=20) + jobs.list_runs(status="queued", limit=20)
     if not active:
@@ -157,7 +167,8 @@ def live() -> None:
     for run in active:
         with st.container(border=True):
             st.markdown(
-                f"**Run {run.id} · {run.name}** — {run.status} ({run.model} on {run.device or 'waiting'})"
+                f"**Run {run.id} · {summary.md(run.name)}** — {run.status} "
+                f"({run.model} on {summary.md(run.device or 'waiting')}, by {summary.md(run.created_by or 'the command line')})"
             )
             p = run.progress or {}
             total = p.get("total_steps") or 0
@@ -181,8 +192,13 @@ def live() -> None:
                     right.line_chart(metric, x_label="epoch")
             elif run.status == "running":
                 st.progress(0.0, text="preparing data and model…")
-            if st.button("Cancel", key=f"cancel-{run.id}", icon=":material/stop:"):
-                st.info(f"Run {run.id}: {jobs.cancel(run.id)}")
+            if can(actor, Action.CANCEL) and st.button(
+                "Cancel", key=f"cancel-{run.id}", icon=":material/stop:"
+            ):
+                try:
+                    st.info(f"Run {run.id}: {jobs.cancel(run.id, actor=actor)}")
+                except AscentError as exc:
+                    st.error(summary.md(exc))
 
 
 st.subheader("Going on")

@@ -116,8 +116,8 @@ def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path)
     import pandas as pd
 
     first = pd.read_csv(data_dir / "wine.csv").iloc[0]
-    for box in at.number_input:
-        box.set_value(float(first[box.label]))
+    for box in at.number_input:  # labels are column names with Markdown escaped (malic\_acid)
+        box.set_value(float(first[box.label.replace("\\", "")]))
     at.button[0].click().run()
     assert not at.exception
     assert any(m.value.startswith("### ") for m in at.markdown)

@@ -46,8 +46,8 @@ def check_columns(names: list[str], source: str) -> list[str]:
     if twice:
         where = [i + 1 for i, n in enumerate(clean) if n == twice[0]]
         raise DatasetError(
-            f"{source}: columns {', '.join(map(str, where))} are all named '{twice[0][:60]}' "
-            "(spaces around names are trimmed); give each column its own name"
+            f"{source}: columns {', '.join(map(str, where[:-1]))} and {where[-1]} have the same name "
+            f"'{twice[0][:60]}' (spaces around names are trimmed); give each column its own name"
         )
     return clean
 

@@ -1,0 +1,603 @@
+"""The bad-input battery: every way a user can hand the command line something wrong, over
+every modality, each answered with exit status 1 and one line on stderr that says what to fix
+(never a traceback, never an error id, which would mean an unexpected error), and nothing
+written: no new file under ASCENT_HOME, no new row in any table.
+
+Each case runs `python -m core ...` in a fresh process against one home that holds a trained
+run of each modality (tables, images, texts, audio), a queued run and a run whose dataset was
+deleted. The cases marked for PostgreSQL run there too (CI sets ASCENT_TEST_DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+import warnings
+import wave
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("ASCENT_TEST_DATABASE_URL", "")
+TABLES = (
+    "datasets",
+    "runs",
+    "params",
+    "metrics",
+    "latest_metrics",
+    "artifacts",
+    "exports",
+    "users",
+    "app_settings",
+    "workers",
+)
+
+
+# --- the files users hand over -------------------------------------------------------------
+
+
+def _png(size: tuple[int, int] = (24, 20), seed: int = 0, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    if mode == "L":
+        img = Image.new("L", size)  # a blank page compresses to almost nothing, whatever its size
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wav(seconds: float, rate: int = 8000, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    samples = (rng.normal(0, 0.2, int(seconds * rate)).clip(-1, 1) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return buf.getvalue()
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _text(path: Path, content: str | bytes) -> Path:
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def _wine_rows(n: int = 60) -> str:
+    from sklearn.datasets import load_wine
+
+    return load_wine(as_frame=True).frame.sample(n, random_state=0).to_csv(index=False)
+
+
+def _files(d: Path) -> dict[str, Path]:
+    """Every bad (and a few good) files, by name."""
+    from PIL import Image
+
+    f: dict[str, Path] = {}
+    f["empty.csv"] = _text(d / "empty.csv", b"")
+    f["header-only.csv"] = _text(d / "header-only.csv", "a,b,target\n")
+    f["one-column.csv"] = _text(d / "one-column.csv", "target\n1\n2\n")
+    f["latin1.csv"] = _text(d / "latin1.csv", "name,target\ncaf\xe9,1\nthe,0\n".encode("latin-1"))
+    f["binary.csv"] = _text(d / "binary.csv", b"\x00\x01\x02PK\x03\x04" * 50)
+    f["ragged.csv"] = _text(d / "ragged.csv", "a,b,target\n1,2,0\n3,4,1,9,9\n5,6,0\n")
+    f["collide.csv"] = _text(d / "collide.csv", "a, a,target\n1,2,0\n3,4,1\n")
+    f["duplicate.csv"] = _text(d / "duplicate.csv", "a,a,target\n1,2,0\n3,4,1\n")
+    wide = pd.DataFrame(np.zeros((2, 2001)), columns=[f"c{i}" for i in range(2001)])
+    wide.to_csv(d / "wide.csv", index=False)
+    f["wide.csv"] = d / "wide.csv"
+    f["long-cell.csv"] = _text(d / "long-cell.csv", "note,x,target\n" + "y" * 100_001 + ",1,0\nok,2,1\n")
+    pd.DataFrame({"x": [[1, 2], [3]], "target": [0, 1]}).to_parquet(d / "lists.parquet")
+    f["lists.parquet"] = d / "lists.parquet"
+    pd.DataFrame({"x": [{"a": 1}, {"a": 2}], "target": [0, 1]}).to_parquet(d / "structs.parquet")
+    f["structs.parquet"] = d / "structs.parquet"
+    f["corrupt.parquet"] = _text(d / "corrupt.parquet", b"PAR1 this is not parquet")
+    f["wine.csv"] = _text(d / "wine.csv", _wine_rows())
+    f["no-target-values.csv"] = _text(d / "no-target-values.csv", "a,b,target\n1,2,\n3,4,\n")
+    f["one-class.csv"] = _text(d / "one-class.csv", "a,b,target\n1,2,x\n3,4,x\n5,1,x\n")
+    f["constant.csv"] = _text(d / "constant.csv", "a,b,target\n1,7,0\n1,7,1\n1,7,0\n")
+    f["long-label.csv"] = _text(d / "long-label.csv", f"a,target\n1,{'L' * 300}\n2,short\n")
+    f["table.xlsx"] = _text(d / "table.xlsx", b"PK\x03\x04 not really a workbook")
+    rng = np.random.default_rng(0)
+    levels = pd.DataFrame({f"cat{j}": [f"value-{j}-{i % 900}" for i in range(1800)] for j in range(3)})
+    levels["target"] = rng.integers(0, 2, 1800)
+    levels.to_csv(d / "many-levels.csv", index=False)
+    f["many-levels.csv"] = d / "many-levels.csv"
+    f["not-json.jsonl"] = _text(d / "not-json.jsonl", "{this is not json}\n")
+    f["nested.jsonl"] = _text(
+        d / "nested.jsonl",
+        "".join(json.dumps({"text": {"nested": i}, "label": i % 2}) + "\n" for i in range(6)),
+    )
+    f["empty.jsonl"] = _text(d / "empty.jsonl", "   \n")
+    news = "".join(
+        f"story number {i} about the markets and the vote today,{'a' if i % 2 else 'b'}\n" for i in range(20)
+    )
+    f["news.csv"] = _text(d / "news.csv", "text,label\n" + news)
+    one_topic = "".join(f"the long story number {i} of one single topic only\n" for i in range(10))
+    f["one-topic.csv"] = _text(d / "one-topic.csv", "text,label\n" + one_topic.replace("\n", ",a\n"))
+    long_labels = "".join(
+        f"a story of some length number {i},{'x' * 300 if i % 2 else 'y'}\n" for i in range(10)
+    )
+    f["long-labels.csv"] = _text(d / "long-labels.csv", "text,label\n" + long_labels)
+    f["texts-at-top.zip"] = _zip(d / "texts-at-top.zip", {"a.txt": b"hello there", "b.txt": b"more"})
+    f["texts-latin1.zip"] = _zip(d / "texts-latin1.zip", {"a/1.txt": b"caf\xe9", "b/2.txt": b"fine"})
+    f["texts-long.zip"] = _zip(d / "texts-long.zip", {"a/1.txt": b"w " * 60_000, "b/2.txt": b"fine"})
+
+    f["garbage.zip"] = _text(d / "garbage.zip", b"this is not a zip archive at all")
+    f["escape.zip"] = _zip(d / "escape.zip", {"a/1.png": _png(), "../../evil.png": _png()})
+    f["absolute.zip"] = _zip(d / "absolute.zip", {"a/1.png": _png(), "/tmp/evil.png": _png()})
+    with zipfile.ZipFile(d / "link.zip", "w") as zf:
+        zf.writestr("a/1.png", _png())
+        zf.writestr("b/2.png", _png(seed=1))
+        info = zipfile.ZipInfo("b/link.png")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    f["link.zip"] = d / "link.zip"
+    f["long-name.zip"] = _zip(d / "long-name.zip", {f"{'n' * 300}/1.png": _png(), "b/2.png": _png(seed=1)})
+    f["file-and-folder.zip"] = _zip(
+        d / "file-and-folder.zip",
+        {"img": _png(), "img/x.png": _png(seed=1), "labels.csv": b"path,label\nimg,a\nimg/x.png,b\n"},
+    )
+    with zipfile.ZipFile(d / "twice.zip", "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        zf.writestr("a/1.png", _png())
+        zf.writestr("a/1.png", _png(seed=2))
+        zf.writestr("b/2.png", _png(seed=1))
+    f["twice.zip"] = d / "twice.zip"
+    f["bomb.zip"] = _zip(d / "bomb.zip", {"a/1.png": _png(), "b/zeros.png": bytes(30_000_000)})
+    f["many-entries.zip"] = _zip(
+        d / "many-entries.zip", {f"{'ab'[i % 2]}/{i}.png": _png(seed=i) for i in range(12)}
+    )
+    f["flat.zip"] = _zip(d / "flat.zip", {"1.png": _png(), "2.png": _png(seed=1)})
+    f["one-class.zip"] = _zip(d / "one-class.zip", {"cats/1.png": _png(), "cats/2.png": _png(seed=1)})
+    f["unreadable.zip"] = _zip(d / "unreadable.zip", {"a/1.png": b"text", "b/2.jpg": b"more text"})
+    f["csv-missing.zip"] = _zip(
+        d / "csv-missing.zip", {"x/1.png": _png(), "labels.csv": b"path,label\nx/1.png,a\nx/2.png,b\n"}
+    )
+    f["csv-columns.zip"] = _zip(
+        d / "csv-columns.zip", {"x/1.png": _png(), "labels.csv": b"file,class\nx/1.png,a\n"}
+    )
+    huge = _png((10_000, 10_000), mode="L")  # 100 megapixels, over the 64-megapixel limit
+    f["huge.zip"] = _zip(d / "huge.zip", {"a/1.png": huge, "b/2.png": huge})
+    f["huge.png"] = _text(d / "huge.png", huge)
+    f["not-an-image.png"] = _text(d / "not-an-image.png", b"plain text, not pixels")
+    Image.new("RGB", (8, 8)).save(d / "tiny.png")
+    f["tiny.png"] = d / "tiny.png"
+
+    f["no-clips.zip"] = _zip(d / "no-clips.zip", {"yes/readme.txt": b"no audio here", "no/x.txt": b"none"})
+    f["clip-at-top.zip"] = _zip(d / "clip-at-top.zip", {"1.wav": _wav(0.5), "yes/2.wav": _wav(0.5, seed=1)})
+    f["bad-clips.zip"] = _zip(d / "bad-clips.zip", {"yes/1.wav": b"RIFF garbage", "no/2.wav": b""})
+    f["one-word.zip"] = _zip(d / "one-word.zip", {"yes/1.wav": _wav(0.5), "yes/2.wav": _wav(0.5, seed=1)})
+    f["long-clips.zip"] = _zip(d / "long-clips.zip", {"yes/1.wav": _wav(3.0), "no/2.wav": _wav(3.0, seed=1)})
+    f["long.wav"] = _text(d / "long.wav", _wav(3.0))
+    f["not-audio.wav"] = _text(d / "not-audio.wav", b"RIFF....WAVEnot really")
+    f["rows-latin1.csv"] = _text(d / "rows-latin1.csv", b"alcohol\n\xff\xfe\x00")
+    f["texts.txt"] = _text(d / "texts.txt", "a text to classify\n")
+    f["texts-latin1.txt"] = _text(d / "texts-latin1.txt", b"caf\xe9 au lait\n")
+    return f
+
+
+# --- the cases -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    argv: list[str]  # {name} is a file above; {run:kind} and {ds:kind} are ids from the home
+    expect: str  # part of the one line: what is wrong, or what to do
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: str = ""
+    postgres: bool = False  # also run it on PostgreSQL
+
+
+LONG = "n" * 201
+CASES: dict[str, Case] = {
+    # tables
+    "empty file": Case(["datasets", "add", "{empty.csv}"], "is empty (0 bytes)", postgres=True),
+    "header without rows": Case(["datasets", "add", "{header-only.csv}"], "has a header but no rows"),
+    "one column": Case(["datasets", "add", "{one-column.csv}"], "a table needs a target column"),
+    "not UTF-8": Case(["datasets", "add", "{latin1.csv}"], "is not UTF-8 text"),
+    "binary named .csv": Case(["datasets", "add", "{binary.csv}"], "looks like a binary file"),
+    "ragged rows": Case(["datasets", "add", "{ragged.csv}"], "is not a consistent table"),
+    "names that collide once trimmed": Case(["datasets", "add", "{collide.csv}"], "have the same name 'a'"),
+    "a name twice": Case(["datasets", "add", "{duplicate.csv}"], "have the same name 'a'"),
+    "2,001 columns": Case(["datasets", "add", "{wide.csv}"], "over the limit of 2,000 (ASCENT_MAX_COLUMNS)"),
+    "a cell of 100,001 characters": Case(["datasets", "add", "{long-cell.csv}"], "ASCENT_MAX_CELL_CHARS"),
+    "a Parquet list column": Case(["datasets", "add", "{lists.parquet}"], "holds lists, structs or binary"),
+    "a Parquet struct column": Case(
+        ["datasets", "add", "{structs.parquet}"], "holds lists, structs or binary"
+    ),
+    "a corrupt Parquet file": Case(
+        ["datasets", "add", "{corrupt.parquet}"], "is not a readable Parquet file"
+    ),
+    "no such target": Case(["datasets", "add", "{wine.csv}", "--target", "nope"], "no column named 'nope'"),
+    "a target without values": Case(
+        ["datasets", "add", "{no-target-values.csv}"], "every value of the target"
+    ),
+    "one class": Case(["datasets", "add", "{one-class.csv}"], "has only one class"),
+    "regression of text labels": Case(
+        ["datasets", "add", "{one-class.csv}", "--task", "tabular-regression"], "is not numeric"
+    ),
+    "no usable feature": Case(["datasets", "add", "{constant.csv}"], "no usable feature column"),
+    "a label of 300 characters": Case(
+        ["datasets", "add", "{long-label.csv}"], "class labels are at most 200"
+    ),
+    "an unsupported file type": Case(["datasets", "add", "{table.xlsx}"], "unsupported file type '.xlsx'"),
+    "a file that is not there": Case(["datasets", "add", "/nowhere/at/all.csv"], "does not exist"),
+    "an unknown task": Case(["datasets", "add", "{wine.csv}", "--task", "poetry"], "invalid choice"),
+    "a dataset name of 201 characters": Case(
+        ["datasets", "add", "{wine.csv}", "--name", LONG], "at most 200 characters", postgres=True
+    ),
+    "a dataset name on two lines": Case(["datasets", "add", "{wine.csv}", "--name", "a\nb"], "one line"),
+    "a schema over its size limit": Case(
+        ["datasets", "add", "{many-levels.csv}"],
+        "ASCENT_MAX_SCHEMA_BYTES",
+        {"ASCENT_MAX_SCHEMA_BYTES": "20000"},
+    ),
+    "an upload over its size limit": Case(
+        ["datasets", "add", "{wine.csv}"], "ASCENT_MAX_UPLOAD_BYTES", {"ASCENT_MAX_UPLOAD_BYTES": "1000"}
+    ),
+    "show a dataset that is not there": Case(
+        ["datasets", "show", "999"], "no dataset with id 999", postgres=True
+    ),
+    "delete a dataset that is not there": Case(["datasets", "delete", "999"], "no dataset with id 999"),
+    # texts
+    "JSON Lines that are not JSON": Case(["datasets", "add", "{not-json.jsonl}"], "is not JSON Lines"),
+    "JSON Lines with objects in a field": Case(
+        ["datasets", "add", "{nested.jsonl}"], "holds lists or objects"
+    ),
+    "empty JSON Lines": Case(["datasets", "add", "{empty.jsonl}"], "one JSON object per line"),
+    "text and label the same column": Case(
+        ["datasets", "add", "{news.csv}", "--text-column", "text", "--target", "text"], "cannot be both"
+    ),
+    "no such text column": Case(
+        ["datasets", "add", "{news.csv}", "--text-column", "body"], "no column named 'body'"
+    ),
+    "texts of one topic": Case(
+        ["datasets", "add", "{one-topic.csv}", "--text-column", "text"], "has one class"
+    ),
+    "text labels of 300 characters": Case(
+        ["datasets", "add", "{long-labels.csv}", "--text-column", "text"], "over 200 characters"
+    ),
+    "a text zip with files at the top": Case(
+        ["datasets", "add", "{texts-at-top.zip}"], "in a folder named after"
+    ),
+    "a text zip in Latin-1": Case(["datasets", "add", "{texts-latin1.zip}"], "is not UTF-8"),
+    "a text file over the cell limit": Case(
+        ["datasets", "add", "{texts-long.zip}", "--task", "text-classification"], "ASCENT_MAX_CELL_CHARS"
+    ),
+    # images
+    "a .zip that is not one": Case(["datasets", "add", "{garbage.zip}"], "is not a valid zip archive"),
+    "a zip entry escaping its folder": Case(["datasets", "add", "{escape.zip}"], "points outside its folder"),
+    "a zip entry with an absolute path": Case(["datasets", "add", "{absolute.zip}"], "has an absolute path"),
+    "a link in a zip": Case(["datasets", "add", "{link.zip}"], "contains a link"),
+    "a folder name of 300 characters": Case(
+        ["datasets", "add", "{long-name.zip}"], "has a name over 255 bytes"
+    ),
+    "a file that is also a folder": Case(
+        ["datasets", "add", "{file-and-folder.zip}"], "also files inside a folder"
+    ),
+    "a zip entry twice": Case(["datasets", "add", "{twice.zip}"], "twice"),
+    "a zip bomb": Case(
+        ["datasets", "add", "{bomb.zip}"], "is it a zip bomb?", {"ASCENT_MAX_UNPACKED_BYTES": "10000000"}
+    ),
+    "too many zip entries": Case(
+        ["datasets", "add", "{many-entries.zip}"], "ASCENT_MAX_ZIP_ENTRIES", {"ASCENT_MAX_ZIP_ENTRIES": "5"}
+    ),
+    "images without class folders": Case(["datasets", "add", "{flat.zip}"], "no class folders"),
+    "images of one class": Case(["datasets", "add", "{one-class.zip}"], "only one class"),
+    "no readable image": Case(["datasets", "add", "{unreadable.zip}"], "no readable image"),
+    "a labels CSV naming a missing image": Case(["datasets", "add", "{csv-missing.zip}"], "not in the zip"),
+    "a labels CSV without path,label": Case(
+        ["datasets", "add", "{csv-columns.zip}"], "needs the columns path,label"
+    ),
+    "two 100-megapixel PNGs": Case(["datasets", "add", "{huge.zip}"], "over the limit of 64 megapixels"),
+    # audio
+    "audio from a table": Case(
+        ["datasets", "add", "{wine.csv}", "--task", "audio-classification"], "takes a zip"
+    ),
+    "an audio zip without clips": Case(
+        ["datasets", "add", "{no-clips.zip}", "--task", "audio-classification"], "holds no .wav or .flac"
+    ),
+    "a clip outside a class folder": Case(
+        ["datasets", "add", "{clip-at-top.zip}"], "in a folder named after"
+    ),
+    "unreadable clips": Case(["datasets", "add", "{bad-clips.zip}"], "no readable clip"),
+    "clips of one word": Case(["datasets", "add", "{one-word.zip}"], "only one class"),
+    "clips over the duration limit": Case(
+        ["datasets", "add", "{long-clips.zip}"], "over the 2 s limit", {"ASCENT_MAX_CLIP_SECONDS": "2"}
+    ),
+    # training
+    "train on a dataset that is not there": Case(
+        ["train", "--dataset", "999"], "no dataset with id 999", postgres=True
+    ),
+    "a model of another task": Case(
+        ["train", "--dataset", "{ds:table}", "--model", "audio-cnn"], "audio-cnn"
+    ),
+    "zero epochs": Case(["train", "--dataset", "{ds:table}", "--epochs", "0"], "epochs"),
+    "epochs that are not a number": Case(
+        ["train", "--dataset", "{ds:table}", "--epochs", "ten"], "invalid int"
+    ),
+    "a negative learning rate": Case(["train", "--dataset", "{ds:table}", "--lr", "-1"], "lr"),
+    "a run name of 201 characters": Case(
+        ["train", "--dataset", "{ds:table}", "--name", LONG], "at most 200 characters", postgres=True
+    ),
+    "start from a run that is not there": Case(
+        ["train", "--dataset", "{ds:table}", "--init-from", "999"], "no run with id 999"
+    ),
+    "no --dataset": Case(["train"], "the following arguments are required: --dataset"),
+    # runs
+    "show a run that is not there": Case(["runs", "show", "999"], "no run with id 999", postgres=True),
+    "cancel a run that is not there": Case(["runs", "cancel", "999"], "no run with id 999"),
+    "resume a finished run": Case(
+        ["runs", "resume", "{run:table}"], "only lost, failed or cancelled runs resume"
+    ),
+    "resume a run whose dataset is gone": Case(["runs", "resume", "{run:stopped}"], "dataset was deleted"),
+    "a run id that is not a number": Case(["runs", "show", "one"], "invalid int"),
+    # predicting
+    "predict with a run not trained yet": Case(
+        ["predict", "--run", "{run:queued}", "{wine.csv}"], "has no exported model"
+    ),
+    "predict from a file that is not there": Case(
+        ["predict", "--run", "{run:table}", "/no/rows.csv"], "does not exist"
+    ),
+    "predict from rows not in UTF-8": Case(
+        ["predict", "--run", "{run:table}", "{rows-latin1.csv}"], "readable table"
+    ),
+    "predict a table model from text": Case(
+        ["predict", "--run", "{run:table}", "--text", "hello"], "--text is for text"
+    ),
+    "predict a table model from nothing": Case(
+        ["predict", "--run", "{run:table}"], "give the files to predict"
+    ),
+    "predict an image that is not one": Case(
+        ["predict", "--run", "{run:image}", "{not-an-image.png}"], "not a readable image"
+    ),
+    "predict a 100-megapixel image": Case(
+        ["predict", "--run", "{run:image}", "{huge.png}"], "over the limit of 64"
+    ),
+    "predict a text model from files": Case(["predict", "--run", "{run:text}", "{texts.txt}"], "not files"),
+    "predict texts not in UTF-8": Case(
+        ["predict", "--run", "{run:text}", "--text-file", "{texts-latin1.txt}"], "is not UTF-8 text"
+    ),
+    "predict a text model from nothing": Case(["predict", "--run", "{run:text}"], "give --text TEXT"),
+    "predict a clip that is not audio": Case(
+        ["predict", "--run", "{run:audio}", "{not-audio.wav}"], "not a readable WAV"
+    ),
+    "predict a clip over the duration limit": Case(
+        ["predict", "--run", "{run:audio}", "{long.wav}"],
+        "over the limit of 2 s",
+        {"ASCENT_MAX_CLIP_SECONDS": "2"},
+    ),
+    # the certificate
+    "measure a run not trained yet": Case(["export", "--run", "{run:queued}"], "only a finished run"),
+    "measure a run whose dataset is gone": Case(["export", "--run", "{run:orphan}"], "dataset was deleted"),
+    "measure an unknown variant": Case(
+        ["export", "--run", "{run:table}", "--variants", "fp8"], "unknown variant 'fp8'"
+    ),
+    # users
+    "a password of 5 characters": Case(
+        ["users", "add", "eve", "--password-stdin"], "at least 8", stdin="short\n"
+    ),
+    "a user name with spaces": Case(
+        ["users", "add", "eve adams", "--password-stdin"], "letters, digits", stdin="long enough\n"
+    ),
+    "a user name taken": Case(
+        ["users", "add", "ada", "--password-stdin"], "already exists", stdin="long enough\n", postgres=True
+    ),
+    "a password not given": Case(["users", "add", "eve"], "--password-stdin"),
+    "an empty standard input": Case(["users", "add", "eve", "--password-stdin"], "standard input is empty"),
+    "an unknown role": Case(["users", "add", "eve", "--role", "owner", "--password-stdin"], "invalid choice"),
+    "delete a user who is not there": Case(["users", "delete", "nobody"], "no user named 'nobody'"),
+    "delete the last admin": Case(["users", "delete", "ada"], "is the last admin"),
+    "a new password for nobody": Case(
+        ["users", "passwd", "nobody", "--password-stdin"], "no user", stdin="long enough\n"
+    ),
+}
+
+
+# --- the home the cases run against ----------------------------------------------------------
+
+
+@dataclass
+class Home:
+    env: dict[str, str]
+    url: str
+    ids: dict[str, int]
+    root: Path
+
+
+def _cli(
+    home: Home, argv: list[str], env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *argv],
+        cwd=ROOT,
+        env={**home.env, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _ok(home: Home, argv: list[str], stdin: str = "") -> dict:  # type: ignore[type-arg]
+    done = _cli(home, [*argv, "--json"], stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> Home:
+    """Datasets and runs of every modality (tables only when not `full`), trained by a real
+    worker; a queued run; a run whose dataset was deleted; one admin user."""
+    from core.data.samples import fashion_mnist_zip, spoken_words_zip
+
+    env = {
+        **os.environ,
+        "ASCENT_HOME": str(root),
+        "ASCENT_DEVICE": "cpu",
+        "ASCENT_WORKER_IDLE_EXIT_S": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("ASCENT_DATABASE_URL", None)
+    if url:
+        env["ASCENT_DATABASE_URL"] = url
+    home = Home(env, url or f"sqlite:///{root / 'ascent.db'}", {}, root)
+    table = _ok(home, ["datasets", "add", str(files["wine.csv"])])
+    home.ids["ds:table"] = table["id"]
+    home.ids["run:table"] = _ok(home, ["train", "--dataset", str(table["id"]), "--epochs", "2"])["id"]
+    if full:
+        images = fashion_mnist_zip(root.parent / "clothes.zip", per_class=12, classes=("bag", "trouser"))
+        ds = _ok(home, ["datasets", "add", str(images)])["id"]
+        home.ids["run:image"] = _ok(
+            home,
+            ["train", "--dataset", str(ds), "--model", "small-cnn", "--epochs", "1", "--image-size", "32"],
+        )["id"]
+        ds = _ok(home, ["datasets", "add", str(files["news.csv"])])["id"]
+        home.ids["run:text"] = _ok(
+            home, ["train", "--dataset", str(ds), "--model", "text-cnn", "--epochs", "1"]
+        )["id"]
+        words = spoken_words_zip(root.parent / "words.zip", words=("yes", "no"), voices=("en-us", "en-gb"))
+        ds = _ok(home, ["datasets", "add", str(words)])["id"]
+        home.ids["run:audio"] = _ok(home, ["train", "--dataset", str(ds), "--epochs", "1"])["id"]
+        orphan_ds = _ok(home, ["datasets", "add", str(files["wine.csv"]), "--name", "gone"])["id"]
+        home.ids["run:orphan"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--epochs", "1"])["id"]
+        home.ids["run:stopped"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--name", "stopped"])["id"]
+        _ok(home, ["runs", "cancel", str(home.ids["run:stopped"])])
+    worker = subprocess.run(
+        [sys.executable, "-m", "core", "worker", "--idle-exit", "1", "--poll", "0.2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    for kind in ("table", "image", "text", "audio", "orphan"):
+        if f"run:{kind}" in home.ids:
+            run = _ok(home, ["runs", "show", str(home.ids[f"run:{kind}"])])
+            assert run["status"] == "succeeded", (kind, run["error"], worker.stdout[-2000:])
+    if full:
+        assert _cli(home, ["datasets", "delete", str(orphan_ds)]).returncode == 0
+        cancelled = _ok(home, ["train", "--dataset", str(table["id"]), "--name", "waiting"])["id"]
+        home.ids["run:queued"] = cancelled  # stays queued: no worker runs any more
+    _ok(home, ["users", "add", "ada", "--password-stdin"], stdin="correct horse\n")
+    _ok(home, ["users", "add", "bob", "--role", "member", "--password-stdin"], stdin="battery staple\n")
+    return home
+
+
+def _fresh_postgres() -> tuple[str, Callable[[], None]]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"ascent_bad_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _files(tmp_path_factory.mktemp("bad-files"))
+
+
+@pytest.fixture(scope="module")
+def sqlite_home(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> Iterator[Home]:
+    yield _build_home(tmp_path_factory.mktemp("bad-sqlite") / "home", "", files, full=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_home(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> Iterator[Home]:
+    if not PG_ADMIN_URL:
+        pytest.skip("ASCENT_TEST_DATABASE_URL is not set (CI sets it)")
+    url, drop = _fresh_postgres()
+    try:
+        yield _build_home(tmp_path_factory.mktemp("bad-pg") / "home", url, files, full=False)
+    finally:
+        from db.session import dispose_all
+
+        dispose_all()
+        drop()
+
+
+def _snapshot(home: Home) -> tuple[set[str], dict[str, int]]:
+    """Every file under the home (the database's own journal files aside) and every row count."""
+    from sqlalchemy import create_engine, text
+
+    paths = {
+        str(p.relative_to(home.root))
+        for p in home.root.rglob("*")
+        if not p.name.endswith(("-wal", "-shm", ".migrate.lock", "worker.log"))
+    }
+    engine = create_engine(home.url)
+    try:
+        with engine.connect() as conn:
+            rows = {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar() or 0) for t in TABLES}
+    finally:
+        engine.dispose()
+    return paths, rows
+
+
+def _argv(case: Case, home: Home, files: dict[str, Path]) -> list[str]:
+    out = []
+    for arg in case.argv:
+        if arg.startswith("{") and arg.endswith("}"):
+            key = arg[1:-1]
+            out.append(str(home.ids[key]) if key in home.ids else str(files[key]))
+        else:
+            out.append(arg)
+    return out
+
+
+def _check(case: Case, home: Home, files: dict[str, Path]) -> None:
+    before = _snapshot(home)
+    done = _cli(home, _argv(case, home, files), case.env, case.stdin)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert len(lines) == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "error id" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: ") and case.expect in lines[0], lines[0]
+    assert _snapshot(home) == before, "a refused input left files or rows behind"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused_in_one_line_and_writes_nothing(
+    name: str, sqlite_home: Home, files: dict[str, Path]
+) -> None:
+    _check(CASES[name], sqlite_home, files)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.postgres])
+def test_bad_input_on_postgresql(name: str, postgres_home: Home, files: dict[str, Path]) -> None:
+    _check(CASES[name], postgres_home, files)
+
+
+def test_the_battery_is_large_and_covers_every_surface() -> None:
+    assert len(CASES) >= 50
+    commands = {c.argv[0] for c in CASES.values()}
+    assert commands == {"datasets", "train", "runs", "predict", "export", "users"}
