@@ -176,11 +176,20 @@ def dataset_label(ds: DatasetInfo | DatasetSummary) -> str:
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'@%])")
 
 
+# GitHub-flavoured Markdown turns bare addresses into links even when their characters are
+# escaped; an invisible word joiner inside each keeps them text.
+_WJ = "\u2060"
+_AUTOLINK = (("\\:/", "\\:" + _WJ + "/"), ("www\\.", "www" + _WJ + "\\."), ("\\@", _WJ + "\\@"))
+
+
 def md(text: object) -> str:
     """User text (a name, label, tag, file name) to put inside Markdown that Streamlit renders:
     one line, every Markdown, HTML, LaTeX and Streamlit directive character escaped, so
     `![x](http://host/x)` shows as those characters and fetches nothing."""
-    return _MARKDOWN.sub(r"\\\1", plain(text))
+    escaped = _MARKDOWN.sub(r"\\\1", plain(text))
+    for bare, kept in _AUTOLINK:
+        escaped = escaped.replace(bare, kept)
+    return escaped
 
 
 def plain(text: object) -> str:

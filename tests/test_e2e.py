@@ -87,10 +87,7 @@ TITLES = {"/": "Home", "/datasets": "Datasets", "/train": "Train", "/runs": "Run
 
 
 def _open(page, path: str) -> None:  # type: ignore[no-untyped-def]
-    """Enter through the app's front door, then use the sidebar as a person does.
-
-    (A first load straight onto /datasets would run pages/datasets.py as Streamlit's older
-    pages-folder app, without the router; see the README.)"""
+    """Enter through the app's front door, then use the sidebar as a person does."""
     if page.url in ("about:blank", "") or path == "/":
         page.goto("/")
         page.get_by_role("heading", name="Ascent").first.wait_for()
@@ -276,3 +273,93 @@ def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # ty
         p.label for p in Predictor(jobs.run_dir(run.id) / "model.onnx").predict_table(table.to_dict("list"))
     ]
     assert np.mean(np.array(int8_answers) == np.array(fp32_answers)) >= 0.9  # the file works on its own
+
+
+def _sign_in(page, name: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.get_by_role("textbox", name="User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_sign_in_roles_and_user_text_shown_as_text(page, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """With users, a fresh server's first request (a bookmark of /runs) gets only the sign-in
+    form; a wrong password is refused; a viewer browses and predicts but sees no delete; a
+    name written as Markdown that would fetch an image shows as its characters, and nothing is
+    fetched; the session survives a reload and ends with sign-out."""
+    from core import access, jobs
+    from core.access import Actor
+    from core.data.ingest import ingest_file
+    from core.worker import Worker
+    from db.models import Role
+
+    trap = "![x](http://127.0.0.1:9/x)"
+    access.add_user("ada", "correct horse")
+    access.add_user("val", "staple battery", "viewer")
+    ds = ingest_file(data_dir / "wine.csv", name=trap, actor=Actor("ada", Role.ADMIN))
+    jobs.submit(jobs.config_for(ds.id, epochs=2, name=trap), actor=Actor("ada", Role.ADMIN))
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url) if "127.0.0.1:9/" in r.url else None)
+
+    page.goto("/runs")  # the first request this server gets
+    page.get_by_role("button", name="Sign in").wait_for()
+    _settle(page)
+    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    assert "wine" not in page.inner_text("body").lower() and trap not in page.inner_text("body")
+    _shot(page, "sign-in")
+
+    _sign_in(page, "val", "wrong password")
+    page.get_by_text("wrong user name or password").wait_for()
+    _shot(page, "sign-in-refused")
+    page.wait_for_timeout(1200)  # the failed attempt holds the next one back a second
+    _sign_in(page, "val", "staple battery")
+    page.get_by_text("Signed in as val (viewer)").wait_for()
+
+    _open(page, "/runs")
+    page.get_by_text("1 runs").wait_for()
+    select = page.locator('[data-testid="stMultiSelect"]')
+    select.locator("input").click()
+    page.get_by_role("option").first.click()
+    page.keyboard.press("Escape")
+    heading = page.get_by_role("heading", name="Run 1 ·")
+    heading.wait_for()
+    assert heading.inner_text().replace("\u2060", "") == f"Run 1 · {trap}"  # the characters, no image
+    assert page.locator('a[href*="127.0.0.1:9"]').count() == 0  # and no link either
+    assert page.get_by_text("Rename, tag, delete").count() == 0  # a viewer changes nothing
+    assert page.get_by_role("button", name="Measure the certificate").count() == 0
+    _shot(page, "runs-as-viewer")
+    _open(page, "/datasets")
+    page.get_by_text("a member or admin adds datasets").wait_for()
+    assert page.get_by_text("Delete this dataset").count() == 0
+    assert page.locator('input[type="file"]').count() == 0
+
+    page.reload()  # the signed cookie keeps the session
+    page.get_by_text("Signed in as val (viewer)").wait_for()
+    _open(page, "/predict")
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("on CPUExecutionProvider").wait_for()
+    _shot(page, "predict-as-viewer")
+
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for()
+    page.reload()
+    page.get_by_role("button", name="Sign in").wait_for()  # the old cookie signs nobody in
+    _settle(page)
+    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    assert fetched == []
+
+
+def test_a_bad_upload_shows_one_line_and_adds_nothing(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.data.ingest import list_datasets
+
+    bad = tmp_path / "spaced.csv"
+    bad.write_text("a, a,target\n1,2,0\n3,4,1\n")
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(bad))
+    alert = page.locator('[data-testid="stAlertContentError"]')
+    alert.wait_for()
+    assert "have the same name 'a'" in alert.inner_text()
+    assert "Traceback" not in page.inner_text("body") and "error id" not in page.inner_text("body")
+    assert page.get_by_role("button", name="Add dataset").is_disabled()
+    _shot(page, "datasets-bad-upload")
+    assert list_datasets() == []
