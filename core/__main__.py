@@ -69,6 +69,10 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
         )
         if rep["unreadable"]:
             text += "\nunreadable, left out: " + "; ".join(f"{k} ({v})" for k, v in rep["unreadable"].items())
+        if rep.get("too_long"):
+            text += f"\nover {rep['max_clip_seconds']:g} s, left out: " + "; ".join(
+                f"{k} ({v:g} s)" for k, v in rep["too_long"].items()
+            )
         for key in ("silent", "clipped"):
             if rep[key]:
                 text += f"\n{key}: {', '.join(rep[key][:5])}"

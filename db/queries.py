@@ -473,29 +473,27 @@ def finish_run(*, session: Session, run_id: int, status: RunStatus, error: str |
 
 def mark_stale_lost(*, session: Session, lost_after_s: float) -> list[int]:
     """Runs still `running` whose heartbeat is older than `lost_after_s` (by the database's
-    clock) become `lost`; returns their ids."""
+    clock) become `lost`, or `cancelled` when a cancel had been asked for; returns their ids."""
     now = db_now(session)
     older_than = now - timedelta(seconds=lost_after_s)
-    stale = list(
-        session.scalars(
-            select(Run.id).where(
-                Run.status == RunStatus.RUNNING.value,
-                or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < older_than),
-            )
+    stale = session.execute(
+        select(Run.id, Run.cancel_requested).where(
+            Run.status == RunStatus.RUNNING.value,
+            or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < older_than),
         )
-    )
-    if stale:
-        session.execute(
-            update(Run)
-            .where(Run.id.in_(stale), Run.status == RunStatus.RUNNING.value)
-            .values(
-                status=RunStatus.LOST.value,
-                finished_at=now,
-                pid=None,
-                error="heartbeat stopped: the process running it died or lost the database",
+    ).all()
+    for cancelled, status, error in (
+        (False, RunStatus.LOST, "heartbeat stopped: the process running it died or lost the database"),
+        (True, RunStatus.CANCELLED, "cancelled on request (the process running it had stopped answering)"),
+    ):
+        ids = [run_id for run_id, asked in stale if bool(asked) == cancelled]
+        if ids:
+            session.execute(
+                update(Run)
+                .where(Run.id.in_(ids), Run.status == RunStatus.RUNNING.value)
+                .values(status=status.value, finished_at=now, pid=None, error=error)
             )
-        )
-    return stale
+    return [run_id for run_id, _ in stale]
 
 
 def requeue_run(*, session: Session, run_id: int) -> bool:

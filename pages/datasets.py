@@ -162,6 +162,7 @@ if "class_counts" in report:
                 "sample rates (Hz: clips)": report["sample_rates"],
                 "channels (count: clips)": report["channels"],
                 "unreadable (left out)": report["unreadable"],
+                f"over {report.get('max_clip_seconds', 60):g} s (left out)": report.get("too_long", {}),
                 "silent clips": report["silent"],
                 "clipped clips": report["clipped"],
             }

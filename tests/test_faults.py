@@ -139,6 +139,16 @@ def test_a_lost_run_can_be_cancelled(home: Path, data_dir: Path) -> None:
     run = jobs.get_run(run_id)
     assert run.status == "cancelled" and "after it was lost" in (run.error or "")
 
+    # A cancel asked of a run whose processes already died takes effect when it is found stale.
+    dead = jobs.submit(jobs.config_for(run.dataset_id or 0)).id
+    with session_scope() as s:
+        queries.claim_next_run(session=s, worker="gone")
+    assert jobs.cancel(dead) == "running"  # asked; nobody is there to stop
+    with session_scope() as s:
+        queries.mark_stale_lost(session=s, lost_after_s=-1)
+    run = jobs.get_run(dead)
+    assert run.status == "cancelled" and "stopped answering" in (run.error or "")
+
 
 # --- a database outage ---------------------------------------------------------------------
 
