@@ -168,3 +168,16 @@ def test_a_database_failure_leaves_no_files(
     with pytest.raises(RuntimeError, match="went away"):
         ingest_file(data_dir / "wine.csv")
     _nothing_written(home)
+
+
+def test_an_upload_is_guessed_once_per_content_from_its_first_rows(home: Path, tmp_path: Path) -> None:
+    """The Datasets page asks on every rerun: the answer is kept by content hash, and a table
+    is judged from its first rows (a bad row far down does not make the guess fail)."""
+    from core.data import ingest
+
+    rows = "".join(f"{i},{i % 3}\n" for i in range(5_000))
+    data = ("x,target\n" + rows + "oops,1,2,3\n").encode()
+    guess = ingest.guess_upload("big.csv", data)
+    assert guess.columns == ["x", "target"] and guess.target == "target"
+    assert ingest.guess_upload("big.csv", data) is guess  # kept, not parsed again
+    assert ingest.guess_upload("big.csv", data + b"1,1\n") is not guess

@@ -13,7 +13,7 @@ import hashlib
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,42 +142,41 @@ def _zip_limits() -> images.ZipLimits:
 
 
 def _ingest_images(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
-    with _staging() as staging:
-        files, items, report = images.inspect_zip(path, _zip_limits(), staging / images.UNPACKED)
-        schema = {
-            "task": "image-classification",
-            "classes": sorted(report["class_counts"]),
-            "source": path.name,
-            "index": "index.parquet",
-        }
-        _sort_files(staging, "images", files, items)
-        return _commit(
-            staging, path, name, "image-classification", "zip", size, len(items), schema, report, created_by
-        )
-
-
-def _sort_files(staging: Path, folder: str, files: dict[Any, Path], items: Sequence[Any]) -> None:
-    """The kept files of an unpacked zip moved under staging/folder, one index row per item."""
-    import pandas as pd
-
-    images.keep_files(staging, folder, files, [i.path for i in items])
-    pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(staging / "index.parquet", index=False)
+    return _ingest_zip(path, name, size, created_by, "image-classification", images.inspect_zip, "images")
 
 
 def _ingest_audio(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
+    return _ingest_zip(path, name, size, created_by, "audio-classification", audio.inspect_zip, "clips")
+
+
+def _ingest_zip(
+    path: Path,
+    name: str,
+    size: int,
+    created_by: str | None,
+    task: str,
+    inspect: Callable[..., tuple[dict[Any, Path], Sequence[Any], dict[str, Any]]],
+    folder: str,
+) -> DatasetInfo:
+    """A zip of class folders (images or clips): unpacked, inspected, its kept files sorted
+    under `folder` with an index row each, then committed."""
+    import pandas as pd
+
     with _staging() as staging:
-        files, clips, report = audio.inspect_zip(path, _zip_limits(), staging / images.UNPACKED)
-        schema = {
-            "task": "audio-classification",
+        files, items, report = inspect(path, _zip_limits(), staging / images.UNPACKED)
+        schema: dict[str, Any] = {
+            "task": task,
             "classes": sorted(report["class_counts"]),
             "source": path.name,
             "index": "index.parquet",
-            "clip_seconds": audio.clip_seconds(report["seconds"]["p95"]),
         }
-        _sort_files(staging, "clips", files, clips)
-        return _commit(
-            staging, path, name, "audio-classification", "zip", size, len(clips), schema, report, created_by
+        if task == "audio-classification":
+            schema["clip_seconds"] = audio.clip_seconds(report["seconds"]["p95"])
+        images.keep_files(staging, folder, files, [i.path for i in items])
+        pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(
+            staging / "index.parquet", index=False
         )
+        return _commit(staging, path, name, task, "zip", size, len(items), schema, report, created_by)
 
 
 def _ingest_texts(
