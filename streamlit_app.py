@@ -8,18 +8,18 @@ from core.config import describe_device
 from pages.studio import edge, session
 
 
-@st.cache_resource(ttl=60)
+@st.cache_resource(ttl=60, show_spinner=False)
 def _device() -> str:
     return describe_device()
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def _say_refusal(message: str) -> None:
     print(f"ascent: {message}", flush=True)  # once, in the server's log
 
 
 def main() -> None:
-    st.set_page_config(page_title="Ascent", page_icon=":material/monitoring:", layout="wide")
+    st.set_page_config(page_title="Ascent", page_icon="📈", layout="wide")
     refusal = access.serving_refusal(st.get_option("server.address") or "")
     if refusal:
         _say_refusal(refusal)

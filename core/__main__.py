@@ -241,14 +241,22 @@ def _read_rows(path: Path) -> dict[str, list[Any]]:
 
     if not path.is_file():
         raise PredictError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".tsv", ".txt", ".parquet", ".pq"}:
+        raise PredictError(f"{path.name}: give the rows as a CSV, TSV or Parquet table")
+    if path.stat().st_size == 0:
+        raise PredictError(f"{path.name} is empty; give a table with a header row and the feature columns")
     try:
         df = (
             pd.read_parquet(path)
-            if path.suffix.lower() in {".parquet", ".pq"}
-            else pd.read_csv(path, sep=None, engine="python")
+            if suffix in {".parquet", ".pq"}
+            else pd.read_csv(path, sep=None, engine="python", encoding="utf-8-sig")
         )
+    except UnicodeDecodeError as exc:
+        raise PredictError(f"{path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from exc
     except Exception as exc:
-        raise PredictError(f"{path.name} is not a readable table: {exc}") from exc
+        detail = str(exc).replace("Error tokenizing data. C error: ", "").strip()
+        raise PredictError(f"{path.name} is not a readable table ({detail[:200]})") from exc
     df.columns = [str(c).strip() for c in df.columns]
     return {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
 
@@ -476,6 +484,16 @@ def cmd_run(a: argparse.Namespace) -> tuple[Any, str]:
     return {"id": a.id}, f"run {a.id} done"
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit status 1, like every other refusal."""
 
@@ -563,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     p = add(runs, "list", cmd_runs_list, "list runs, newest first")
-    p.add_argument("--status")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "lost"])
     p.add_argument("--limit", type=int, default=100)
     add(runs, "show", cmd_runs_show, "a run with metrics and artifacts").add_argument("id", type=int)
     add(runs, "cancel", cmd_runs_cancel, "cancel a queued or running run").add_argument("id", type=int)
@@ -574,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("--top-k", type=int, default=5, help="images, text and audio: how many classes to show")
+    p.add_argument(
+        "--top-k", type=_positive, default=5, help="images, text and audio: how many classes to show"
+    )
     p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
@@ -637,7 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         error_id = errorlog.record(exc, where=f"python -m core {' '.join(argv or sys.argv[1:])[:200]}")
         print(f"error: {errorlog.user_message(exc, error_id)}", file=sys.stderr)
         return 1
-    print(json.dumps(to_jsonable(doc), indent=2) if args.json else text)
+    try:
+        print(json.dumps(to_jsonable(doc), indent=2) if args.json else text, flush=True)
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -90,8 +90,9 @@ def require(actor: Actor, action: Action, owner: str | None = None, *, what: str
     if can(actor, action, owner):
         return
     if action == Action.EDIT and actor.role == Role.MEMBER:
-        whose = f"{owner}'s" if owner else "the command line's"
-        raise AccessError(f"{what or 'this'} is {whose} work; only its creator or an admin may change it")
+        if not owner:
+            raise AccessError(f"{what or 'this'} was made without sign-in; only an admin may change it")
+        raise AccessError(f"{what or 'this'} is {owner}'s work; only its creator or an admin may change it")
     raise AccessError(f"{actor.label} is a {actor.role.value}; a {actor.role.value} cannot {action.value}")
 
 
@@ -200,6 +201,13 @@ def retry_delay(failures: int) -> float:
 
 
 _DUMMY_HASH: str | None = None
+# Failed sign-ins for names that are no user, in this process: they are held back on the same
+# schedule, so the answers do not tell which names exist.
+_UNKNOWN: dict[str, tuple[int, float]] = {}
+
+
+def _held_back(wait_s: float) -> AccessError:
+    return AccessError(f"too many failed sign-ins for this name: try again in {max(1, round(wait_s))} s")
 
 
 def sign_in(name: str, password: str) -> tuple[UserInfo, str]:
@@ -215,14 +223,19 @@ def sign_in(name: str, password: str) -> tuple[UserInfo, str]:
     with session_scope() as session:
         found = queries.credentials(session=session, name=name.strip())
         if found is None:
+            failures, until = _UNKNOWN.get(name.strip(), (0, 0.0))
+            if time.monotonic() < until:
+                raise _held_back(until - time.monotonic())
             _DUMMY_HASH = _DUMMY_HASH or hasher.hash(secrets.token_hex(16))
             with contextlib.suppress(VerificationError):  # the same work as a real check,
                 hasher.verify(_DUMMY_HASH, password)  # so timing does not tell names apart
+            if len(_UNKNOWN) > 10_000:
+                _UNKNOWN.clear()
+            _UNKNOWN[name.strip()] = (failures + 1, time.monotonic() + retry_delay(failures + 1))
             raise AccessError("wrong user name or password")
         now = queries.db_now(session)
         if found.locked_until is not None and now < found.locked_until:
-            wait = (found.locked_until - now).total_seconds()
-            raise AccessError(f"too many failed sign-ins for {found.user.name}: try again in {wait:.0f} s")
+            raise _held_back((found.locked_until - now).total_seconds())
         try:
             hasher.verify(found.password_hash, password)
         except VerificationError:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The runtime reads the same two limits from the environment itself (it imports no settings).
@@ -167,6 +168,13 @@ class RunConfig(BaseModel):
     # Seconds per clip (padded or cut around the middle); None: the data's 95th percentile.
     clip_seconds: float | None = Field(None, gt=0.1, le=30)
     n_mels: int = Field(64, ge=16, le=256)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"'{value}' is no device; use auto, cpu, cuda or cuda:N")
+        return value
 
     def params(self) -> dict[str, str]:
         """A flat string copy for the params table."""

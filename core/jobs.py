@@ -184,7 +184,9 @@ def metric_history(run_id: int) -> list[MetricPoint]:
 def cancel(run_id: int, *, actor: Actor = LOCAL) -> str:
     """Cancel a queued or lost run now; ask a running one to stop (it does within seconds)."""
     require(actor, Action.CANCEL)
-    get_run(run_id)
+    run = get_run(run_id)
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+        raise ConfigError(f"run {run_id} is {run.status} already; only queued, running or lost runs cancel")
     with session_scope() as session:
         status = queries.request_cancel(session=session, run_id=run_id)
     return str(status)

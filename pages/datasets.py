@@ -7,10 +7,12 @@ from core import summary
 from core.access import Action, can
 from core.data.ingest import delete_dataset, get_dataset, guess_upload, ingest_upload, list_datasets
 from core.errors import AscentError
+from pages.studio import notice
 from pages.studio.session import page_actor
 
 actor = page_actor()
 st.title("Datasets")
+notice.show()
 
 TASK_CHOICES = {
     "detect (table)": None,
@@ -103,7 +105,7 @@ st.dataframe(
                 "items": d.n_items,
                 "MB": round(d.bytes / 1e6, 2),
                 "added": summary.when(d.created_at),
-                "by": d.created_by or "(command line)",
+                "by": d.created_by or "(no sign-in)",
             }
             for d in datasets
         ]
@@ -203,7 +205,6 @@ if can(actor, Action.EDIT, ds.created_by):
         if st.button("Delete", disabled=not sure, key=f"delete-{ds.id}"):
             try:
                 delete_dataset(ds.id, actor=actor)
-                st.success(f"Deleted dataset {ds.id}.")
-                st.rerun()
+                notice.after_rerun(f"Deleted dataset {ds.id} ({summary.md(ds.name)}).")
             except AscentError as exc:
                 st.error(summary.md(exc))

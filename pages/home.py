@@ -5,13 +5,15 @@ import streamlit as st
 from core import jobs, summary
 from core.access import Action, can
 from core.data.ingest import list_datasets
-from core.data.samples import SAMPLES, add_sample
+from core.data.samples import SAMPLES, Sample, add_sample
 from core.errors import AscentError
 from db.queries import RunFilter
+from pages.studio import notice
 from pages.studio.session import page_actor
 
 actor = page_actor()
 st.title("Ascent")
+notice.show()
 st.markdown(
     "Upload a table, a folder of images, a set of texts or sound clips, train a model from scratch or fine-tune a pretrained one, "
     "and get one ONNX file that predicts with ONNX Runtime alone.  \n"
@@ -35,9 +37,11 @@ if not may_train:
     st.caption(
         f"You are a {actor.role.value}: you can browse runs and predict; a member or admin adds data and trains."
     )
-cols = st.columns(len(SAMPLES))
-for col, sample in zip(cols, SAMPLES.values(), strict=True):
-    with col.container(border=True):
+
+
+def card(sample: Sample) -> None:
+    """A sample's card: what it is, and a button that adds it and queues its quick run."""
+    with st.container(border=True):
         st.markdown(f"**{sample.title}**")
         st.caption(sample.description)
         if st.button(
@@ -50,9 +54,20 @@ for col, sample in zip(cols, SAMPLES.values(), strict=True):
                 with st.spinner(f"Adding {sample.title}…"):
                     ds = add_sample(sample.key, actor=actor)
                     run = jobs.submit(jobs.config_for(ds.id, **sample.quick_start), actor=actor)
-                st.success(f"Dataset {ds.id} added; run {run.id} queued. Watch it learn on the Train page.")
             except (AscentError, FileNotFoundError) as exc:
                 st.error(summary.md(exc))
+            else:
+                notice.after_rerun(
+                    f"Dataset {ds.id} added; run {run.id} queued. Watch it learn on the Train page."
+                )
+
+
+PER_ROW = 3  # cards stay readable at 800 px
+samples = list(SAMPLES.values())
+for start in range(0, len(samples), PER_ROW):
+    for column, sample in zip(st.columns(PER_ROW), samples[start : start + PER_ROW], strict=False):
+        with column:
+            card(sample)
 
 st.subheader("Recent runs")
 if runs:

@@ -155,7 +155,13 @@ else:
             for column in spec["columns"]:
                 if spec["dtype"] == "float32":
                     row[column] = [
-                        st.number_input(summary.md(column), value=None, format="%g", placeholder="missing")
+                        st.number_input(
+                            summary.md(column),
+                            value=None,
+                            format="%g",
+                            placeholder="missing",
+                            key=f"row-{run.id}-{column}",
+                        )
                     ]
                 else:
                     row[column] = [
@@ -163,6 +169,7 @@ else:
                             summary.md(column),
                             [None, *spec["codes"][column]],
                             format_func=lambda v: "(missing)" if v is None else summary.plain(v),
+                            key=f"row-{run.id}-{column}",
                         )
                     ]
         if st.form_submit_button("Predict", type="primary"):

@@ -13,6 +13,7 @@ from core.data.ingest import list_datasets
 from core.errors import AscentError
 from db.models import RunStatus
 from db.queries import SORTS, RunFilter
+from pages.studio import notice
 from pages.studio.edge import guarded
 from pages.studio.session import page_actor
 
@@ -20,6 +21,7 @@ PAGE_SIZE = 50
 
 actor = page_actor()
 st.title("Runs")
+notice.show()
 datasets = list_datasets()
 names = {d.id: d.name for d in datasets}
 
@@ -70,8 +72,13 @@ event = st.dataframe(
 )
 ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
 by_id = {r.id: r for r in runs}
+if (gone := st.session_state.pop("runs-deleted", None)) is not None:
+    st.session_state["runs-picked"] = [i for i in st.session_state.get("runs-picked", []) if i != gone]
 picked = st.multiselect(
-    "Also select by id", list(by_id), format_func=lambda i: f"{i} · {summary.plain(by_id[i].name)}"
+    "Also select by id",
+    list(by_id),
+    format_func=lambda i: f"{i} · {summary.plain(by_id[i].name)}",
+    key="runs-picked",
 )
 selected = [r for r in runs if r.id in ticked or r.id in picked]
 
@@ -154,7 +161,7 @@ st.header(f"Run {run.id} · {summary.md(run.name)}")
 st.caption(
     f"{run.status} · {run.task} · {run.model} · dataset {summary.md(names.get(run.dataset_id or -1, '(deleted)'))} · "
     f"device {summary.md(run.device or '-')} · created {summary.when(run.created_at)} by "
-    f"{summary.md(run.created_by or 'the command line')} · attempts {run.attempts}"
+    f"{summary.md(run.created_by or 'no signed-in user')} · attempts {run.attempts}"
 )
 if run.error:
     st.error(summary.md(run.error.splitlines()[0]))
@@ -272,11 +279,11 @@ if run.status in (RunStatus.LOST, RunStatus.FAILED, RunStatus.CANCELLED):
             "Resume", key=f"resume-{run.id}", icon=":material/replay:"
         ):
             jobs.resume(run.id, actor=actor)
-            st.rerun()
+            notice.after_rerun(f"Run {run.id} queued again; it continues from its last checkpoint.")
         lost = run.status == RunStatus.LOST and can(actor, Action.CANCEL)
         if lost and right.button("Cancel (stop trying)", key=f"cancel-lost-{run.id}", icon=":material/stop:"):
             jobs.cancel(run.id, actor=actor)
-            st.rerun()
+            notice.after_rerun(f"Run {run.id} cancelled.")
     except AscentError as exc:
         st.error(summary.md(exc))
 
@@ -288,13 +295,14 @@ if can(actor, Action.EDIT, run.created_by):
             try:
                 jobs.rename(run.id, new_name, actor=actor)
                 jobs.set_tags(run.id, tags.split(","), actor=actor)
-                st.rerun()
+                notice.after_rerun(f"Run {run.id} saved.")
             except AscentError as exc:
                 st.error(summary.md(exc))
         sure = st.checkbox("Yes, delete this run and its files", key=f"sure-{run.id}")
         if st.button("Delete run", disabled=not sure, key=f"del-{run.id}"):
             try:
                 jobs.delete_run(run.id, actor=actor)
-                st.rerun()
+                st.session_state["runs-deleted"] = run.id  # unpicked before the picker is drawn again
+                notice.after_rerun(f"Run {run.id} deleted with its files.")
             except AscentError as exc:
                 st.error(summary.md(exc))

@@ -168,7 +168,7 @@ def live() -> None:
         with st.container(border=True):
             st.markdown(
                 f"**Run {run.id} · {summary.md(run.name)}** — {run.status} "
-                f"({run.model} on {summary.md(run.device or 'waiting')}, by {summary.md(run.created_by or 'the command line')})"
+                f"({run.model} on {summary.md(run.device or 'waiting')}, by {summary.md(run.created_by or 'no signed-in user')})"
             )
             p = run.progress or {}
             total = p.get("total_steps") or 0
@@ -196,7 +196,12 @@ def live() -> None:
                 "Cancel", key=f"cancel-{run.id}", icon=":material/stop:"
             ):
                 try:
-                    st.info(f"Run {run.id}: {jobs.cancel(run.id, actor=actor)}")
+                    status = jobs.cancel(run.id, actor=actor)
+                    st.toast(
+                        f"Run {run.id}: "
+                        + ("cancelled." if status == "cancelled" else "stopping at its next step…"),
+                        icon=":material/stop:",
+                    )
                 except AscentError as exc:
                     st.error(summary.md(exc))
 

@@ -82,8 +82,11 @@ def test_failed_sign_ins_cost_a_growing_delay(any_home: Path) -> None:
     user, token = access.sign_in("ada", "correct horse")
     assert access.session_user(token) == user
     assert [access.retry_delay(n) for n in (0, 1, 2, 3, 10, 20)] == [0, 1, 2, 4, 300, 300]
-    # An unknown name answers like a wrong password.
+    # An unknown name answers like a wrong password, and is held back the same way, so the
+    # answers do not tell which names exist.
     with pytest.raises(AccessError, match="wrong user name or password"):
+        access.sign_in("nobody", "correct horse")
+    with pytest.raises(AccessError, match="too many failed sign-ins for this name: try again in 1 s"):
         access.sign_in("nobody", "correct horse")
 
 

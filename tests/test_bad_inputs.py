@@ -353,6 +353,11 @@ CASES: dict[str, Case] = {
     ),
     "resume a run whose dataset is gone": Case(["runs", "resume", "{run:stopped}"], "dataset was deleted"),
     "a run id that is not a number": Case(["runs", "show", "one"], "invalid int"),
+    "cancel a finished run": Case(
+        ["runs", "cancel", "{run:table}"], "only queued, running or lost runs cancel"
+    ),
+    "list runs of an unknown status": Case(["runs", "list", "--status", "bogus"], "invalid choice"),
+    "a device that is none": Case(["train", "--dataset", "{ds:table}", "--device", "gpu"], "is no device"),
     # predicting
     "predict with a run not trained yet": Case(
         ["predict", "--run", "{run:queued}", "{wine.csv}"], "has no exported model"
@@ -361,13 +366,20 @@ CASES: dict[str, Case] = {
         ["predict", "--run", "{run:table}", "/no/rows.csv"], "does not exist"
     ),
     "predict from rows not in UTF-8": Case(
-        ["predict", "--run", "{run:table}", "{rows-latin1.csv}"], "readable table"
+        ["predict", "--run", "{run:table}", "{rows-latin1.csv}"], "is not UTF-8 text"
     ),
     "predict a table model from text": Case(
         ["predict", "--run", "{run:table}", "--text", "hello"], "--text is for text"
     ),
     "predict a table model from nothing": Case(
         ["predict", "--run", "{run:table}"], "give the files to predict"
+    ),
+    "predict from an empty file": Case(["predict", "--run", "{run:table}", "{empty.csv}"], "is empty"),
+    "predict rows from a zip": Case(
+        ["predict", "--run", "{run:table}", "{escape.zip}"], "CSV, TSV or Parquet"
+    ),
+    "predict with --top-k 0": Case(
+        ["predict", "--run", "{run:image}", "{tiny.png}", "--top-k", "0"], "not a positive"
     ),
     "predict an image that is not one": Case(
         ["predict", "--run", "{run:image}", "{not-an-image.png}"], "not a readable image"

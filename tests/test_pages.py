@@ -229,3 +229,17 @@ def test_audio_pages_play_clips_and_predict_a_recorded_word(home: Path, tmp_path
     assert picture.shape == (64 * 4, (1 + samples // 160) * 4, 3) and picture.std() > 10
     (pred,) = model.predict_audio([clip])
     assert set(pred.probabilities) == {"no", "yes"}
+
+
+def test_predict_page_takes_columns_whose_names_differ_only_in_spacing(home: Path, tmp_path: Path) -> None:
+    """Two columns whose labels read alike once shown ("a b", "a  b") still get a field each."""
+    table = tmp_path / "spaced.csv"
+    table.write_text("a b,a  b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
+    run_id = jobs.submit(jobs.config_for(ingest_file(table).id, epochs=2)).id
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    assert jobs.get_run(run_id).status == "succeeded"
+    at = _page("predict")
+    assert not at.exception and not at.error
+    assert len(at.number_input) == 2
+    at.button[0].click().run()
+    assert not at.exception and any("on CPUExecutionProvider" in c.value for c in at.caption)
