@@ -10,6 +10,7 @@ from test_cli import cli, cli_json
 
 from core import certificate, jobs
 from core.data.ingest import ingest_file
+from core.errors import ConfigError
 from core.worker import Worker
 
 
@@ -173,9 +174,10 @@ def test_best_trade_offs_are_marked(home: Path, data_dir: Path) -> None:
 def test_a_failed_measurement_shows_its_error_on_the_page(wine_run: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from core.train import BEST
+    from core.data.ingest import get_dataset
 
-    (jobs.run_dir(wine_run) / BEST).unlink()  # the measurement cannot load the model
+    # The measurement starts, then cannot read the run's data.
+    Path(get_dataset(jobs.get_run(wine_run).dataset_id or 0).path, "data.parquet").write_bytes(b"garbage")
     root = Path(__file__).resolve().parents[1]
     at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
     at.multiselect[0].set_value([wine_run]).run()
@@ -184,7 +186,34 @@ def test_a_failed_measurement_shows_its_error_on_the_page(wine_run: int) -> None
     assert proc.wait(timeout=120) != 0
     at.run()
     assert wine_run not in at.session_state["certifying"]
-    assert (
-        "Measuring the certificate failed" in at.error[0].value and "with a checkpoint" in at.error[0].value
+    assert "Measuring the certificate failed" in at.error[0].value and any(
+        "Parquet" in c.value for c in at.code
     )
     assert certificate.certificate(wine_run) == []
+
+
+def test_one_measurement_per_run_and_a_bounded_number_in_all(
+    wine_run: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The measuring process holds its run's lock (and a slot) from the moment it is started;
+    a second start of the same run, or one past ASCENT_MAX_MEASUREMENTS, is refused in words,
+    and the locks go with the process."""
+    other = jobs.submit(jobs.config_for(jobs.get_run(wine_run).dataset_id or 0, epochs=2)).id
+    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    monkeypatch.setenv("ASCENT_MAX_MEASUREMENTS", "1")
+    proc = certificate.start(wine_run)
+    try:
+        assert certificate.measuring(wine_run) and not certificate.measuring(other)
+        with pytest.raises(ConfigError, match="being measured already"):
+            certificate.start(wine_run)
+        with pytest.raises(ConfigError, match="being measured already"):
+            certificate.certify(wine_run)  # the command line too
+        with pytest.raises(
+            ConfigError, match=r"1 certificates are being measured already \(ASCENT_MAX_MEASUREMENTS\)"
+        ):
+            certificate.start(other)
+        assert not certificate.measuring(other)  # the refused start left no lock behind
+    finally:
+        assert proc.wait(timeout=300) == 0
+    assert not certificate.measuring(wine_run)
+    assert [r.variant for r in certificate.certificate(wine_run)] == ["pytorch", "fp32", "int8"]
