@@ -35,6 +35,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/inference.py
 	$(PY) bench/runs_table.py
 	$(PY) bench/inference.py --certificate
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@
    as the studio does (list, count, each run) every 0.2 s; reports the time to drain the queue,
    claims per run, poller reads and their latency (p50, p99), and errors.
 
-    python bench/reliability.py [--database-url URL] [--workers 3] [--runs 8] [--pollers 4]
+    python bench/reliability.py [--baseline CHECKOUT] [--database-url URL] [--workers 3] [--runs 8] [--pollers 4]
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+def _timed(argv: list[str], env: dict[str, str], root: Path = ROOT) -> tuple[float, float, str]:
     """(seconds, peak MB, the last line it printed) of one fresh CLI process."""
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core", *argv], cwd=ROOT, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "core", *argv],
+            cwd=root,
+            env={**env, "PYTHONPATH": str(root)},
+            stdout=out,
+            stderr=out,
         )
         _, _, usage = os.wait4(proc.pid, 0)  # this child's own peak resident memory
         seconds = time.perf_counter() - start
@@ -62,7 +66,9 @@ def _wav_hour(path: Path, rate: int = 48_000) -> None:
             w.writeframes((rng.normal(0, 3000, rate * 60)).astype("<i2").tobytes())
 
 
-def bounded_inputs(env: dict[str, str], folder: Path) -> list[tuple[str, float, float, str]]:
+def bounded_inputs(
+    env: dict[str, str], folder: Path, root: Path = ROOT
+) -> list[tuple[str, float, float, str]]:
     from PIL import Image
 
     rows = []
@@ -73,18 +79,18 @@ def bounded_inputs(env: dict[str, str], folder: Path) -> list[tuple[str, float, 
     rows.append(
         (
             "200,000-column CSV (%.1f MB)" % (wide.stat().st_size / 1e6),
-            *_timed(["datasets", "add", str(wide)], env),
+            *_timed(["datasets", "add", str(wide)], env, root),
         )
     )
     cell = folder / "cell.csv"
     cell.write_text("note,x,target\n" + "y" * 20_000_000 + ",1,0\nshort,2,1\n")
-    rows.append(("one 20 MB cell", *_timed(["datasets", "add", str(cell)], env)))
+    rows.append(("one 20 MB cell", *_timed(["datasets", "add", str(cell)], env, root)))
     buf = io.BytesIO()
     Image.new("L", (10_000, 10_000)).save(buf, format="PNG")
     with zipfile.ZipFile(folder / "huge.zip", "w") as zf:
         zf.writestr("a/1.png", buf.getvalue())
         zf.writestr("b/2.png", buf.getvalue())
-    rows.append(("two 100-megapixel PNGs", *_timed(["datasets", "add", str(folder / "huge.zip")], env)))
+    rows.append(("two 100-megapixel PNGs", *_timed(["datasets", "add", str(folder / "huge.zip")], env, root)))
     hour = folder / "hour.wav"
     _wav_hour(hour)
     short = io.BytesIO()
@@ -100,7 +106,9 @@ def bounded_inputs(env: dict[str, str], folder: Path) -> list[tuple[str, float, 
                 zf.writestr(f"{label}/short-{i}.wav", short.getvalue())
     size = (folder / "clips.zip").stat().st_size / 1e6
     argv = ["datasets", "add", str(folder / "clips.zip")]
-    rows.append((f"a one-hour 48 kHz clip among four short ones ({size:.0f} MB zip)", *_timed(argv, env)))
+    rows.append(
+        (f"a one-hour 48 kHz clip among four short ones ({size:.0f} MB zip)", *_timed(argv, env, root))
+    )
     return rows
 
 
@@ -184,6 +192,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--pollers", type=int, default=4)
     parser.add_argument("--skip-inputs", action="store_true")
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of an earlier commit: its CLI meets the same inputs first"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -195,10 +206,14 @@ def main() -> None:
         }
         env.pop("ASCENT_DATABASE_URL", None)
         if not args.skip_inputs:
-            print("| input | refused or left out in | peak memory | what the user reads |")
-            print("|---|---|---|---|")
-            for what, seconds, peak, said in bounded_inputs(env, folder):
-                print(f"| {what} | {seconds:.2f} s | {peak:.0f} MB | {said} |")
+            for name, root in (("baseline", args.baseline), ("this checkout", ROOT)):
+                if root is None:
+                    continue
+                print(f"\n{name}:\n| input | refused or left out in | peak memory | what the user reads |")
+                print("|---|---|---|---|")
+                home = {**env, "ASCENT_HOME": str(folder / name.replace(" ", "-"))}
+                for what, seconds, peak, said in bounded_inputs(home, folder, root.resolve()):
+                    print(f"| {what} | {seconds:.2f} s | {peak:.0f} MB | {said} |", flush=True)
         from sklearn.datasets import load_wine
 
         data = folder / "wine.csv"
