@@ -5,12 +5,14 @@ import streamlit as st
 
 from core import summary
 from core.access import Action, can
+from core.config import get_settings
 from core.data.ingest import delete_dataset, get_dataset, guess_upload, ingest_upload, list_datasets
 from core.errors import AscentError
 from pages.studio import notice
 from pages.studio.session import page_actor
 
 actor = page_actor()
+upload_mb = get_settings().max_upload_bytes // (1024 * 1024)
 st.title("Datasets")
 notice.show()
 
@@ -30,8 +32,9 @@ with st.container(border=True):
         if not can(actor, Action.UPLOAD)
         else st.file_uploader(
             "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
-            "class folders of images, of .txt files or of WAV/FLAC clips",
+            f"class folders of images, of .txt files or of WAV/FLAC clips (at most {upload_mb} MB)",
             type=["csv", "tsv", "parquet", "jsonl", "zip"],
+            max_upload_size=upload_mb,
         )
     )
     options: dict[str, str | None] = {}

@@ -58,17 +58,16 @@ runs = jobs.list_runs(
     offset=(page - 1) * PAGE_SIZE,
 )
 table = summary.runs_table(runs, names)
-head, download = st.columns([4, 1])
-head.caption(f"{total} runs · select rows to compare them or see one in detail")
-download.download_button(
-    "This page as CSV",
+st.caption(f"{total} runs · select rows to compare them or see one in detail")
+event = st.dataframe(
+    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table"
+)
+st.download_button(
+    "Download this page of runs (CSV)",
     summary.csv_bytes(table),
     file_name="runs.csv",
     icon=":material/download:",
     key="runs-csv",
-)
-event = st.dataframe(
-    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table"
 )
 ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
 by_id = {r.id: r for r in runs}
