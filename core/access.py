@@ -203,7 +203,7 @@ def retry_delay(failures: int) -> float:
 _DUMMY_HASH: str | None = None
 # Failed sign-ins for names that are no user, in this process: they are held back on the same
 # schedule, so the answers do not tell which names exist.
-_UNKNOWN: dict[str, tuple[int, float]] = {}
+_UNKNOWN: dict[tuple[str, str], tuple[int, float]] = {}
 
 
 def _held_back(wait_s: float) -> AccessError:
@@ -218,12 +218,12 @@ def sign_in(name: str, password: str) -> tuple[UserInfo, str]:
     from argon2.exceptions import VerificationError
 
     global _DUMMY_HASH
-    database()
+    unknown = (database(), name.strip())
     hasher = _hasher()
     with session_scope() as session:
         found = queries.credentials(session=session, name=name.strip())
         if found is None:
-            failures, until = _UNKNOWN.get(name.strip(), (0, 0.0))
+            failures, until = _UNKNOWN.get(unknown, (0, 0.0))
             if time.monotonic() < until:
                 raise _held_back(until - time.monotonic())
             _DUMMY_HASH = _DUMMY_HASH or hasher.hash(secrets.token_hex(16))
@@ -231,7 +231,7 @@ def sign_in(name: str, password: str) -> tuple[UserInfo, str]:
                 hasher.verify(_DUMMY_HASH, password)  # so timing does not tell names apart
             if len(_UNKNOWN) > 10_000:
                 _UNKNOWN.clear()
-            _UNKNOWN[name.strip()] = (failures + 1, time.monotonic() + retry_delay(failures + 1))
+            _UNKNOWN[unknown] = (failures + 1, time.monotonic() + retry_delay(failures + 1))
             raise AccessError("wrong user name or password")
         now = queries.db_now(session)
         if found.locked_until is not None and now < found.locked_until:
