@@ -3,9 +3,9 @@ every modality, each answered with exit status 1 and one line on stderr that say
 (never a traceback, never an error id, which would mean an unexpected error), and nothing
 written: no new file under ASCENT_HOME, no new row in any table.
 
-Each case runs `python -m core ...` in a fresh process against one home that holds a trained
-run of each modality (tables, images, texts, audio), a queued run and a run whose dataset was
-deleted. The cases marked for PostgreSQL run there too (CI sets ASCENT_TEST_DATABASE_URL).
+Each case runs `python -m core ...` in a fresh process (three at a time: they only read)
+against one home that holds a trained run of each modality (tables, images, texts, audio),
+a queued run and a run whose dataset was deleted. The cases marked for PostgreSQL run there too (CI sets ASCENT_TEST_DATABASE_URL).
 """
 
 from __future__ import annotations
@@ -586,27 +586,61 @@ def _argv(case: Case, home: Home, files: dict[str, Path]) -> list[str]:
     return out
 
 
-def _check(case: Case, home: Home, files: dict[str, Path]) -> None:
+@dataclass(frozen=True)
+class Outcome:
+    done: subprocess.CompletedProcess[str]
+    changed: str  # files or rows that differ after the whole battery ran ("" when none)
+
+
+def _battery(home: Home, files: dict[str, Path], names: list[str]) -> dict[str, Outcome]:
+    """Every case, three processes at a time (they only read), between one snapshot of the
+    home before and one after: any file or row a case left behind shows in the second."""
+    from concurrent.futures import ThreadPoolExecutor
+
     before = _snapshot(home)
-    done = _cli(home, _argv(case, home, files), case.env, case.stdin)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {
+            n: pool.submit(_cli, home, _argv(CASES[n], home, files), CASES[n].env, CASES[n].stdin)
+            for n in names
+        }
+        done = {n: f.result() for n, f in futures.items()}
+    after = _snapshot(home)
+    changed = ""
+    if after != before:
+        changed = f"new files {sorted(after[0] - before[0])[:5]}, rows {before[1]} -> {after[1]}"
+    return {n: Outcome(d, changed) for n, d in done.items()}
+
+
+def _check(case: Case, outcome: Outcome) -> None:
+    done = outcome.done
     lines = done.stderr.splitlines()
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     assert len(lines) == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "error id" not in done.stderr, done.stderr
     assert lines[0].startswith("error: ") and case.expect in lines[0], lines[0]
-    assert _snapshot(home) == before, "a refused input left files or rows behind"
+    assert not outcome.changed, f"refused inputs left things behind: {outcome.changed}"
+
+
+@pytest.fixture(scope="module")
+def sqlite_outcomes(sqlite_home: Home, files: dict[str, Path]) -> dict[str, Outcome]:
+    return _battery(sqlite_home, files, list(CASES))
+
+
+@pytest.fixture(scope="module")
+def postgres_outcomes(postgres_home: Home, files: dict[str, Path]) -> dict[str, Outcome]:
+    return _battery(postgres_home, files, [n for n, c in CASES.items() if c.postgres])
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(
-    name: str, sqlite_home: Home, files: dict[str, Path]
+    name: str, sqlite_outcomes: dict[str, Outcome]
 ) -> None:
-    _check(CASES[name], sqlite_home, files)
+    _check(CASES[name], sqlite_outcomes[name])
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.postgres])
-def test_bad_input_on_postgresql(name: str, postgres_home: Home, files: dict[str, Path]) -> None:
-    _check(CASES[name], postgres_home, files)
+def test_bad_input_on_postgresql(name: str, postgres_outcomes: dict[str, Outcome]) -> None:
+    _check(CASES[name], postgres_outcomes[name])
 
 
 def test_the_battery_is_large_and_covers_every_surface() -> None:
