@@ -5,7 +5,8 @@ written: no new file under ASCENT_HOME, no new row in any table.
 
 Each case runs `python -m core ...` in a fresh process (three at a time: they only read)
 against one home that holds a trained run of each modality (tables, images, texts, audio),
-a queued run and a run whose dataset was deleted. The cases marked for PostgreSQL run there too (CI sets ASCENT_TEST_DATABASE_URL).
+a queued run and a run whose dataset was deleted. The cases marked for PostgreSQL run there
+too (CI sets ASCENT_TEST_DATABASE_URL).
 """
 
 from __future__ import annotations
