@@ -47,6 +47,9 @@ class Action(enum.StrEnum):
     # Delete, rename or tag: members their own work, admins anyone's.
     EDIT = "edit"
     MANAGE_USERS = "manage users"
+    # Name a file or folder on the server (initial weights): admins only, so that a signed-in
+    # member cannot probe the server's folders through error messages.
+    SERVER_FILES = "name files on the server"
 
 
 _MEMBER = {Action.BROWSE, Action.PREDICT, Action.UPLOAD, Action.TRAIN, Action.CANCEL, Action.MEASURE}

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.access import LOCAL, Action, Actor, check_name, require
+from core.access import LOCAL, Action, Actor, can, check_name, require
 from core.config import RunConfig, database, get_settings
 from core.data.ingest import get_dataset, sha256_file
-from core.errors import ConfigError, NotFoundError
+from core.errors import AccessError, ConfigError, NotFoundError
 from core.models import default_model, get_model
 from db import queries
 from db.models import FINISHED, NAME_MAX, RunStatus
@@ -36,6 +37,7 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
     get_model(cfg.model, cfg.task)
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
+    cfg = _checked_weights(cfg, actor)
     name = check_name(cfg.name, "run") if cfg.name.strip() else f"{cfg.model}-{dataset.name}"[:NAME_MAX]
     cfg = cfg.model_copy(update={"name": name, "resume": False})
     with session_scope() as session:
@@ -50,6 +52,27 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
             created_by=actor.name,
             dataset_sha256=dataset.sha256,
         )
+
+
+WEIGHT_WORDS = ("default", "none", "imagenet")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
+
+
+def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
+    """cfg, with weights that `actor` may name: anything for admins and the command line; for
+    others a keyword, or a Hugging Face hub id that is fetched from the hub ("hub:ID") and never
+    read from a server folder of the same name."""
+    if cfg.weights in WEIGHT_WORDS or can(actor, Action.SERVER_FILES):
+        return cfg
+    if cfg.task == "text-classification":  # text models load Hugging Face weights
+        hub = cfg.weights.removeprefix("hub:")
+        if _HUB_ID.fullmatch(hub) and ".." not in hub:
+            return cfg.model_copy(update={"weights": f"hub:{hub}"})
+        raise AccessError(
+            f"'{cfg.weights}' is no Hugging Face hub id (such as distilbert-base-uncased); "
+            "only an admin may name a folder on the server"
+        )
+    raise AccessError("only an admin may name a weights file on the server; use default, none or imagenet")
 
 
 def run_dataset(run: RunInfo) -> DatasetInfo:

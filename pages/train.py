@@ -129,7 +129,11 @@ with st.container(border=True):
                 options["weights"] = (
                     st.text_input(
                         "Hugging Face model",
-                        placeholder="a local folder, or a hub id such as distilbert-base-uncased",
+                        placeholder=(
+                            "a local folder, or a hub id such as distilbert-base-uncased"
+                            if can(actor, Action.SERVER_FILES)
+                            else "a hub id such as distilbert-base-uncased"
+                        ),
                     )
                     or None
                 )

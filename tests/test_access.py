@@ -137,6 +137,36 @@ def test_roles_are_checked_in_core(home: Path, data_dir: Path) -> None:
     assert can(LOCAL, Action.EDIT, owner=None) and not can(member, Action.EDIT, owner=None)
 
 
+def test_only_admins_name_weights_on_the_server(home: Path, data_dir: Path, tmp_path: Path) -> None:
+    """A member cannot point initial weights at server files (which would let error messages
+    map the server's folders); a hub id is fetched from the hub, never read from a folder of
+    the same name; admins and the command line name any path."""
+    from core.data.samples import bbc_news_csv
+
+    member, admin = Actor("bob", Role.MEMBER), Actor("ada", Role.ADMIN)
+    wine = ingest_file(data_dir / "wine.csv", actor=member)
+    texts = ingest_file(bbc_news_csv(tmp_path / "bbc.csv", per_class=4, chars=80), task="text-classification")
+    for weights in ("/etc", "../../etc/passwd", "~/x", "C:\\x"):
+        with pytest.raises(AccessError, match="only an admin may name"):
+            jobs.submit(jobs.config_for(texts.id, model="hf-transformer", weights=weights), actor=member)
+    with pytest.raises(AccessError, match="only an admin may name a weights file"):
+        jobs.submit(jobs.config_for(wine.id, weights="/etc/passwd"), actor=member)
+    hub = jobs.submit(jobs.config_for(texts.id, model="hf-transformer", weights="core/models"), actor=member)
+    assert hub.config["weights"] == "hub:core/models"  # not the repository folder of that name
+    kept = jobs.submit(jobs.config_for(texts.id, model="hf-transformer", weights="/srv/m"), actor=admin)
+    assert kept.config["weights"] == "/srv/m"
+    assert jobs.submit(jobs.config_for(wine.id), actor=member).config["weights"] == "default"
+    # A hub id is never looked up as a folder: offline, the hub answers, not core/models/.
+    import huggingface_hub.constants
+
+    from core.models.text import load_hf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(ConfigError, match="hub has no such model or could not be reached"):
+            load_hf("hub:core/models", 2)
+
+
 def test_names_are_checked_before_the_insert(any_home: Path, data_dir: Path) -> None:
     ds = ingest_file(data_dir / "wine.csv", name="w" * 200)
     assert len(ds.name) == 200

@@ -90,9 +90,15 @@ def load_hf(source: str, num_classes: int) -> TextNet:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub = source.removeprefix("hub:") if source.startswith("hub:") else None
     local = Path(source).expanduser()
-    where = str(local) if local.exists() else source
+    where = str(local) if hub is None and local.exists() else source
     try:
+        if hub is not None:  # from the hub only, never a server folder of the same name
+            from huggingface_hub import snapshot_download
+
+            # Configs, tokenizer files and safetensors weights: no pickled checkpoints.
+            where = snapshot_download(hub, allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors"])
         config = AutoConfig.from_pretrained(where, num_labels=num_classes)
         # Eager attention exports to a plain ONNX graph that ONNX Runtime fuses well.
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -100,11 +106,12 @@ def load_hf(source: str, num_classes: int) -> TextNet:
         )
         tokenizer = AutoTokenizer.from_pretrained(where).backend_tokenizer
     except (OSError, ValueError) as exc:
-        hint = (
-            "the folder has no model files"
-            if local.exists()
-            else "it is not a local folder and the Hugging Face hub could not be reached (offline?)"
-        )
+        if hub is not None:
+            hint = "the Hugging Face hub has no such model or could not be reached (offline?)"
+        elif local.exists():
+            hint = "the folder has no model files"
+        else:
+            hint = "it is not a local folder and the Hugging Face hub could not be reached (offline?)"
         raise ConfigError(f"cannot load the text model '{source}': {hint} ({type(exc).__name__})") from exc
     if tokenizer is None:
         raise ConfigError(f"'{source}' has no fast tokenizer (tokenizer.json); Ascent needs one to export")
