@@ -108,6 +108,10 @@ def database() -> str:
     return url
 
 
+# The keywords `weights` takes besides a file, folder or hub id.
+WEIGHT_WORDS = ("default", "none", "imagenet")
+
+
 class RunConfig(BaseModel):
     """Everything a run needs, stored with the run and with its checkpoint."""
 

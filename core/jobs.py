@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.access import LOCAL, Action, Actor, can, check_name, require
-from core.config import RunConfig, database, get_settings
+from core.config import WEIGHT_WORDS, RunConfig, database, get_settings
 from core.data.ingest import get_dataset, sha256_file
 from core.errors import AccessError, ConfigError, NotFoundError
 from core.models import default_model, get_model
@@ -54,7 +54,6 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
         )
 
 
-WEIGHT_WORDS = ("default", "none", "imagenet")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.config import RunConfig
+from core.config import WEIGHT_WORDS, RunConfig
 from core.errors import ConfigError
 from core.models import register_model
 
@@ -153,7 +153,7 @@ def minilm_path() -> str:
     },
 )
 def minilm(num_classes: int, cfg: RunConfig, texts: list[str]) -> TextNet:
-    source = cfg.weights if cfg.weights not in ("default", "none", "imagenet") else minilm_path()
+    source = cfg.weights if cfg.weights not in WEIGHT_WORDS else minilm_path()
     return load_hf(source, num_classes)
 
 
@@ -171,7 +171,7 @@ def minilm(num_classes: int, cfg: RunConfig, texts: list[str]) -> TextNet:
     },
 )
 def hf_transformer(num_classes: int, cfg: RunConfig, texts: list[str]) -> TextNet:
-    if cfg.weights in ("default", "none", "imagenet"):
+    if cfg.weights in WEIGHT_WORDS:
         raise ConfigError("hf-transformer needs --weights: a local model folder or a Hugging Face hub id")
     return load_hf(cfg.weights, num_classes)
 
