@@ -346,3 +346,63 @@ def tradeoffs(run_ids: list[int], names: dict[int, str] | None = None) -> pd.Dat
     frame["best for latency"] = _front(list(zip(values, frame["latency (ms)"], strict=True)), higher)
     frame["best for size"] = _front(list(zip(values, frame["size (MB)"], strict=True)), higher)
     return frame
+
+
+# What the Datasets page accepts, in words (the uploader's own refusal is terse and English).
+UPLOAD_TYPES = ["csv", "tsv", "parquet", "jsonl", "zip"]
+UPLOAD_TYPES_IN_WORDS = (
+    "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), or a zip (.zip) of "
+    "class folders holding images, .txt files or WAV/FLAC clips; other files (Excel, plain .txt, "
+    "single images) are refused: save a sheet as CSV, or zip the folders"
+)
+
+
+def upload_preview(filename: str, data: bytes, rows: int = 10) -> pd.DataFrame:
+    """What a file holds before it is added: a table's first rows, or a zip's folders with
+    how many files each holds and a few of their names."""
+    import io
+    import tempfile
+    import zipfile
+
+    from core.data import text
+
+    name = Path(filename.replace("\\", "/")).name or "upload"
+    if name.lower().endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            files = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")]
+        folders: dict[str, list[str]] = {}
+        for entry in files:
+            folder, _, base = entry.rpartition("/")
+            folders.setdefault(folder or "(top level)", []).append(base)
+        return pd.DataFrame(
+            [
+                {"folder": folder, "files": len(names), "for example": ", ".join(sorted(names)[:3])}
+                for folder, names in sorted(folders.items())
+            ]
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        return text.read_table(path, nrows=rows)
+
+
+def missing_values(report: dict[str, Any]) -> pd.Series:
+    """Missing values per column, only the columns that have some (empty when none do)."""
+    counts = pd.Series(report.get("missing_per_column", {}), name="missing values", dtype="int64")
+    return counts[counts > 0]
+
+
+def target_stats_table(report: dict[str, Any]) -> pd.DataFrame:
+    """A regression target's mean, spread and range as a two-column table."""
+    stats = report.get("target_stats", {})
+    return pd.DataFrame({"statistic": list(stats), "value": [f"{float(v):.4g}" for v in stats.values()]})
+
+
+def upload_limit_mb(settings_bytes: int, server_mb: int) -> int:
+    """The largest upload the Datasets page offers, in MB as Streamlit's uploader counts: within
+    the settings' limit and the server's, rounded down to a figure the uploader prints exactly
+    (it prints whole units only, and switches to GB above 500 MB: 512 MB would read "1GB")."""
+    mb = max(1, min(settings_bytes // (1024 * 1024), server_mb))
+    if mb < 1000:
+        return min(mb, 500)
+    return mb // 1000 * 1000

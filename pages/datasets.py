@@ -1,4 +1,5 @@
-"""Datasets: upload, validation errors in plain words, preview, quality report, delete."""
+"""Datasets: upload (previewed and checked before it is added), validation errors in plain words,
+preview, quality report, delete."""
 
 import pandas as pd
 import streamlit as st
@@ -6,13 +7,21 @@ import streamlit as st
 from core import summary
 from core.access import Action, can
 from core.config import get_settings
-from core.data.ingest import delete_dataset, get_dataset, guess_upload, ingest_upload, list_datasets
+from core.data.ingest import (
+    delete_dataset,
+    get_dataset,
+    guess_upload,
+    ingest_upload,
+    list_datasets,
+    same_file,
+)
 from core.errors import AscentError
 from pages.studio import notice
 from pages.studio.session import page_actor
 
 actor = page_actor()
-upload_mb = get_settings().max_upload_bytes // (1024 * 1024)
+# One limit, shown once (the uploader's own line) and enforced by the browser before sending.
+upload_mb = summary.upload_limit_mb(get_settings().max_upload_bytes, st.get_option("server.maxUploadSize"))
 st.title("Datasets")
 notice.show()
 
@@ -22,81 +31,104 @@ TASK_CHOICES = {
     "table: regression": "tabular-regression",
     "text classification": "text-classification",
 }
+_UPLOADER = "datasets-upload-round"  # bumped after an add, so the uploader empties
 
-with st.container(border=True):
+
+def add_form() -> None:
+    """Pick a file, see what it holds and what the studio makes of it, then add it."""
     st.subheader("Add a dataset")
     if not can(actor, Action.UPLOAD):
         st.caption(f"You are a {actor.role.value}: a member or admin adds datasets.")
-    upload = (
-        None
-        if not can(actor, Action.UPLOAD)
-        else st.file_uploader(
-            "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
-            f"class folders of images, of .txt files or of WAV/FLAC clips (at most {upload_mb} MB)",
-            type=["csv", "tsv", "parquet", "jsonl", "zip"],
-            max_upload_size=upload_mb,
-        )
+        return
+    upload = st.file_uploader(
+        "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
+        "class folders of images, of .txt files or of WAV/FLAC clips",
+        type=summary.UPLOAD_TYPES,
+        max_upload_size=upload_mb,
+        key=f"upload-{st.session_state.get(_UPLOADER, 0)}",
     )
+    st.caption(f"Accepted: {summary.UPLOAD_TYPES_IN_WORDS}.")
+    if upload is None:
+        return
     options: dict[str, str | None] = {}
-    ready = upload is not None
-    if upload is not None:
-        try:
-            guess = guess_upload(upload.name, upload.getvalue())
-            if upload.name.lower().endswith(".zip"):
-                kinds = {
-                    "image-classification": "images",
-                    "text-classification": "texts (.txt)",
-                    "audio-classification": "audio clips (WAV, FLAC)",
-                }
-                options["task"] = st.radio(
-                    "The zip holds",
-                    list(kinds),
-                    index=list(kinds).index(guess.task or "image-classification"),
-                    format_func=kinds.__getitem__,
-                    horizontal=True,
+    ready = True
+    st.markdown(f"**Before adding: {summary.md(upload.name)}**, what it holds")
+    try:
+        guess = guess_upload(upload.name, upload.getvalue())
+        st.dataframe(summary.upload_preview(upload.name, upload.getvalue()), hide_index=True, height=248)
+        if upload.name.lower().endswith(".zip"):
+            kinds = {
+                "image-classification": "images",
+                "text-classification": "texts (.txt)",
+                "audio-classification": "audio clips (WAV, FLAC)",
+            }
+            options["task"] = st.radio(
+                "The zip holds",
+                list(kinds),
+                index=list(kinds).index(guess.task or "image-classification"),
+                format_func=kinds.__getitem__,
+                horizontal=True,
+            )
+        else:
+            labels = list(TASK_CHOICES)
+            current = next(k for k, v in TASK_CHOICES.items() if v == guess.task)
+            choice = st.radio("Task", labels, index=labels.index(current), horizontal=True)
+            options["task"] = TASK_CHOICES[choice]
+            columns = guess.columns
+            if options["task"] == "text-classification":
+                left, right = st.columns(2)
+                text_guess = guess.text_column or columns[0]
+                options["text_column"] = left.selectbox(
+                    "Text column", columns, index=columns.index(text_guess), format_func=summary.plain
+                )
+                rest = [c for c in columns if c != options["text_column"]]
+                label_guess = guess.target if guess.target in rest else rest[0]
+                options["target"] = right.selectbox(
+                    "Label column", rest, index=rest.index(label_guess), format_func=summary.plain
                 )
             else:
-                labels = list(TASK_CHOICES)
-                current = next(k for k, v in TASK_CHOICES.items() if v == guess.task)
-                choice = st.radio("Task", labels, index=labels.index(current), horizontal=True)
-                options["task"] = TASK_CHOICES[choice]
-                columns = guess.columns
-                if options["task"] == "text-classification":
-                    left, right = st.columns(2)
-                    text_guess = guess.text_column or columns[0]
-                    options["text_column"] = left.selectbox(
-                        "Text column", columns, index=columns.index(text_guess), format_func=summary.plain
-                    )
-                    rest = [c for c in columns if c != options["text_column"]]
-                    label_guess = guess.target if guess.target in rest else rest[0]
-                    options["target"] = right.selectbox(
-                        "Label column", rest, index=rest.index(label_guess), format_func=summary.plain
-                    )
-                else:
-                    target_guess = guess.target if guess.target in columns else columns[-1]
-                    options["target"] = st.selectbox(
-                        "Column to predict",
-                        columns,
-                        index=columns.index(target_guess),
-                        format_func=summary.plain,
-                    )
-        except AscentError as exc:
-            st.error(summary.md(exc))
-            ready = False
-    if upload is not None:
-        options["name"] = st.text_input("Name", value=upload.name.rsplit(".", 1)[0]) or None
-    if upload is not None and st.button("Add dataset", type="primary", disabled=not ready):
+                target_guess = guess.target if guess.target in columns else columns[-1]
+                options["target"] = st.selectbox(
+                    "Column to predict",
+                    columns,
+                    index=columns.index(target_guess),
+                    format_func=summary.plain,
+                )
+    except AscentError as exc:
+        st.error(summary.md(exc))
+        ready = False
+    twin = same_file(upload.getvalue())
+    if twin is not None:
+        st.warning(
+            f"This file is already dataset {twin.id} '{summary.md(twin.name)}' (the same bytes). "
+            "Adding it again makes a second copy.",
+            icon=":material/content_copy:",
+        )
+        ready = ready and st.checkbox("Add it anyway", key=f"twin-{twin.id}")
+    options["name"] = st.text_input("Name", value=upload.name.rsplit(".", 1)[0]) or None
+    if st.button("Add dataset", type="primary", disabled=not ready):
         try:
             with st.spinner("Checking the data…"):
                 added = ingest_upload(upload.name, upload.getvalue(), actor=actor, **options)
-            st.success(f"Added dataset {added.id}: {added.task}, {added.n_items} items.")
         except AscentError as exc:
             st.error(summary.md(exc))
+        else:
+            st.session_state[_UPLOADER] = st.session_state.get(_UPLOADER, 0) + 1
+            st.session_state["datasets-chosen"] = added.id
+            notice.after_rerun(
+                f"Added dataset {added.id} '{summary.md(added.name)}': {added.task}, {added.n_items} items."
+            )
+
+
+with st.container(border=True):
+    add_form()
 
 datasets = list_datasets()
 if not datasets:
     st.info("No datasets yet. Upload one above, or add a sample on the Home page.")
     st.stop()
+
+st.header("Your datasets", divider="gray")
 
 st.dataframe(
     pd.DataFrame(
@@ -116,11 +148,17 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
-choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
+# The dataset just added is shown first; a choice whose dataset is gone falls back to the first.
+if "datasets-chosen" in st.session_state:
+    chosen = st.session_state.pop("datasets-chosen")
+    st.session_state["datasets-choice"] = next((d for d in datasets if d.id == chosen), datasets[0])
+if st.session_state.get("datasets-choice") not in datasets:
+    st.session_state.pop("datasets-choice", None)
+choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label, key="datasets-choice")
 ds = get_dataset(choice.id)
 report = ds.report
 
-st.subheader("Preview")
+st.subheader(f"Dataset {ds.id} · {summary.md(ds.name)}: preview")
 if ds.task == "image-classification":
     for label, paths in summary.sample_images(ds).items():
         st.markdown(f"**{summary.md(label)}**")
@@ -139,7 +177,7 @@ elif ds.task == "text-classification":
 else:
     st.dataframe(summary.preview_table(ds), width="stretch")
 
-st.subheader("Quality report")
+st.subheader(f"Dataset {ds.id} · {summary.md(ds.name)}: quality report")
 if "class_counts" in report:
     left, right = st.columns(2)
     left.markdown(f"Class balance (imbalance ratio {report['imbalance_ratio']})")
@@ -188,18 +226,21 @@ if "class_counts" in report:
             st.warning("Same text, different labels (label errors?)")
             st.dataframe(pd.DataFrame(report["conflict_examples"]), hide_index=True, width="stretch")
 if "missing_per_column" in report:
-    missing = pd.Series(report["missing_per_column"], name="missing values")
-    st.markdown(
-        f"Missing values per column ({report['missing_cells']} cells); {report['duplicate_rows']} duplicate rows"
-    )
-    st.bar_chart(missing)
+    missing = summary.missing_values(report)
+    duplicates = f"{report['duplicate_rows']} duplicate rows"
+    if missing.empty:
+        st.markdown(f"No missing values; {duplicates}")
+    else:
+        st.markdown(f"Missing values per column ({report['missing_cells']} cells); {duplicates}")
+        st.bar_chart(missing)
     if report.get("dropped_columns"):
         st.warning(
             "Columns left out: "
             + summary.md("; ".join(f"{c} ({r})" for c, r in report["dropped_columns"].items()))
         )
 if "target_stats" in report:
-    st.write({"target": report["target"], **report["target_stats"]})
+    st.markdown(f"Target '{summary.md(report['target'])}'")
+    st.dataframe(summary.target_stats_table(report), hide_index=True, width=320)
 
 if can(actor, Action.EDIT, ds.created_by):
     with st.expander("Delete this dataset"):

@@ -1,6 +1,7 @@
 """Home: what Ascent is, counts, recent runs, and one-click samples that train in a minute."""
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from core import jobs, summary
 from core.access import Action, can
@@ -14,6 +15,27 @@ from pages.studio.session import page_actor
 actor = page_actor()
 st.title("Ascent")
 notice.show()
+_ADDED = "home-sample-added"  # (dataset id, run id, sample title) of the last "Add and train"
+
+
+def added_banner() -> None:
+    """After "Add and train": what was added, and the way to the run's live progress."""
+    added = st.session_state.pop(_ADDED, None)
+    if added is None:
+        return
+    dataset_id, run_id, title = added
+    with st.container(horizontal=True, vertical_alignment="center", wrap=True):
+        st.success(
+            f"Dataset {dataset_id} '{summary.md(title)}' added; run {run_id} queued.",
+            icon=":material/check_circle:",
+        )
+        try:
+            st.page_link("pages/train.py", label=f"Watch run {run_id} learn", icon=":material/monitoring:")
+        except StreamlitPageNotFoundError:  # this page run alone, without the router's pages
+            st.caption("Open Train in the sidebar to watch it learn.")
+
+
+added_banner()
 st.markdown(
     "Upload a table, a folder of images, a set of texts or sound clips, train a model from scratch or fine-tune a pretrained one, "
     "and get one ONNX file that predicts with ONNX Runtime alone.  \n"
@@ -41,7 +63,7 @@ if not may_train:
 
 def card(sample: Sample) -> None:
     """A sample's card: what it is, and a button that adds it and queues its quick run."""
-    with st.container(border=True):
+    with st.container(border=True, width=220, height="stretch"):
         st.markdown(f"**{sample.title}**")
         st.caption(sample.description)
         if st.button(
@@ -49,6 +71,7 @@ def card(sample: Sample) -> None:
             key=f"sample-{sample.key}",
             icon=":material/rocket_launch:",
             disabled=not may_train,
+            width="stretch",
         ):
             try:
                 with st.spinner(f"Adding {sample.title}…"):
@@ -57,17 +80,14 @@ def card(sample: Sample) -> None:
             except (AscentError, FileNotFoundError) as exc:
                 st.error(summary.md(exc))
             else:
-                notice.after_rerun(
-                    f"Dataset {ds.id} added; run {run.id} queued. Watch it learn on the Train page."
-                )
+                st.session_state[_ADDED] = (ds.id, run.id, sample.title)
+                st.rerun()  # the counters above count what was just added
 
 
-PER_ROW = 3  # cards stay readable at 800 px
-samples = list(SAMPLES.values())
-for start in range(0, len(samples), PER_ROW):
-    for column, sample in zip(st.columns(PER_ROW), samples[start : start + PER_ROW], strict=False):
-        with column:
-            card(sample)
+# Fixed-width cards that wrap: as many to a row as fit, so narrow windows never squeeze them.
+with st.container(horizontal=True, wrap=True):
+    for sample in SAMPLES.values():
+        card(sample)
 
 st.subheader("Recent runs")
 if runs:

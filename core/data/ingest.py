@@ -386,3 +386,19 @@ def delete_dataset(dataset_id: int, *, actor: Actor = LOCAL) -> None:
     with session_scope() as session:
         queries.delete_dataset(session=session, dataset_id=dataset_id)
     shutil.rmtree(info.path, ignore_errors=True)
+
+
+def same_file(data: bytes) -> DatasetSummary | None:
+    """The first dataset added from exactly these bytes (same sha256), or None: the Datasets
+    page says so before a file is added twice."""
+    from sqlalchemy import select
+
+    from db.models import Dataset
+
+    digest = hashlib.sha256(data).hexdigest()
+    database()
+    with session_scope() as session:
+        found = session.scalar(
+            select(Dataset.id).where(Dataset.sha256 == digest).order_by(Dataset.id).limit(1)
+        )
+    return next((d for d in list_datasets() if d.id == found), None) if found is not None else None
