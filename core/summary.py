@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,78 @@ MAIN_METRIC = {
 }
 
 
+# What people call each metric key, wherever a page shows one.
+METRIC_NAMES = {
+    "train_loss": "train loss",
+    "val_loss": "validation loss",
+    "val_accuracy": "validation accuracy",
+    "val_f1_macro": "validation F1 (macro)",
+    "val_rmse": "validation RMSE",
+    "val_mae": "validation MAE",
+    "val_r2": "validation R²",
+    "samples_per_sec": "samples/s",
+    "lr": "learning rate",
+    "export_max_abs_diff": "ONNX max |diff| from PyTorch",
+    "export_top1_agreement": "ONNX top-1 agreement",
+    "export_n_samples": "ONNX samples checked",
+    "accuracy": "accuracy",  # the certificate's, on the whole validation split
+    "rmse": "RMSE",
+}
+# Metrics whose best value means nothing (a schedule, a speed, a count): only their last counts.
+NO_BEST = frozenset({"lr", "samples_per_sec", "export_n_samples"})
+
+
+def metric_label(key: str) -> str:
+    return METRIC_NAMES.get(key, key.replace("_", " "))
+
+
+def number(value: Any, digits: int = 3) -> str:
+    """A measurement for people: `digits` significant digits, thousands separated, an exponent
+    only for the very small; "—" for nothing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    v = float(value)
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else str(v)
+    if abs(v) >= 10 ** (digits - 1):
+        return f"{v:,.0f}"
+    if abs(v) < 1e-3:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits - 1 - math.floor(math.log10(abs(v)))}f}"
+
+
+def percent(value: Any) -> str:
+    """A share (0..1) as a percentage with three significant digits: 100%, 97.2%, 8.33%."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{float(value) * 100:.3g}%"
+
+
+def file_size(n_bytes: int) -> str:
+    """Bytes for people: 812 B, 66.1 kB, 1.23 MB, 4.5 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes} B"
+
+
+def formats(columns: Iterable[str]) -> dict[str, Callable[[Any], str]]:
+    """How to show each numeric column of a table made here, read from its name."""
+    out: dict[str, Callable[[Any], str]] = {}
+    for column in columns:
+        if "agreement" in column:
+            out[column] = percent
+        elif column == "max |diff|":
+            out[column] = lambda v: "—" if v is None or v != v else ("0" if v == 0 else f"{v:.2e}")
+        elif column == "change":
+            out[column] = lambda v: "—" if v is None or v != v else ("0" if v == 0 else f"{v:+.3g}")
+        elif column in ("id", "support", "attempts"):
+            out[column] = lambda v: "—" if v is None or v != v else f"{int(v)}"
+        else:
+            out[column] = number
+    return out
+
+
 def main_metric(run: RunInfo) -> tuple[str, float | None]:
     key = MAIN_METRIC.get(run.task, "val_loss")
     return key, run.best_metrics.get(key)
@@ -36,7 +110,8 @@ def duration_s(run: RunInfo) -> float | None:
 
 
 def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
-    """One row per run: what the Runs and Home pages list."""
+    """One row per run: what the Runs and Home pages list. Text cells are never empty of a
+    value (a missing number stays NaN, for the table to show as a placeholder)."""
     rows = []
     fastest = _fastest_exports([r.id for r in runs])
     for run in runs:
@@ -50,7 +125,7 @@ def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
                 "task": run.task,
                 "model": run.model,
                 "status": run.status,
-                "main metric": key,
+                "main metric": metric_label(key),
                 "best": value,
                 "duration (s)": None if duration_s(run) is None else round(duration_s(run) or 0.0, 1),
                 "created": run.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
@@ -74,7 +149,9 @@ def runs_table(runs: list[RunInfo], datasets: dict[int, str]) -> pd.DataFrame:
         "best latency (ms)",
         "size (MB)",
     ]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns).astype(
+        {c: float for c in ("best", "duration (s)", "best latency (ms)", "size (MB)")}
+    )
 
 
 def _fastest_exports(run_ids: list[int]) -> dict[int, ExportInfo]:
@@ -102,7 +179,7 @@ def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "variant": r.variant,
             "status": r.status,
-            r.metric_name or "metric": r.metric_value,
+            metric_label(r.metric_name or "metric"): r.metric_value,
             "change": r.metric_change,
             "top-1 agreement": r.top1_agreement,
             "max |diff|": r.max_abs_diff,
@@ -117,7 +194,6 @@ def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
             row[f"{where} b{m['batch']} p50 (ms)"] = round(m["p50_ms"], 3)
             row[f"{where} b{m['batch']} p95 (ms)"] = round(m["p95_ms"], 3)
         row["peak memory (MB)"] = max((m["peak_mb"] for m in r.measurements), default=None)
-        row["how"] = r.method
         rows.append(row)
     return pd.DataFrame(rows).set_index("variant") if rows else pd.DataFrame()
 
@@ -140,22 +216,91 @@ def curves(run_ids: list[int], keys: list[str], names: dict[int, str] | None = N
     return data.sort_index()
 
 
+def curve_points(run_ids: list[int], keys: list[str], names: dict[int, str] | None = None) -> pd.DataFrame:
+    """Metric values by epoch in long form (epoch, run, metric, value), metrics named for
+    people: one line per (run, metric) in a chart coloured by either."""
+    frames = []
+    for run_id in run_ids:
+        label = (names or {}).get(run_id, f"run {run_id}")
+        points = [p for p in jobs.metric_history(run_id) if p.key in keys]
+        frames.append(
+            pd.DataFrame(
+                [(p.epoch, label, metric_label(p.key), p.value) for p in points],
+                columns=["epoch", "run", "metric", "value"],
+            )
+        )
+    frame = pd.concat(frames) if frames else pd.DataFrame(columns=["epoch", "run", "metric", "value"])
+    # A resumed run records an epoch again; its last value stands.
+    return frame.drop_duplicates(["epoch", "run", "metric"], keep="last").reset_index(drop=True)
+
+
 def param_diff(run_ids: list[int]) -> pd.DataFrame:
-    """Parameters side by side (one column per run) and whether they differ."""
+    """Parameters side by side (one column per run) and whether they differ; unset ones as "—"."""
     params = {run_id: jobs.params(run_id) for run_id in run_ids}
     keys = sorted({k for p in params.values() for k in p})
-    table = pd.DataFrame({f"run {r}": [params[r].get(k, "") for k in keys] for r in run_ids}, index=keys)
+    shown = {r: {k: "—" if v in ("null", "None", "") else v for k, v in params[r].items()} for r in run_ids}
+    table = pd.DataFrame({f"run {r}": [shown[r].get(k, "—") for k in keys] for r in run_ids}, index=keys)
     table["differs"] = table.nunique(axis=1) > 1
     return table
 
 
 def metrics_side_by_side(runs: list[RunInfo]) -> pd.DataFrame:
-    keys = sorted({k for r in runs for k in r.best_metrics if k.startswith(("val_", "export_"))})
-    return pd.DataFrame({f"run {r.id}": [r.best_metrics.get(k) for k in keys] for r in runs}, index=keys)
+    """The best validation and export figures of each run, one column per run, named for people."""
+    keys = sorted(
+        {k for r in runs for k in r.best_metrics if k.startswith(("val_", "export_")) and k not in NO_BEST},
+        key=metric_label,
+    )
+    return pd.DataFrame(
+        {f"run {r.id}": [r.best_metrics.get(k, math.nan) for k in keys] for r in runs},
+        index=pd.Index([metric_label(k) for k in keys], name="metric"),
+    )
+
+
+def run_metrics(run: RunInfo) -> pd.DataFrame:
+    """A run's training metrics, best and last, named for people; no best where none means
+    anything (learning rate, samples/s)."""
+    keys = sorted((k for k in run.metrics if not k.startswith("export_")), key=metric_label)
+    return pd.DataFrame(
+        {
+            "best": [math.nan if k in NO_BEST else run.best_metrics.get(k, math.nan) for k in keys],
+            "last": [run.metrics.get(k, math.nan) for k in keys],
+        },
+        index=pd.Index([metric_label(k) for k in keys], name="metric"),
+    )
+
+
+def confusion_cells(report: dict[str, Any], normalised: bool = False) -> pd.DataFrame:
+    """The confusion matrix as one row per (true, predicted) cell: its count, its share of the
+    true class, and the text to print in it (the count, or the share when `normalised`)."""
+    rows = []
+    for true, counts in zip(report["labels"], report["confusion"], strict=True):
+        total = sum(counts)
+        for predicted, n in zip(report["labels"], counts, strict=True):
+            share = n / total if total else 0.0
+            rows.append((str(true), str(predicted), int(n), share, f"{share:.0%}" if normalised else str(n)))
+    return pd.DataFrame(rows, columns=["true", "predicted", "count", "share", "text"])
 
 
 def artifact_paths(run_id: int) -> dict[str, Path]:
     return {a.kind: Path(a.path) for a in jobs.artifacts(run_id) if Path(a.path).exists()}
+
+
+DOWNLOAD_KINDS = ("onnx", "checkpoint", "tokenizer", "config", "report")
+
+
+def downloads(run_id: int, offered: Iterable[str | Path] = ()) -> list[tuple[str, Path]]:
+    """The run's files to download as (button label, path): one per distinct file on disk, in
+    DOWNLOAD_KINDS order, leaving out those already `offered` elsewhere on the page."""
+    seen = {Path(p).resolve() for p in offered}
+    out = []
+    by_kind = artifact_paths(run_id)
+    for kind in DOWNLOAD_KINDS:
+        path = by_kind.get(kind)
+        if path is None or path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        out.append((f"{kind} ({file_size(path.stat().st_size)})", path))
+    return out
 
 
 def report(run_id: int) -> dict[str, Any] | None:
@@ -346,6 +491,29 @@ def tradeoffs(run_ids: list[int], names: dict[int, str] | None = None) -> pd.Dat
     frame["best for latency"] = _front(list(zip(values, frame["latency (ms)"], strict=True)), higher)
     frame["best for size"] = _front(list(zip(values, frame["size (MB)"], strict=True)), higher)
     return frame
+
+
+# How the Train page names the settings fitted to the data and the device (core.plan).
+FITTED_NAMES = {
+    "image_size": "Image size",
+    "batch_size": "Batch size",
+    "workers": "Data-loading processes",
+    "flip": "Horizontal flips",
+    "budget_s": "Time budget",
+    "head_first": "Head first",
+}
+
+
+def fitted_value(choice: Any) -> str:
+    """A fitted setting's value in words (core.plan.Choice)."""
+    value = choice.value
+    if choice.key == "image_size":
+        return f"{value} px"
+    if choice.key == "budget_s":
+        return f"{value:g} s" if value else "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 # What the Datasets page accepts, in words (the uploader's own refusal is terse and English).

@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, cast, delete, func, or_, select, update
+from sqlalchemy import Float, Select, String, cast, delete, func, or_, select, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from db.models import (
     AppSetting,
@@ -298,6 +301,33 @@ class RunFilter:
 SORTS = ("created", "name", "status", "model", "task", "duration")
 
 
+class _Seconds(FunctionElement[float]):
+    """Seconds from a start to an end timestamp. SQL has no timestamp difference that every
+    database spells alike, so each dialect gets its own spelling below."""
+
+    type = Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(_Seconds)  # PostgreSQL (timestamptz - timestamptz is an interval), and the default
+def _seconds_sql(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+@compiles(_Seconds, "sqlite")  # SQLite stores timestamps as ISO text; julianday() reads it in days
+def _seconds_sqlite(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+def _duration() -> ColumnElement[float]:
+    """How long a run ran, as the Runs table shows it: from its start to its finish (or its last
+    heartbeat while it runs); NULL for a run that never started."""
+    return _Seconds(Run.started_at, func.coalesce(Run.finished_at, Run.heartbeat_at, Run.started_at))
+
+
 def _filtered(stmt: Select[Any], f: RunFilter | None) -> Select[Any]:
     if f is None:
         return stmt
@@ -348,7 +378,7 @@ def list_runs(
             "status": Run.status,
             "model": Run.model,
             "task": Run.task,
-            "duration": func.coalesce(Run.finished_at, Run.heartbeat_at),
+            "duration": _duration(),
         }.get(sort, Run.id)
     direction = order.desc() if descending else order.asc()
     ids = page.order_by(direction.nulls_last(), Run.id.desc()).limit(limit).offset(offset).subquery()

@@ -6,6 +6,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from core import certificate, jobs, summary
 from core.access import Action, can
@@ -18,6 +19,23 @@ from pages.studio.edge import guarded
 from pages.studio.session import page_actor
 
 PAGE_SIZE = 50
+# What the table shows until someone picks more under "Columns": it fits 1400 px.
+DEFAULT_COLUMNS = [
+    "id",
+    "name",
+    "dataset",
+    "model",
+    "status",
+    "main metric",
+    "best",
+    "duration (s)",
+    "created",
+]
+NUMBERS = ["best", "duration (s)", "best latency (ms)", "size (MB)"]
+COLOURS = alt.Scale(scheme="tableau10")  # distinct hues, one per run (or per metric)
+BLANK = "—"  # what a table shows for a value it does not have
+FIELD = 220  # px: four filters fill a row at 1400 px and wrap two by two on a narrow screen
+HALF = 440  # px: two halves side by side at 1400 px, one above the other on a narrow screen
 
 actor = page_actor()
 st.title("Runs")
@@ -25,24 +43,32 @@ notice.show()
 datasets = list_datasets()
 names = {d.id: d.name for d in datasets}
 
-f1, f2, f3, f4 = st.columns(4)
-task = f1.selectbox("Task", [None, *sorted(summary.MAIN_METRIC)], format_func=lambda t: t or "all tasks")
-dataset = f2.selectbox(
-    "Dataset", [None, *names], format_func=lambda i: "all datasets" if i is None else summary.plain(names[i])
+filters = st.container(horizontal=True)
+task = filters.selectbox(
+    "Task", [None, *sorted(summary.MAIN_METRIC)], format_func=lambda t: t or "all tasks", width=FIELD
 )
-status = f3.selectbox(
-    "Status", [None, *(s.value for s in RunStatus)], format_func=lambda s: s or "any status"
+dataset = filters.selectbox(
+    "Dataset",
+    [None, *names],
+    format_func=lambda i: "all datasets" if i is None else summary.plain(names[i]),
+    width=FIELD,
 )
-text = f4.text_input("Search name, model, tags")
-s1, s2, s3 = st.columns([2, 1, 1])
-sort = s1.selectbox(
-    "Sort by", [*SORTS, "metric"], format_func=lambda s: "best main metric" if s == "metric" else s
+status = filters.selectbox(
+    "Status", [None, *(s.value for s in RunStatus)], format_func=lambda s: s or "any status", width=FIELD
 )
-descending = s2.toggle("Descending", value=True)
+text = filters.text_input("Search name, model, tags", width=FIELD)
+order = st.container(horizontal=True, vertical_alignment="bottom")
+sort = order.selectbox(
+    "Sort by",
+    [*SORTS, "metric"],
+    format_func=lambda s: "best main metric" if s == "metric" else s,
+    width=FIELD,
+)
+descending = order.toggle("Descending", value=True)
 where = RunFilter(status=status, task=task, dataset_id=dataset, text=text or None)
 total = jobs.count_runs(where)
 pages = max(1, -(-total // PAGE_SIZE))
-page = s3.number_input(f"Page (of {pages})", 1, pages, 1)
+page = order.number_input(f"Page (of {pages})", 1, pages, 1, width=FIELD // 2)
 
 if total == 0:
     st.info("No runs match." if jobs.count_runs() else "No runs yet: launch one on the Train page.")
@@ -58,18 +84,8 @@ runs = jobs.list_runs(
     offset=(page - 1) * PAGE_SIZE,
 )
 table = summary.runs_table(runs, names)
-st.caption(f"{total} runs · select rows to compare them or see one in detail")
-event = st.dataframe(
-    table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs-table"
-)
-st.download_button(
-    "Download this page of runs (CSV)",
-    summary.csv_bytes(table),
-    file_name="runs.csv",
-    icon=":material/download:",
-    key="runs-csv",
-)
-ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
+st.caption(f"{total} run{'' if total == 1 else 's'} · select rows to compare them or see one in detail")
+table_slot = st.container()  # the table goes above the controls that shape it
 by_id = {r.id: r for r in runs}
 if (gone := st.session_state.pop("runs-deleted", None)) is not None:
     st.session_state["runs-picked"] = [i for i in st.session_state.get("runs-picked", []) if i != gone]
@@ -79,7 +95,66 @@ picked = st.multiselect(
     format_func=lambda i: f"{i} · {summary.plain(by_id[i].name)}",
     key="runs-picked",
 )
+tools = st.container(horizontal=True)
+with tools.popover("Columns", icon=":material/view_column:", help="Choose the table's columns"):
+    chosen = st.multiselect("Columns", list(table.columns), default=DEFAULT_COLUMNS, key="runs-columns")
+event = table_slot.dataframe(
+    table.style.format(summary.formats(NUMBERS), na_rep=BLANK),
+    hide_index=True,
+    width="stretch",
+    column_order=[c for c in table.columns if c in chosen] or DEFAULT_COLUMNS,
+    column_config={"name": st.column_config.TextColumn(width="medium")},
+    placeholder=BLANK,
+    on_select="rerun",
+    selection_mode="multi-row",
+    key="runs-table",
+)
+tools.download_button(
+    "Download this page of runs (CSV)",
+    summary.csv_bytes(table),
+    file_name="runs.csv",
+    icon=":material/download:",
+    key="runs-csv",
+)
+ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
 selected = [r for r in runs if r.id in ticked or r.id in picked]
+
+
+def line_chart(points: pd.DataFrame, by: str, y_title: str) -> alt.Chart:
+    """One coloured line per value of `by` (a run, or a metric), legend underneath."""
+    return (
+        alt.Chart(points)
+        .mark_line(point=alt.OverlayMarkDef(size=30))
+        .encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(format="d", tickMinStep=1)),
+            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
+            color=alt.Color(
+                f"{by}:N",
+                scale=COLOURS,
+                legend=alt.Legend(
+                    orient="bottom", title=None, labelLimit=360, symbolStrokeWidth=3, columns=3
+                ),
+            ),
+            tooltip=["run", "metric", "epoch", alt.Tooltip("value:Q", format=".4~g")],
+        )
+        .properties(height=300)
+    )
+
+
+def numbers(frame: pd.DataFrame) -> Any:
+    """A table with its numbers shown for people (three significant digits, shares as
+    percentages, also in rows named for one) and gaps as BLANK."""
+    styled = frame.style.format(summary.formats(frame.select_dtypes("number").columns), na_rep=BLANK)
+    shares = [label for label in frame.index if "agreement" in str(label)]
+    if shares:
+        styled = styled.format(summary.percent, subset=pd.IndexSlice[shares, :], na_rep=BLANK)
+    return styled
+
+
+def halves() -> tuple[DeltaGenerator, DeltaGenerator]:
+    """Two containers side by side that stack when the screen is narrow."""
+    row = st.container(horizontal=True)
+    return row.container(width=HALF), row.container(width=HALF)
 
 
 def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
@@ -87,23 +162,45 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
     points = summary.tradeoffs(ids, labels)
     if points.empty:
         return
+    metric = summary.metric_label(points["metric"].iloc[0])
     st.markdown(
-        f"**Which to ship?** {points['metric'].iloc[0]} against batch-1 latency and file size of the certified "
-        "variants; ringed points are the best trade-offs (nothing else is both better and cheaper)."
+        f"**Which to ship?** {metric} against batch-1 latency and file size of the certified variants; "
+        "ringed and named points are the best trade-offs (nothing else is both better and cheaper). "
+        "Hover a point for its figures."
     )
     for column, (cost, best) in zip(
-        st.columns(2), (("latency (ms)", "best for latency"), ("size (MB)", "best for size")), strict=True
+        halves(), (("latency (ms)", "best for latency"), ("size (MB)", "best for size")), strict=True
     ):
         base = alt.Chart(points).encode(
-            x=alt.X(f"{cost}:Q", scale=alt.Scale(zero=False)),
-            y=alt.Y("value:Q", title=points["metric"].iloc[0], scale=alt.Scale(zero=False)),
-            color="run:N",
-            tooltip=["run", "variant", "value", "latency (ms)", "size (MB)", "status"],
+            # Latencies span orders of magnitude (PyTorch eager against int8): a log axis keeps
+            # them apart; sizes start from 0, the size of nothing.
+            x=alt.X(
+                f"{cost}:Q",
+                scale=alt.Scale(type="log") if cost.startswith("latency") else alt.Scale(zero=True),
+                axis=alt.Axis(format="~g", tickCount=5),
+            ),
+            y=alt.Y(
+                "value:Q", title=metric, scale=alt.Scale(zero=False, padding=14), axis=alt.Axis(format=".3~g")
+            ),
+            color=alt.Color(
+                "run:N", scale=COLOURS, legend=alt.Legend(orient="bottom", title=None, labelLimit=300)
+            ),
+            tooltip=[
+                "run",
+                "variant",
+                alt.Tooltip("value:Q", title=metric, format=".3~g"),
+                alt.Tooltip("latency (ms):Q", format=".3~g"),
+                alt.Tooltip("size (MB):Q", format=".3~g"),
+                "status",
+            ],
         )
-        dots = base.mark_point(filled=True, size=90).encode(shape="variant:N")
-        rings = base.transform_filter(f"datum['{best}']").mark_point(size=320, strokeWidth=2, color="black")
-        labels_ = base.mark_text(dy=-12, fontSize=10).encode(text="variant:N")
-        column.altair_chart(dots + rings + labels_, width="stretch")
+        dots = base.mark_point(filled=True, size=90).encode(
+            shape=alt.Shape("variant:N", legend=alt.Legend(orient="top", title=None))
+        )
+        ringed = base.transform_filter(f"datum['{best}']")
+        rings = ringed.mark_point(size=320, strokeWidth=2)
+        names_ = ringed.mark_text(dy=-16, fontSize=11).encode(text="variant:N", color=alt.value("#31333F"))
+        column.altair_chart((dots + rings + names_).properties(height=340), width="stretch")
 
 
 @st.fragment(run_every="2s")
@@ -126,18 +223,26 @@ def watch_certificate(run_id: int) -> None:
 if len(selected) >= 2:
     st.header(f"Compare {len(selected)} runs")
     ids = [r.id for r in selected]
-    labels = {r.id: f"{r.id} · {r.name}" for r in selected}
+    labels = {r.id: f"{r.id} · {summary.plain(r.name)}" for r in selected}
     keys = sorted(
         {p.key for r in selected for p in jobs.metric_history(r.id)}
-        - {"export_max_abs_diff", "export_n_samples", "export_top1_agreement"}
+        - {"export_max_abs_diff", "export_n_samples", "export_top1_agreement"},
+        key=summary.metric_label,
     )
-    key = st.selectbox("Curve", keys, index=keys.index("val_loss") if "val_loss" in keys else 0)
-    st.line_chart(
-        summary.curves(ids, [key], {i: summary.plain(v) for i, v in labels.items()}), x_label="epoch"
-    )
-    left, right = st.columns(2)
+    if keys:
+        key = st.selectbox(
+            "Curve",
+            keys,
+            index=keys.index("val_loss") if "val_loss" in keys else 0,
+            format_func=summary.metric_label,
+        )
+        st.altair_chart(
+            line_chart(summary.curve_points(ids, [key], labels), "run", summary.metric_label(key)),
+            width="stretch",
+        )
+    left, right = halves()
     left.markdown("**Best metrics**")
-    left.dataframe(summary.metrics_side_by_side(selected), width="stretch")
+    left.dataframe(numbers(summary.metrics_side_by_side(selected)), width="stretch", placeholder=BLANK)
     diff = summary.param_diff(ids)
     right.markdown("**Parameters** (differences highlighted)")
     only = right.toggle("Only differences")
@@ -148,6 +253,7 @@ if len(selected) >= 2:
             axis=1,
         ),
         width="stretch",
+        placeholder=BLANK,
     )
 
     show_tradeoffs(ids, labels)
@@ -157,80 +263,115 @@ if run is None:
     st.stop()
 
 st.header(f"Run {run.id} · {summary.md(run.name)}")
+took = summary.duration_s(run)
 st.caption(
     f"{run.status} · {run.task} · {run.model} · dataset {summary.md(names.get(run.dataset_id or -1, '(deleted)'))} · "
-    f"device {summary.md(run.device or '-')} · created {summary.when(run.created_at)} by "
-    f"{summary.md(run.created_by or 'no signed-in user')} · attempts {run.attempts}"
+    f"device {summary.md(run.device or BLANK)} · created {summary.when(run.created_at)} by "
+    f"{summary.md(run.created_by or 'no signed-in user')} · "
+    + (f"ran {summary.format_eta(took)} · " if took is not None else "")
+    + f"attempts {run.attempts}"
 )
 if run.error:
     st.error(summary.md(run.error.splitlines()[0]))
-metrics = {k: v for k, v in sorted(run.best_metrics.items()) if not k.startswith("export_")}
-if metrics:
-    st.dataframe(
-        pd.DataFrame({"best": metrics, "last": {k: run.metrics.get(k) for k in metrics}}), width="stretch"
+metrics = summary.run_metrics(run)
+if not metrics.empty:
+    left, right = halves()
+    left.dataframe(numbers(metrics), width="stretch", placeholder=BLANK)
+    losses = summary.curve_points([run.id], ["train_loss", "val_loss"], {run.id: f"run {run.id}"})
+    if not losses.empty:
+        right.altair_chart(line_chart(losses, "metric", "loss"), width="stretch")
+
+
+def confusion_matrix(report: dict[str, Any], key: str) -> None:
+    """Counts (or shares of each true class) printed in cells shaded by the share."""
+    classes = [str(c) for c in report["labels"]]
+    normalised = st.toggle("Normalised (share of each true class)", key=key)
+    cells = summary.confusion_cells(report, normalised)
+    step = max(16, min(56, 720 // max(1, len(classes))))
+    base = alt.Chart(cells).encode(
+        x=alt.X("predicted:N", sort=classes, axis=alt.Axis(labelAngle=0 if len(classes) <= 6 else -45)),
+        y=alt.Y("true:N", sort=classes),
     )
-    st.line_chart(summary.curves([run.id], ["train_loss", "val_loss"]), x_label="epoch")
+    heat = base.mark_rect().encode(
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
+        tooltip=[
+            "true",
+            "predicted",
+            "count",
+            alt.Tooltip("share:Q", title="share of true class", format=".1%"),
+        ],
+    )
+    layers = heat
+    if step >= 26:  # room for a number in each cell
+        layers += base.mark_text(fontSize=12 if step < 40 else 14).encode(
+            text="text:N",
+            color=alt.condition("datum.share > 0.5", alt.value("white"), alt.value("#31333F")),
+        )
+    st.altair_chart(layers.properties(width=alt.Step(step), height=alt.Step(step)), width="content")
+
 
 report = summary.report(run.id)
 if report and report["kind"] == "classification":
     st.subheader("Confusion matrix (validation split)")
-    cells = pd.DataFrame(
-        [
-            (t, p, n)
-            for t, row in zip(report["labels"], report["confusion"], strict=True)
-            for p, n in zip(report["labels"], row, strict=True)
-        ],
-        columns=["true", "predicted", "count"],
+    confusion_matrix(report, key=f"confusion-normalised-{run.id}")
+    st.dataframe(
+        numbers(pd.DataFrame(report["per_class"])), hide_index=True, width="stretch", placeholder=BLANK
     )
-    heat = (
-        alt.Chart(cells)
-        .mark_rect()
-        .encode(
-            x="predicted:N",
-            y="true:N",
-            color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
-            tooltip=["true", "predicted", "count"],
-        )
-    )
-    st.altair_chart(heat + heat.mark_text(color="black").encode(text="count:Q"), width="stretch")
-    st.dataframe(pd.DataFrame(report["per_class"]), hide_index=True, width="stretch")
 elif report:
     st.subheader("Predicted against true (validation split)")
     st.scatter_chart(pd.DataFrame(report["points"], columns=["true", "predicted"]), x="true", y="predicted")
-    st.write(report["residuals"])
+    r1, r2, r3 = st.columns(3)
+    r1.metric("mean error", summary.number(report["residuals"]["mean"]))
+    r2.metric("error spread (std)", summary.number(report["residuals"]["std"]))
+    r3.metric("largest |error|", summary.number(report["residuals"]["max_abs"]))
 
 if "export_max_abs_diff" in run.metrics:
     st.subheader("Export check")
     e1, e2, e3 = st.columns(3)
     e1.metric("max |PyTorch − ONNX Runtime|", f"{run.metrics['export_max_abs_diff']:.2e}")
     if "export_top1_agreement" in run.metrics:
-        e2.metric("top-1 agreement", f"{run.metrics['export_top1_agreement']:.2%}")
+        e2.metric("top-1 agreement", summary.percent(run.metrics["export_top1_agreement"]))
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
 
+offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
 if run.status == "succeeded":
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
     if records:
         table = summary.certificate_table(records)
         st.dataframe(
-            table.style.apply(
+            numbers(table).apply(
                 lambda row: ["background-color: #fde2e1" if row["status"] == "flagged" else "" for _ in row],
                 axis=1,
             ),
             width="stretch",
+            placeholder=BLANK,
+            # Units move to the caption so that the table fits the page.
+            column_config={
+                **{c: c.removesuffix(" (ms)") for c in table.columns if c.endswith(" (ms)")},
+                "top-1 agreement": "top-1",
+                "peak memory (MB)": "peak memory",
+            },
+        )
+        st.caption(
+            "Latency in ms at batch 1 and 32: p50 is the median call, p95 the 95th percentile. "
+            "Size and peak memory in MB."
         )
         if any(r.status == "flagged" for r in records):
             st.warning("Flagged variants agree with PyTorch on fewer top-1 classes than their threshold.")
         with st.expander("How each variant was made"):
             st.markdown("\n".join(f"- **{r.variant}**: {r.method}" for r in records))
-        cols = st.columns(len(records))
-        for col, r in zip(cols, records, strict=True):
+        buttons = st.container(horizontal=True)
+        for r in records:
             path = Path(r.path)
-            if path.exists():
-                col.download_button(
-                    f"{r.variant} ({r.bytes / 1e6:.1f} MB)",
+            if path.exists() and path.resolve() not in {p.resolve() for p in offered}:  # one per file
+                offered.append(path)
+                buttons.download_button(
+                    f"{r.variant} ({summary.file_size(r.bytes)})",
                     path.read_bytes(),
                     file_name=path.name,
+                    help=f"{path.name}: the file measured as {r.variant}",
+                    icon=":material/download:",
                     key=f"dl-v-{r.variant}",
                 )
         show_tradeoffs([run.id], {run.id: f"{run.id} · {run.name}"})
@@ -256,20 +397,21 @@ if run.status == "succeeded":
         except AscentError as exc:
             st.error(summary.md(exc))
 
-files = summary.artifact_paths(run.id)
+files = summary.downloads(run.id, offered)
 if files:
-    st.subheader("Downloads")
-    cols = st.columns(4)
-    for col, kind in zip(cols, ("onnx", "checkpoint", "config", "report"), strict=True):
-        if kind in files:
-            col.download_button(
-                f"{kind} ({files[kind].stat().st_size / 1e6:.1f} MB)",
-                files[kind].read_bytes(),
-                file_name=files[kind].name,
-                key=f"dl-{kind}",
-            )
+    st.subheader("Downloads" if not offered else "Other files")
+    buttons = st.container(horizontal=True)
+    for label, path in files:
+        buttons.download_button(
+            label,
+            path.read_bytes(),
+            file_name=path.name,
+            help=path.name,
+            icon=":material/download:",
+            key=f"dl-{label.split(' ')[0]}",
+        )
 with st.expander("Log"):
-    st.code(summary.log_tail(run.id) or "(empty)", language=None)
+    st.code(summary.log_tail(run.id) or "(empty)", language=None, wrap_lines=True)
 
 if run.status in (RunStatus.LOST, RunStatus.FAILED, RunStatus.CANCELLED):
     left, right = st.columns(2)
