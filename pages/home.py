@@ -92,6 +92,6 @@ with st.container(horizontal=True, wrap=True):
 st.subheader("Recent runs")
 if runs:
     names = {d.id: d.name for d in datasets}
-    st.dataframe(summary.runs_table(runs, names), hide_index=True, width="stretch")
+    st.dataframe(summary.runs_table(runs, names), hide_index=True, width="stretch", placeholder="—")
 else:
     st.info("No runs yet: add a sample above, or upload data on the Datasets page.")
