@@ -137,13 +137,54 @@ def _run_text(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _wait_for(run_id: int, timeout: float | None) -> tuple[Any, str]:
+class _ProgressBar:
+    """A run's progress on stderr while the CLI waits: epoch, step, ETA and the main metric."""
+
+    def __init__(self, run_id: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=0,
+            desc=f"run {run_id} queued",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{desc} {bar} {n_fmt}/{total_fmt} steps {postfix}",
+        )
+
+    def __call__(self, run: Any) -> None:
+        from core.summary import format_eta, main_metric
+
+        p = run.progress or {}
+        if run.status == "running" and p.get("total_steps"):
+            self.bar.total = int(p["total_steps"])
+            self.bar.n = int(p.get("step") or 0)
+            self.bar.set_description_str(
+                f"run {run.id} · epoch {p.get('epoch')}/{p.get('epochs')} · {p.get('phase')}"
+            )
+            key, best = main_metric(run)
+            metric = f" · best {key} {best:.4g}" if best is not None else ""
+            self.bar.set_postfix_str(f"ETA {format_eta(p.get('eta_s'))}{metric}", refresh=False)
+        elif run.status == "running":
+            self.bar.set_description_str(f"run {run.id} · {p.get('phase') or 'preparing'}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _wait_for(run_id: int, timeout: float | None, *, quiet: bool = False) -> tuple[Any, str]:
     from core import jobs
     from core.worker import start_background_worker
 
     if not jobs.worker_alive():
         start_background_worker()
-    run = jobs.wait(run_id, timeout_s=timeout)
+    bar = _ProgressBar(run_id) if not quiet and sys.stderr.isatty() else None
+    try:
+        run = jobs.wait(run_id, timeout_s=timeout, on_poll=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     doc = _run_document(run_id)
     if run.status != "succeeded":
         raise _RunEnded(doc)
@@ -157,6 +198,15 @@ class _RunEnded(Exception):
         reason = (doc["error"] or "").split("\n", 1)[0] or "it has not finished yet"
         super().__init__(f"run {doc['id']} is {doc['status']}: {reason}")
         self.doc = doc
+
+
+def _budget(text: str) -> float | None:
+    from core.plan import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
@@ -177,6 +227,9 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         init_from_run=a.init_from,
         image_size=a.image_size,
         augment=False if a.no_augment else None,
+        flip=True if a.flip else None,
+        head_first=a.head_first,
+        budget_s=a.budget,
         freeze_epochs=a.freeze_epochs,
         backbone_lr_mult=a.backbone_lr_mult,
         workers=a.workers,
@@ -192,7 +245,7 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
     )
     run = jobs.submit(cfg)
     if a.wait:
-        return _wait_for(run.id, a.timeout)
+        return _wait_for(run.id, a.timeout, quiet=a.json)
     return _run_document(
         run.id
     ), f"run {run.id} queued ({run.model} on dataset {run.dataset_id}); `python -m core runs show {run.id}`"
@@ -231,7 +284,7 @@ def cmd_runs_resume(a: argparse.Namespace) -> tuple[Any, str]:
 
     run = jobs.resume(a.id)
     if a.wait:
-        return _wait_for(run.id, a.timeout)
+        return _wait_for(run.id, a.timeout, quiet=a.json)
     how = "from its last checkpoint" if run.config.get("resume") else "from the start (no checkpoint)"
     return _run_document(run.id), f"run {run.id} queued again; it continues {how}"
 
@@ -549,6 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--warmup", type=float, help="fraction of the steps spent warming the learning rate up")
     p.add_argument("--weight-decay", type=float)
+    p.add_argument(
+        "--budget",
+        type=_budget,
+        metavar="SECONDS",
+        help="seconds from the run's start to its exported model: the run plans its epochs to fit "
+        "(auto: 120 s for pretrained image and text models on a CPU, else none; 0 or none: no limit)",
+    )
     images = p.add_argument_group("images and text")
     images.add_argument(
         "--weights",
@@ -559,7 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from", type=int, metavar="RUN", help="fine-tune the best checkpoint of an earlier run"
     )
     images.add_argument("--image-size", type=int)
-    images.add_argument("--no-augment", action="store_true", help="no random crops, flips or colour jitter")
+    images.add_argument("--no-augment", action="store_true", help="no random crops or colour jitter")
+    images.add_argument(
+        "--flip", action="store_true", help="random horizontal flips too (not for digits, letters, documents)"
+    )
+    images.add_argument(
+        "--head-first",
+        action=argparse.BooleanOptionalAction,
+        help="fit the new head on the frozen network's features before fine-tuning "
+        "(default: on for pretrained image models)",
+    )
     images.add_argument("--freeze-epochs", type=int, help="train only the head for this many epochs")
     images.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to the head")
     images.add_argument("--workers", type=int, help="data loading processes")

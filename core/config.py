@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # "auto" picks CUDA when present, else CPU; "cpu" or "cuda" force one.
     device: str = "auto"
     # Uploads larger than this are refused before they are read.
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = 500 * 1024 * 1024
     # Zip uploads: at most this many bytes once unpacked, and this many entries.
     max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     max_zip_entries: int = 200_000
@@ -139,6 +139,12 @@ class RunConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     # Continue from the run's last checkpoint instead of starting afresh.
     resume: bool = False
+    # Seconds from the run's start to its exported model (None: no limit, the epochs decide).
+    # After a timed warm-up the run plans how many epochs fit; `epochs` stays the most it runs.
+    budget_s: float | None = Field(None, ge=0, le=7 * 24 * 3600)
+    # Pretrained backbones: fit the new head on the frozen backbone's features first (cached
+    # per dataset, model and input size; seconds), then fine-tune the whole network from it.
+    head_first: bool = True
 
     # --- images -------------------------------------------------------------------------
     # Initial weights: "default" (the model's offline default: ImageNet where a package ships
@@ -147,7 +153,10 @@ class RunConfig(BaseModel):
     # Start from the best checkpoint of an earlier run (a new head when the classes differ).
     init_from_run: int | None = None
     image_size: int = Field(224, ge=16, le=1024)
+    # Random resized crops and light colour jitter while training.
     augment: bool = True
+    # Random horizontal flips too: off by default, they break digits, letters and documents.
+    flip: bool = False
     # Train only the head for this many epochs first.
     freeze_epochs: int = Field(0, ge=0)
     # Learning rate of the backbone relative to the head; None: 0.1 when starting from
@@ -172,6 +181,15 @@ class RunConfig(BaseModel):
     # Seconds per clip (padded or cut around the middle); None: the data's 95th percentile.
     clip_seconds: float | None = Field(None, gt=0.1, le=30)
     n_mels: int = Field(64, ge=16, le=256)
+
+    @field_validator("budget_s")
+    @classmethod
+    def _usable_budget(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < 10:
+            raise ValueError(
+                "a time budget under 10 s leaves no time to train; give 10 or more, or 0 for none"
+            )
+        return value or None
 
     @field_validator("device")
     @classmethod

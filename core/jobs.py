@@ -14,6 +14,7 @@ from core.config import WEIGHT_WORDS, RunConfig, database, get_settings
 from core.data.ingest import get_dataset, sha256_file
 from core.errors import AccessError, ConfigError, NotFoundError
 from core.models import default_model, get_model
+from core.plan import Choice, detect_hardware, fitted_defaults
 from db import queries
 from db.models import FINISHED, NAME_MAX, RunStatus
 from db.queries import ArtifactInfo, DatasetInfo, MetricPoint, RunFilter, RunInfo
@@ -35,6 +36,11 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
     if cfg.task != dataset.task:
         raise ConfigError(f"dataset {dataset.id} is {dataset.task}; the run asks for {cfg.task}")
     get_model(cfg.model, cfg.task)
+    if cfg.model == "hf-transformer" and cfg.weights in WEIGHT_WORDS:
+        raise ConfigError(
+            "hf-transformer needs the Hugging Face model to fine-tune: a hub id such as "
+            "distilbert-base-uncased (--weights on the command line)"
+        )
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)
@@ -102,13 +108,35 @@ def _check_seed_run(run_id: int) -> None:
         run_dataset(seed)
 
 
+def fitted(
+    dataset: DatasetInfo, model: str, *, weights: str = "default", device: str = "auto"
+) -> list[Choice]:
+    """The settings fitted to `dataset` and this machine's device, with their reasons."""
+    return fitted_defaults(
+        dataset,
+        model,
+        get_model(model, dataset.task).defaults,
+        detect_hardware(device),
+        weights=weights,
+    )
+
+
 def config_for(dataset_id: int, **overrides: object) -> RunConfig:
-    """A RunConfig for a dataset with its task's default model and any overrides given."""
+    """A RunConfig for a dataset: the overrides given (None: not given), then the settings fitted
+    to the data and the device (`core.plan`), then the model's registered defaults."""
     dataset = get_dataset(dataset_id)
     values = {k: v for k, v in overrides.items() if v is not None}
+    no_budget = values.get("budget_s") == 0  # "0": no time limit, not "not given"
     model = str(values.setdefault("model", default_model(dataset.task)))
+    get_model(model, dataset.task)  # an unknown model is refused before the device is probed
+    RunConfig(task=dataset.task, dataset_id=dataset_id, **values)  # type: ignore[arg-type]
+    weights, device = str(values.get("weights", "default")), str(values.get("device", "auto"))
+    for choice in fitted(dataset, model, weights=weights, device=device):
+        values.setdefault(choice.key, choice.value)
     for key, value in get_model(model, dataset.task).defaults.items():
         values.setdefault(key, value)
+    if no_budget:
+        values["budget_s"] = None
     return RunConfig(task=dataset.task, dataset_id=dataset_id, **values)  # type: ignore[arg-type]
 
 
@@ -356,11 +384,20 @@ def ensure_worker(grace_s: float = 60.0) -> bool:
     return True
 
 
-def wait(run_id: int, *, timeout_s: float | None = None, poll_s: float = 0.5) -> RunInfo:
-    """Block until the run has finished (or the timeout passes); returns it."""
+def wait(
+    run_id: int,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = 0.5,
+    on_poll: Callable[[RunInfo], None] | None = None,
+) -> RunInfo:
+    """Block until the run has finished (or the timeout passes); returns it. `on_poll` sees the
+    run at every poll (the CLI draws its progress bar from it)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         run = get_run(run_id)
+        if on_poll is not None:
+            on_poll(run)
         if run.status in FINISHED:
             return run
         if deadline is not None and time.monotonic() > deadline:

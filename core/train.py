@@ -19,6 +19,7 @@ import torch
 
 from core import checkpoint
 from core.config import RunConfig
+from core.head_first import fit_head, freeze_norm_statistics
 from core.tasks import TaskData
 
 BEST = "best.safetensors"
@@ -41,9 +42,10 @@ class Progress:
     epochs: int = 0
     step: int = 0
     total_steps: int = 0
-    phase: str = "preparing"  # preparing, training, validating, exporting
+    phase: str = "preparing"  # preparing, fitting head, training, validating, exporting
     first_step: int = 0  # the step this attempt started at (resume)
     started: float = field(default_factory=time.monotonic)
+    plan: str = ""  # what a time budget made of the run, in words
 
     def as_dict(self) -> dict[str, Any]:
         done = self.step - self.first_step
@@ -58,12 +60,13 @@ class Progress:
             "phase": self.phase,
             "steps_per_sec": rate,
             "eta_s": eta,
+            "plan": self.plan,
         }
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
-    status: Literal["completed", "early_stopped", "cancelled"]
+    status: Literal["completed", "early_stopped", "cancelled", "budget"]
     epochs_run: int
     best_epoch: int
     best_value: float | None
@@ -124,6 +127,48 @@ def evaluate(data: TaskData, autocast: Callable[[], Any] = nullcontext) -> dict[
     return metrics
 
 
+@dataclass
+class BudgetPlan:
+    """How many epochs (or steps of a first, cut epoch) fit before a deadline on this device."""
+
+    epochs: int
+    total_steps: int
+    step_s: float  # seconds per optimiser step, measured
+    val_s: float  # seconds per validation pass, estimated until one was measured
+
+    def describe(self, steps_per_epoch: int, seconds: float) -> str:
+        if self.total_steps < steps_per_epoch:
+            return (
+                f"{self.total_steps} of {steps_per_epoch} steps of one epoch fit in the {seconds:.0f} s left "
+                f"({self.step_s:.2f} s a step)"
+            )
+        return (
+            f"{self.epochs} epochs of {steps_per_epoch} steps fit in the {seconds:.0f} s left "
+            f"({self.step_s:.2f} s a step, {self.val_s:.1f} s a validation)"
+        )
+
+
+def plan_budget(
+    *,
+    seconds_left: float,
+    step_s: float,
+    val_s: float,
+    steps_done: int,
+    steps_per_epoch: int,
+    max_epochs: int,
+) -> BudgetPlan:
+    """The most epochs (at least part of one) whose remaining steps and validations fit in
+    `seconds_left`, counted from `steps_done` steps into the first planned epoch."""
+    epochs = max_epochs
+    while epochs > 1 and step_s * (epochs * steps_per_epoch - steps_done) + epochs * val_s > seconds_left:
+        epochs -= 1
+    total = epochs * steps_per_epoch
+    if epochs == 1 and step_s * (total - steps_done) + val_s > seconds_left:
+        total = steps_done + max(1, int((seconds_left - val_s) / max(step_s, 1e-9)))
+        total = min(total, steps_per_epoch)
+    return BudgetPlan(epochs, total, step_s, val_s)
+
+
 def train(
     cfg: RunConfig,
     data: TaskData,
@@ -133,8 +178,16 @@ def train(
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Progress | None = None,
+    deadline: float | None = None,
+    features_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _message: None,
 ) -> TrainOutcome:
-    """Train `data.model` as `cfg` says; resumes from run_dir/last.safetensors when cfg.resume."""
+    """Train `data.model` as `cfg` says; resumes from run_dir/last.safetensors when cfg.resume.
+
+    With `data.head` (and cfg.head_first) a fresh run first fits the head on the frozen network's
+    features (cached in `features_dir`) and reports it as epoch 0. With a `deadline`
+    (time.monotonic()) the run times its first steps, plans the epochs that fit, and stops at
+    the deadline with its best checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = data.model.to(device)
@@ -161,7 +214,8 @@ def train(
         "best_epoch": 0,
         "stale": 0,
     }
-    if cfg.resume and (run_dir / LAST).exists():
+    resumed = cfg.resume and (run_dir / LAST).exists()
+    if resumed:
         state = checkpoint.load_training_state(run_dir / LAST, model, optimizer)
     meta = {"config": cfg.model_dump(mode="json"), **data.extra}
     progress = progress or Progress()
@@ -169,13 +223,46 @@ def train(
     progress.step = progress.first_step = state["step"]
     progress.started = time.monotonic()
 
-    status: Literal["completed", "early_stopped", "cancelled"] = "completed"
-    for epoch in range(state["epoch"], cfg.epochs):
+    def keep_if_better(epoch: int, metrics: dict[str, float]) -> bool:
+        value = metrics[data.main_metric]
+        improved = _improved(value, metrics["val_loss"], state, data.mode)
+        if improved:
+            state.update(best=value, best_loss=metrics["val_loss"], best_epoch=epoch, stale=0)
+            checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch})
+        else:
+            state["stale"] += 1
+        return improved
+
+    if data.head is not None and not resumed:
+        progress.phase = "fitting head"
+        began = time.perf_counter()
+        n, hit = fit_head(data, features_dir or run_dir / "features")
+        metrics = evaluate(data, autocast)
+        log(
+            f"head fitted on the frozen network's features of {n} samples"
+            f"{' (cached)' if hit else ''} in {time.perf_counter() - began:.1f} s: "
+            f"{data.main_metric}={metrics[data.main_metric]:.4g}"
+        )
+        improved = keep_if_better(0, metrics)
+        state["stale"] = 0  # patience counts the fine-tuning epochs
+        if on_epoch is not None:
+            on_epoch(EpochResult(0, 0, metrics, improved))
+
+    epochs = cfg.epochs
+    plan_at = min(steps_per_epoch, 8)  # steps timed before a deadline's plan
+    step_times: list[float] = []
+    val_s: float | None = None
+    status: Literal["completed", "early_stopped", "cancelled", "budget"] = "completed"
+    epoch = state["epoch"]
+    while epoch < epochs:
         data.train.epoch = epoch
         progress.epoch, progress.phase = epoch + 1, "training"
         for param in data.freeze:
             param.requires_grad_(epoch >= cfg.freeze_epochs)
         model.train()
+        if data.head is not None:
+            # Small batches would swap the statistics the fitted head was built on for noisy ones.
+            freeze_norm_statistics(model)
         loss_sum = torch.zeros((), device=device)
         seen = 0
         started = time.perf_counter()
@@ -203,6 +290,29 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
                 progress.step = state["step"]
+                if deadline is not None and not progress.plan:
+                    step_times.append(time.monotonic())
+                    if len(step_times) > plan_at or (len(step_times) > 1 and i + 1 == n_batches):
+                        # The first step pays for warming caches up: time the ones after it.
+                        step_s = (step_times[-1] - step_times[0]) / (len(step_times) - 1)
+                        batches = max(1, -(-data.n_val // max(cfg.batch_size, 32)))
+                        plan = plan_budget(
+                            seconds_left=deadline - time.monotonic(),
+                            step_s=step_s,
+                            val_s=0.4 * step_s * batches,
+                            steps_done=state["step"] - epoch * steps_per_epoch,
+                            steps_per_epoch=steps_per_epoch,
+                            max_epochs=cfg.epochs - epoch,
+                        )
+                        epochs = epoch + plan.epochs
+                        total_steps = epoch * steps_per_epoch + plan.total_steps
+                        warmup = max(1, int(cfg.warmup_fraction * total_steps))
+                        lr_factor = cosine_with_warmup(total_steps, warmup)
+                        progress.epochs, progress.total_steps = epochs, total_steps
+                        progress.plan = plan.describe(steps_per_epoch, deadline - time.monotonic())
+                        log(f"time budget: {progress.plan}")
+                if deadline is not None and (state["step"] >= total_steps or time.monotonic() >= deadline):
+                    break  # the budget ends this epoch early; it is validated as usual
             if should_stop is not None and should_stop():
                 status = "cancelled"
                 break
@@ -211,29 +321,30 @@ def train(
         train_loss = float(loss_sum) / max(1, seen)  # one sync per epoch
         seconds = time.perf_counter() - started
         progress.phase = "validating"
+        began = time.perf_counter()
         metrics = {
             "train_loss": train_loss,
             **evaluate(data, autocast),
             "samples_per_sec": seen / max(seconds, 1e-9),
             "lr": max(group["lr"] for group in optimizer.param_groups),
         }
-        value = metrics[data.main_metric]
-        improved = _improved(value, metrics["val_loss"], state, data.mode)
+        val_s = time.perf_counter() - began
+        improved = keep_if_better(epoch + 1, metrics)
         state["epoch"] = epoch + 1
-        if improved:
-            state.update(best=value, best_loss=metrics["val_loss"], best_epoch=epoch + 1, stale=0)
-            checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch + 1})
-        else:
-            state["stale"] += 1
         # Metrics first, then the state to resume from: an attempt that dies in between
         # trains this epoch again, and the resume drops what it recorded of it.
         if on_epoch is not None:
             on_epoch(EpochResult(epoch + 1, state["step"], metrics, improved))
         checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
+        epoch += 1
         if cfg.patience and state["stale"] >= cfg.patience:
             status = "early_stopped"
             break
         if should_stop is not None and should_stop():
             status = "cancelled"
             break
+        if deadline is not None and epoch < epochs and time.monotonic() + seconds + val_s > deadline:
+            epochs = epoch  # the next epoch would end past the deadline
+    if status == "completed" and epoch < cfg.epochs:
+        status = "budget"
     return TrainOutcome(status, state["epoch"], state["best_epoch"], state["best"])

@@ -1,12 +1,15 @@
 """Train: dataset -> model -> hyper-parameters -> launch; live progress of the runs going on."""
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from core import jobs, summary
 from core.access import Action, can
+from core.config import describe_device
 from core.data.ingest import get_dataset, list_datasets
-from core.errors import AscentError
+from core.errors import AscentError, ConfigError
 from core.models import get_model, models_for
+from core.plan import parse_budget
 from pages.studio.edge import guarded
 from pages.studio.session import page_actor
 
@@ -25,7 +28,17 @@ with st.container(border=True):
     ds = get_dataset(choice.id)
     specs = models_for(ds.task)
     spec = st.selectbox("Model", specs, format_func=lambda m: f"{m.name} — {m.description}")
-    d = get_model(spec.name, ds.task).defaults
+    fitted = {c.key: c for c in jobs.fitted(ds, spec.name)}
+    # What the run uses unless changed below: fitted to the data and device, else the model's.
+    d = {**get_model(spec.name, ds.task).defaults, **{k: c.value for k, c in fitted.items()}}
+    if fitted:
+        st.markdown(
+            f"**Fitted to your data and this device** ({summary.md(describe_device())}), unless you change them below:\n"
+            + "\n".join(
+                f"- {summary.FITTED_NAMES.get(c.key, c.key)}: **{summary.fitted_value(c)}** — {summary.md(c.why)}"
+                for c in fitted.values()
+            )
+        )
     with st.form("hyper-parameters"):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input(
@@ -33,7 +46,7 @@ with st.container(border=True):
             1,
             10_000,
             int(d.get("epochs", 30)),
-            help="Passes over the training split; early stopping may end sooner.",
+            help="Passes over the training split; early stopping or a time budget may end sooner.",
         )
         batch = c2.number_input("Batch size", 1, 65_536, int(d.get("batch_size", 64)))
         lr = c3.number_input(
@@ -61,10 +74,27 @@ with st.container(border=True):
             help="auto: bf16 or fp16 autocast on a GPU, fp32 on the CPU.",
         )
         options: dict[str, object] = {}
+        if "budget_s" in fitted:
+            budget = d.get("budget_s")
+            options["budget_text"] = st.columns(3)[0].text_input(
+                "Time budget (s)",
+                value="auto",
+                help=(
+                    "Seconds from the run's start to its exported model: after timing its first steps "
+                    "the run plans how many epochs fit (at most the epochs above) and exports its best "
+                    "model. auto: "
+                    + (f"{budget:g} s here" if budget else "no limit here")
+                    + "; none: no limit."
+                ),
+            )
         if ds.task == "image-classification":
             c7, c8, c9 = st.columns(3)
             options["image_size"] = c7.number_input(
-                "Image size (px)", 16, 1024, int(d.get("image_size", 224))
+                "Image size (px)",
+                16,
+                1024,
+                int(d.get("image_size", 224)),
+                help=fitted["image_size"].why if "image_size" in fitted else None,
             )
             options["weights"] = c8.selectbox(
                 "Initial weights",
@@ -74,7 +104,19 @@ with st.container(border=True):
             options["freeze_epochs"] = c9.number_input(
                 "Head-only epochs", 0, 100, 0, help="Train only the new head first."
             )
-            options["augment"] = st.checkbox("Augment (random crops, flips, colour jitter)", value=True)
+            a1, a2, a3 = st.columns(3)
+            options["augment"] = a1.checkbox("Augment (random crops, colour jitter)", value=True)
+            options["flip"] = a2.checkbox(
+                "Horizontal flips",
+                value=False,
+                help="Mirror training images at random. Off by default: flips break digits, letters and documents.",
+            )
+            if "head_first" in fitted:
+                options["head_first"] = a3.checkbox(
+                    "Fit the head first",
+                    value=bool(fitted["head_first"].value),
+                    help="Fit the new head on the frozen network's features (seconds, cached), then fine-tune all of it.",
+                )
         if ds.task == "audio-classification":
             c7, c8, c9 = st.columns(3)
             options["clip_seconds"] = c7.number_input(
@@ -125,6 +167,12 @@ with st.container(border=True):
             options["weight_decay"] = c11.number_input(
                 "Weight decay", 0.0, 1.0, float(d.get("weight_decay", 1e-4)), format="%.4f"
             )
+            if "head_first" in fitted:
+                options["head_first"] = st.checkbox(
+                    "Fit the head first",
+                    value=bool(fitted["head_first"].value),
+                    help="Fit the new head on the frozen transformer's pooled features first, then fine-tune all of it.",
+                )
             if spec.name == "hf-transformer":
                 options["weights"] = (
                     st.text_input(
@@ -143,6 +191,10 @@ with st.container(border=True):
         )
     if launch:
         try:
+            if "budget_text" in options:
+                options["budget_s"] = parse_budget(str(options.pop("budget_text")))
+            if spec.name == "hf-transformer" and not options.get("weights"):
+                raise ConfigError("give the Hugging Face model to fine-tune, e.g. distilbert-base-uncased")
             cfg = jobs.config_for(
                 ds.id,
                 model=spec.name,
@@ -156,15 +208,47 @@ with st.container(border=True):
                 **options,
             )
             run = jobs.submit(cfg, actor=actor)
+            st.session_state.setdefault("train-following", []).append(run.id)
             st.success(f"Run {run.id} queued: {summary.md(run.name)}.")
         except (AscentError, ValueError) as exc:
             st.error(summary.md(exc))
+
+
+def outcome(run_id: int) -> None:
+    """One line on how a run this page followed ended, with a link to it."""
+    try:
+        run = jobs.get_run(run_id)
+    except AscentError:
+        return  # deleted meanwhile
+    key, best = summary.main_metric(run)
+    said = f"Run {run.id} · {summary.md(run.name)} {run.status}"
+    if run.status == "succeeded" and best is not None:
+        said += f": best {summary.metric_label(key)} {best:.3g}"
+    elif run.error:
+        said += f": {summary.md(run.error.splitlines()[0])}"
+    show = {"succeeded": st.success, "failed": st.error}.get(run.status, st.warning)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        show(said, icon=":material/flag:")
+        try:
+            st.page_link("pages/runs.py", label="See it on Runs", icon=":material/table_view:")
+        except StreamlitPageNotFoundError:  # this page run alone, without the router's pages
+            st.caption("It is on the Runs page.")
 
 
 @st.fragment(run_every="2s")
 @guarded
 def live() -> None:
     active = jobs.list_runs(status="running", limit=20) + jobs.list_runs(status="queued", limit=20)
+    following: list[int] = st.session_state.setdefault("train-following", [])
+    live_ids = {r.id for r in active}
+    following.extend(r.id for r in active if r.id not in following)
+    ended = st.session_state.setdefault("train-ended", [])
+    for run_id in [i for i in following if i not in live_ids]:
+        following.remove(run_id)
+        ended.insert(0, run_id)
+    del ended[5:]
+    for run_id in ended:
+        outcome(run_id)
     if not active:
         st.caption("No run is going on. Finished runs are on the Runs page.")
         return
@@ -186,16 +270,21 @@ def live() -> None:
                     + (f" · {samples:,.0f} samples/s" if samples else "")
                     + (f" · {rate:.1f} steps/s" if rate else ""),
                 )
+                if p.get("plan"):
+                    st.caption(f"Time budget: {summary.md(p['plan'])}")
                 key, _ = summary.main_metric(run)
                 left, right = st.columns(2)
                 losses = summary.curves([run.id], ["train_loss", "val_loss"], {run.id: "loss"})
                 metric = summary.curves([run.id], [key], {run.id: "metric"})
+                if losses.empty and metric.empty:
+                    st.caption("Curves appear after the first epoch.")
                 if not losses.empty:
-                    left.line_chart(losses, x_label="epoch")
+                    left.line_chart(losses, x_label="epoch", y_label="loss")
                 if not metric.empty:
-                    right.line_chart(metric, x_label="epoch")
+                    right.line_chart(metric, x_label="epoch", y_label=summary.metric_label(key))
             elif run.status == "running":
-                st.progress(0.0, text="preparing data and model…")
+                phase = p.get("phase") or "preparing"
+                st.progress(0.0, text=f"{phase}: data and model…" if phase == "preparing" else f"{phase}…")
             if can(actor, Action.CANCEL) and st.button(
                 "Cancel", key=f"cancel-{run.id}", icon=":material/stop:"
             ):

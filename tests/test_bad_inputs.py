@@ -346,6 +346,13 @@ CASES: dict[str, Case] = {
         ["train", "--dataset", "{ds:table}", "--init-from", "999"], "no run with id 999"
     ),
     "no --dataset": Case(["train"], "the following arguments are required: --dataset"),
+    "a time budget that is no number": Case(
+        ["train", "--dataset", "{ds:table}", "--budget", "soon"], "'soon' is no time budget"
+    ),
+    "a time budget of 5 s": Case(["train", "--dataset", "{ds:table}", "--budget", "5"], "10 s to 7 days"),
+    "hf-transformer without a model to fine-tune": Case(
+        ["train", "--dataset", "{ds:text}", "--model", "hf-transformer"], "needs the Hugging Face model"
+    ),
     # runs
     "show a run that is not there": Case(["runs", "show", "999"], "no run with id 999", postgres=True),
     "cancel a run that is not there": Case(["runs", "cancel", "999"], "no run with id 999"),
@@ -485,7 +492,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
             home,
             ["train", "--dataset", str(ds), "--model", "small-cnn", "--epochs", "1", "--image-size", "32"],
         )["id"]
-        ds = _ok(home, ["datasets", "add", str(files["news.csv"])])["id"]
+        ds = home.ids["ds:text"] = _ok(home, ["datasets", "add", str(files["news.csv"])])["id"]
         home.ids["run:text"] = _ok(
             home, ["train", "--dataset", str(ds), "--model", "text-cnn", "--epochs", "1"]
         )["id"]

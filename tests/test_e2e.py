@@ -104,8 +104,14 @@ def _settle(page) -> None:  # type: ignore[no-untyped-def]
 
 
 def _shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The page at 1400 px (name.png) and at 800 px wide (name-800.png)."""
     _settle(page)
     page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 800, "height": 1000})
+    page.wait_for_timeout(400)
+    page.screenshot(path=str(OUTPUT / f"{name}-800.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.wait_for_timeout(200)
 
 
 def _launch_and_wait(page, epochs: str, extra: dict[str, str] | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -117,6 +123,10 @@ def _launch_and_wait(page, epochs: str, extra: dict[str, str] | None = None) -> 
     page.get_by_text("queued:").wait_for()
     _shot(page, "train")
     page.get_by_text("No run is going on").wait_for(timeout=240_000)
+    # The run this page launched says how it ended, with a way to it.
+    page.get_by_text("succeeded").first.wait_for()
+    page.get_by_role("link", name="See it on Runs").first.wait_for()
+    _shot(page, "train-ended")
 
 
 def test_table_upload_train_predict_compare(page, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -162,6 +172,10 @@ def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  
     page.get_by_text("Quality report").wait_for()
     _shot(page, "datasets-images")
 
+    _open(page, "/train")  # the settings fitted to 28 px images on this CPU, said before launch
+    page.get_by_text("your images are about 28 px").wait_for()
+    assert page.get_by_role("spinbutton", name="Image size (px)", exact=True).input_value() == "64"
+    _shot(page, "train-fitted")
     _launch_and_wait(page, "2", {"Image size (px)": "64"})
 
     held_out = fashion_mnist_zip(tmp_path / "one.zip", per_class=1, classes=("sneaker",), offset=700)
@@ -238,7 +252,7 @@ def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # ty
 ) -> None:
     from conftest import wait_for
 
-    from core import certificate, jobs
+    from core import certificate, jobs, summary
     from core.data.ingest import ingest_file
     from core.runtime import Predictor
 
@@ -263,7 +277,7 @@ def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # ty
 
     int8 = next(r for r in certificate.certificate(run.id) if r.variant == "int8")
     with page.expect_download() as download:
-        page.get_by_role("button", name=f"int8 ({int8.bytes / 1e6:.1f} MB)").click()
+        page.get_by_role("button", name=f"int8 ({summary.file_size(int8.bytes)})").click()
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.name == "model.int8.onnx" and saved.read_bytes() == Path(int8.path).read_bytes()
@@ -316,7 +330,7 @@ def test_sign_in_roles_and_user_text_shown_as_text(page, data_dir: Path) -> None
     page.get_by_text("Signed in as val (viewer)").wait_for()
 
     _open(page, "/runs")
-    page.get_by_text("1 runs").wait_for()
+    page.get_by_text("1 run ·").wait_for()
     select = page.locator('[data-testid="stMultiSelect"]')
     select.locator("input").click()
     page.get_by_role("option").first.click()

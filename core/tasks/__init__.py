@@ -135,6 +135,13 @@ class TaskData:
     freeze: list[torch.nn.Parameter] = field(default_factory=list)
     # Convolutional models run channels-last on CUDA.
     channels_last: bool = False
+    # A pretrained model's new classification layer (a Linear inside `model`): with
+    # cfg.head_first the loop fits it on the frozen network's features before fine-tuning.
+    head: torch.nn.Linear | None = None
+    # The training split without augmentation, in a fixed order: what those features come from.
+    plain_train: TensorBatches | DeviceLoader | None = None
+    # Names the features for the cache (dataset content, model, weights, input size, split).
+    features_key: str | None = None
 
 
 class Probabilities(torch.nn.Module):
@@ -205,6 +212,17 @@ CALIBRATION_POOL = 256  # training samples a Reference carries for calibration a
 def calibration_rows(n: int, seed: int) -> np.ndarray:
     """Up to CALIBRATION_POOL training rows in a seeded random order."""
     return np.random.default_rng(seed).permutation(n)[:CALIBRATION_POOL]
+
+
+def features_key(dataset: DatasetInfo, cfg: RunConfig, input_size: int, train_idx: np.ndarray) -> str:
+    """What the frozen features of a training split depend on, for their cache: the data, the
+    network and its starting weights, the input size (pixels or tokens) and which rows train."""
+    import hashlib
+
+    parts = [dataset.sha256, cfg.model, cfg.weights, str(cfg.init_from_run), str(input_size)]
+    digest = hashlib.sha256("|".join(parts).encode())
+    digest.update(np.ascontiguousarray(train_idx, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:32]
 
 
 def val_targets(data: TaskData) -> np.ndarray:

@@ -30,6 +30,7 @@ from core.tasks import (
     classification_metrics,
     cross_entropy,
     export_metadata,
+    features_key,
     init_from_run,
     read_index,
     split_indices,
@@ -45,10 +46,17 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images by index as uint8 HWC tensors; from memory when cached, else decoded on demand."""
 
     def __init__(
-        self, files: list[Path], labels: np.ndarray, size: int, *, augment: bool, cache: np.ndarray | None
+        self,
+        files: list[Path],
+        labels: np.ndarray,
+        size: int,
+        *,
+        augment: bool,
+        flip: bool = False,
+        cache: np.ndarray | None,
     ) -> None:
         self.files, self.labels, self.size, self.cache = files, labels, size, cache
-        self.augment = _augmentation(size) if augment else None
+        self.augment = _augmentation(size, flip) if augment else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -65,16 +73,16 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
         return img, int(self.labels[i])
 
 
-def _augmentation(size: int) -> Any:
+def _augmentation(size: int, flip: bool) -> Any:
+    """Light random crops and colour jitter; horizontal flips only when asked (they turn a 'b'
+    into a 'd' and mirror documents)."""
     from torchvision.transforms import v2
 
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-        ]
-    )
+    steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2))
+    return v2.Compose(steps)
 
 
 def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[tuple[torch.Tensor], torch.Tensor]:
@@ -132,6 +140,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
             y[idx],
             size,
             augment=augment,
+            flip=cfg.flip,
             cache=None if cached is None else cached[idx],
         )
 
@@ -153,6 +162,16 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     val_loader = DataLoader(
         subset(val_idx, False), batch_size=max(cfg.batch_size, 64), shuffle=False, **common
     )
+    head = model.net.get_submodule(net.head)
+    probe = pretrained and cfg.head_first and isinstance(head, torch.nn.Linear)
+    plain_train = (
+        DeviceLoader(
+            DataLoader(subset(train_idx, False), batch_size=max(cfg.batch_size, 64), shuffle=False, **common),
+            device,
+        )
+        if probe
+        else None
+    )
 
     mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
     groups = [
@@ -173,6 +192,9 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         param_groups=groups,
         freeze=model.backbone_parameters() if cfg.freeze_epochs else [],
         channels_last=True,
+        head=head if probe and isinstance(head, torch.nn.Linear) else None,
+        plain_train=plain_train,
+        features_key=features_key(dataset, cfg, size, train_idx) if probe else None,
     )
 
 

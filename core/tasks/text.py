@@ -32,6 +32,7 @@ from core.tasks import (
     classification_metrics,
     cross_entropy,
     export_metadata,
+    features_key,
     init_from_run,
     split_indices,
 )
@@ -209,7 +210,28 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         param_groups=[
             g for g in ({"params": body, "lr_mult": mult}, {"params": head, "lr_mult": 1.0}) if g["params"]
         ],
+        **_head_first(net, cfg, dataset, train_set, collate, device, max_length, train_idx),
     )
+
+
+def _head_first(
+    net: TextNet,
+    cfg: RunConfig,
+    dataset: DatasetInfo,
+    train_set: TokenDataset,
+    collate: Any,
+    device: str,
+    max_length: int,
+    train_idx: np.ndarray,
+) -> dict[str, Any]:
+    """A pretrained transformer's classification layer and the plain training split, for the
+    loop to fit that layer on the frozen pooled features first (cfg.head_first)."""
+    head = getattr(getattr(net.module, "hf", None), "classifier", None)
+    if not (cfg.head_first and net.pretrained and isinstance(head, torch.nn.Linear)):
+        return {}
+    loader = DataLoader(train_set, batch_size=max(cfg.batch_size, 32), shuffle=False, collate_fn=collate)
+    key = features_key(dataset, cfg, max_length, train_idx)
+    return {"head": head, "plain_train": DeviceLoader(loader, device), "features_key": key}
 
 
 def tokenizer_metadata(extra: dict[str, Any]) -> dict[str, Any]:
