@@ -45,10 +45,37 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 # --- commands: each returns (json document, human text) ------------------------------------
 
 
+class _StageLine:
+    """The stage a `datasets add` is at, on one line of stderr rewritten in place (a terminal)."""
+
+    def __init__(self) -> None:
+        self.shown = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        line = f"{stage} {done:,}/{total:,}" if total else f"{stage}…"
+        sys.stderr.write("\r" + line.ljust(self.shown))
+        sys.stderr.flush()
+        self.shown = len(line)
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * self.shown + "\r")
+            sys.stderr.flush()
+
+
 def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
+    from contextlib import nullcontext
+
+    from core.data import stages
     from core.data.ingest import ingest_file
 
-    ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task, text_column=a.text_column)
+    line = _StageLine() if not a.json and sys.stderr.isatty() else None
+    try:
+        with stages.reporting(line) if line is not None else nullcontext():
+            ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task, text_column=a.text_column)
+    finally:
+        if line is not None:
+            line.close()
     rep = ds.report
     if ds.task == "text-classification":
         lengths = rep["length_tokens"]

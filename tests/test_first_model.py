@@ -183,3 +183,13 @@ def test_cli_train_budget_is_planned_and_logged_with_a_progress_bar(clothes, wor
     assert done.returncode == 0, shown
     assert "run 2 · epoch" in shown and "steps" in shown and "ETA" in shown
     assert "succeeded" in done.stdout
+
+
+def test_datasets_add_shows_its_stages_on_a_terminal(home: Path, tmp_path: Path) -> None:
+    images = fashion_mnist_zip(tmp_path / "c.zip", per_class=20, classes=("trouser", "bag"))
+    done, shown = _cli_on_a_terminal(["datasets", "add", str(images)])
+    assert done.returncode == 0, shown
+    assert "unpacking the zip" in shown and "decoding images 40/40" in shown and "keeping 40 images" in shown
+    assert "dataset 1" in done.stdout
+    done, shown = _cli_on_a_terminal(["datasets", "add", str(images), "--json"])
+    assert done.returncode == 0 and "decoding" not in shown and json.loads(done.stdout)["id"] == 2

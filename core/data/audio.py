@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.config import get_settings
-from core.data import images
+from core.data import images, stages
 from core.errors import DatasetError
 from core.runtime import AUDIO_SUFFIXES, RuntimeInputError, clip_info, load_audio
 
@@ -61,7 +61,7 @@ def inspect_zip(
     silent: list[str] = []
     clipped: list[str] = []
     limit = get_settings().max_clip_seconds
-    for p in sorted(audio, key=str):
+    for p in stages.each("reading clips", sorted(audio, key=str)):
         try:
             duration, _, _ = clip_info(audio[p])
             if duration > limit:

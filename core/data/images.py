@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from core.data import stages
 from core.errors import DatasetError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -121,7 +122,7 @@ def unpack_zip(path: Path, limits: ZipLimits, dest: Path) -> dict[PurePosixPath,
         _check_names(kept)
         files: dict[PurePosixPath, Path] = {}
         total = 0
-        for info, name in kept:
+        for info, name in stages.each("unpacking the zip", kept):
             target = dest.joinpath(*name.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -255,7 +256,7 @@ def inspect_zip(
 
     items: list[ImageItem] = []
     unreadable: dict[str, str] = {}
-    for p, label in candidates:
+    for p, label in stages.each("decoding images", candidates):
         data = files[p].read_bytes()
         try:
             width, height, mode = decode_image(data)

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import database, get_settings
-from core.data import audio, images, tabular, text
+from core.data import audio, images, stages, tabular, text
 from core.errors import ConfigError, DatasetError, NotFoundError
 from db import queries
 from db.models import NAME_MAX
@@ -122,7 +122,9 @@ def _ingest(
             f"{path.name}: unsupported file type '{suffix or 'none'}'; upload a CSV, TSV or Parquet "
             "table, or a zip of images"
         )
+    stages.report("reading the table")
     df = tabular.read_table(path)
+    stages.report(f"checking {len(df):,} rows")
     task, schema, report = tabular.inspect_table(df, target, task)
     schema["source"] = path.name
 
@@ -172,6 +174,7 @@ def _ingest_zip(
         }
         if task == "audio-classification":
             schema["clip_seconds"] = audio.clip_seconds(report["seconds"]["p95"])
+        stages.report(f"keeping {len(items)} {folder}")
         images.keep_files(staging, folder, files, [i.path for i in items])
         pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(
             staging / "index.parquet", index=False
@@ -245,6 +248,7 @@ def _commit(
 ) -> DatasetInfo:
     """Move the staged files into place in the same transaction that writes the dataset row."""
     settings = get_settings()
+    stages.report("recording the dataset")
     tabular.check_size(schema, "schema", "")
     tabular.check_size(report, "quality report", "")
     final: Path | None = None
