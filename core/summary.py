@@ -574,3 +574,137 @@ def upload_limit_mb(settings_bytes: int, server_mb: int) -> int:
     if mb < 1000:
         return min(mb, 500)
     return mb // 1000 * 1000
+
+
+# The Predict page's tables: an example row, a pasted row, batch results and their scores.
+
+
+def example_row(dataset: DatasetInfo, config: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """The first row of a run's validation split (as its training split the table) with its
+    target: (row number in the stored table, {column: value}); None when it cannot be read."""
+    from core.runtime import as_category
+    from core.tasks import split_indices  # numpy only, but its module imports torch: import late
+
+    schema = dataset.schema
+    target = schema.get("target")
+    try:
+        df = pd.read_parquet(Path(dataset.path) / "data.parquet")
+    except Exception:  # a deleted or unreadable file: the form starts empty
+        return None
+    if target not in df.columns:
+        return None
+    kept = df[df[target].notna()]
+    if kept.empty:
+        return None
+    classes = schema.get("classes")
+    if classes:
+        index = {c: i for i, c in enumerate(classes)}
+        y = kept[target].map(lambda v: index.get(as_category(v) or "", -1)).to_numpy(np.int64)
+    else:
+        y = pd.to_numeric(kept[target], errors="coerce").to_numpy(np.float32)
+    _, val = split_indices(
+        y,
+        stratify=bool(classes),
+        val_fraction=float(config.get("val_fraction", 0.2)),
+        seed=int(config.get("seed", 0)),
+    )
+    position = int(val[0]) if len(val) else 0
+    row = kept.iloc[position]
+    return int(kept.index[position]), {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
+
+
+def form_value(value: Any, codes: list[str] | None) -> Any:
+    """A raw table value as the one-row form's field holds it: a float for a number field, one of
+    the codes for a category field; None (missing) for what the field cannot hold."""
+    from core.runtime import as_category
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if codes is None:
+        number_ = float(value)
+        return None if math.isnan(number_) else number_
+    text = as_category(value)
+    return text if text in codes else None
+
+
+def parse_row(line: str, columns: list[str], codes: dict[str, list[str]]) -> tuple[dict[str, Any], list[str]]:
+    """One pasted CSV line holding the feature columns in order -> (form values, problems).
+
+    Quotes work as in CSV ("a, b" is one value); an empty value is missing. A value a field
+    cannot hold (text in a number field, a category the model never saw) is left missing and
+    named in the problems."""
+    import csv
+
+    values = next(csv.reader([line.strip()]), [])
+    if len(values) != len(columns):
+        return {}, [
+            f"the line has {len(values)} value{'s' * (len(values) != 1)}, the model takes {len(columns)}: "
+            + ", ".join(columns)
+        ]
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for column, raw in zip(columns, values, strict=True):
+        try:
+            out[column] = form_value(raw, codes.get(column))
+        except ValueError:
+            out[column] = None
+            problems.append(f"{column}: '{raw.strip()}' is not a number")
+            continue
+        if out[column] is None and raw.strip() and column in codes:
+            problems.append(f"{column}: '{raw.strip()}' is not a value the model knows")
+    return out, problems
+
+
+def table_predictions(
+    frame: pd.DataFrame, predictions: list[Any], target: str, classification: bool
+) -> pd.DataFrame:
+    """Batch results: the prediction columns first, then the uploaded columns as they were."""
+    first = f"predicted {target}" if target else "prediction"
+    out = pd.DataFrame(index=frame.index)
+    if classification:
+        out[first] = [p.label for p in predictions]
+        out["probability"] = [p.probabilities.get(p.label or "", float("nan")) for p in predictions]
+    else:
+        out[first] = [p.value for p in predictions]
+    rest = frame.drop(columns=[c for c in out.columns if c in frame.columns])
+    return pd.concat([out, rest], axis=1)
+
+
+def scores_against_target(truth: pd.Series, predictions: list[Any], classification: bool) -> dict[str, float]:
+    """Accuracy (classes) or RMSE and MAE (values) over the rows whose target is known."""
+    from core.runtime import as_category
+
+    if classification:
+        pairs = [(as_category(t), p.label) for t, p in zip(truth, predictions, strict=True)]
+        known = [(t, p) for t, p in pairs if t is not None]
+        if not known:
+            return {}
+        return {"accuracy": sum(t == p for t, p in known) / len(known), "rows": float(len(known))}
+    true = pd.to_numeric(truth, errors="coerce").to_numpy(np.float64)
+    pred = np.array([np.nan if p.value is None else p.value for p in predictions], dtype=np.float64)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    if not ok.any():
+        return {}
+    error = pred[ok] - true[ok]
+    return {
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(np.mean(np.abs(error))),
+        "rows": float(ok.sum()),
+    }
+
+
+def top_table(prediction: Any, k: int = 5) -> pd.DataFrame:
+    """A prediction's k most probable labels, best first."""
+    return pd.DataFrame(prediction.top(k), columns=["label", "probability"])
+
+
+def image_predictions(names: list[str], predictions: list[Any], k: int = 3) -> pd.DataFrame:
+    """One row per image: its file, the label, its probability and the next best ones."""
+    return pd.DataFrame(
+        {
+            "file": names,
+            "prediction": [p.label for p in predictions],
+            "probability": [p.probabilities.get(p.label or "", float("nan")) for p in predictions],
+            f"top {k}": ["; ".join(f"{lab} {pr:.3f}" for lab, pr in p.top(k)) for p in predictions],
+        }
+    )

@@ -1,12 +1,16 @@
 """Predict: a finished run's ONNX file, input the way its task takes it, top-k and latency."""
 
+import contextlib
 import io
 from pathlib import Path
+from typing import Any
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from core import jobs, summary
+from core.data.ingest import get_dataset
 from core.errors import AscentError
 from core.explain import TextExplainer
 from core.models.audio import log_mel
@@ -14,6 +18,7 @@ from core.runtime import Predictor, RuntimeInputError, prepare_clip
 from pages.studio.session import page_actor
 
 actor = page_actor()  # every role may predict
+IMAGES_PER_ROW = 3
 
 
 @st.cache_resource(max_entries=8)
@@ -26,6 +31,19 @@ def predictor(path: str, mtime: float) -> Predictor:
 def explainer(run_dir: str, mtime: float) -> TextExplainer:
     """The run's PyTorch model and tokenizer, for token attributions."""
     return TextExplainer(run_dir)
+
+
+@st.cache_data(ttl=600, max_entries=16, show_spinner=False)
+def example(dataset_id: int | None, config: dict[str, Any]) -> tuple[str, int, dict[str, Any]] | None:
+    """(dataset name, row number, row) of the first row the run validated on; None without it."""
+    if dataset_id is None:
+        return None
+    try:
+        dataset = get_dataset(dataset_id)
+    except AscentError:
+        return None
+    found = summary.example_row(dataset, config)
+    return None if found is None else (dataset.name, *found)
 
 
 def explain(run_id: int, text: str) -> None:
@@ -44,16 +62,74 @@ def explain(run_id: int, text: str) -> None:
     )
 
 
+def bars(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
+    """The k most probable labels as bars, the most probable on top, each with its percentage."""
+    top = summary.top_table(pred, k)
+    base = alt.Chart(top).encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
+        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=160)),
+        tooltip=["label:N", alt.Tooltip("probability:Q", format=".1%")],
+    )
+    chart = base.mark_bar() + base.mark_text(align="left", dx=4).encode(
+        text=alt.Text("probability:Q", format=".1%")
+    )
+    st.altair_chart(chart.properties(height=26 * len(top) + 24), width="stretch")
+
+
 def show_top(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
-    top = pd.DataFrame(pred.top(k), columns=["label", "probability"]).set_index("label")
     st.markdown(f"### {summary.md(pred.label)}")
-    st.bar_chart(top, horizontal=True)
+    bars(pred, k)
 
 
 def show_batch(out: pd.DataFrame, what: str, model: Predictor) -> None:
     st.caption(f"{len(out)} {what} in {model.last_latency_ms:.1f} ms on {model.provider}")
-    st.dataframe(out, width="stretch")
+    st.dataframe(out, width="stretch", hide_index=True)
     st.download_button("Download predictions (CSV)", summary.csv_bytes(out), file_name="predictions.csv")
+
+
+def fill_from_paste(run_id: int, columns: list[str], codes: dict[str, list[str]]) -> None:
+    """Put a pasted CSV line into the one-row form's fields (a text box's on_change)."""
+    line = st.session_state.get(f"paste-{run_id}", "")
+    if not line.strip():
+        st.session_state[f"paste-{run_id}-problems"] = []
+        return
+    values, problems = summary.parse_row(line, columns, codes)
+    for column, value in values.items():
+        st.session_state[f"row-{run_id}-{column}"] = value
+    st.session_state[f"paste-{run_id}-problems"] = problems
+
+
+def image_grid(files: list[Any], model: Predictor) -> None:
+    """Every image as a card with its top classes, three to a row, and one CSV of them all."""
+    names = [f.name for f in files]
+    try:
+        preds = model.predict_images([f.getvalue() for f in files])
+    except RuntimeInputError:  # one bad file: predict the others one by one, say which failed
+        preds = []
+        for f in files:
+            try:
+                preds.extend(model.predict_images([f.getvalue()]))
+            except RuntimeInputError as exc:
+                preds.append(exc)
+    good = [(n, p) for n, p in zip(names, preds, strict=True) if not isinstance(p, Exception)]
+    st.caption(
+        f"{len(good)} image{'s' * (len(good) != 1)} in {model.last_latency_ms:.1f} ms on {model.provider}"
+    )
+    for start in range(0, len(files), IMAGES_PER_ROW):
+        row = st.columns(IMAGES_PER_ROW)
+        for column, f, pred in zip(row, files[start:], preds[start:], strict=False):
+            with column.container(border=True):
+                st.image(f.getvalue(), width=160)
+                st.caption(summary.md(f.name))
+                if isinstance(pred, Exception):
+                    st.error(summary.md(pred))
+                else:
+                    show_top(pred, k=3)
+    if good:
+        table = summary.image_predictions([n for n, _ in good], [p for _, p in good])
+        st.download_button(
+            "Download predictions (CSV)", summary.csv_bytes(table), file_name="image-predictions.csv"
+        )
 
 
 st.title("Predict")
@@ -93,9 +169,9 @@ if model.task == "text-classification":
                 preds = model.predict_texts(lines)
                 out = pd.DataFrame(
                     {
-                        "text": lines,
                         "prediction": [p.label for p in preds],
                         "probability": [p.probabilities[p.label or ""] for p in preds],
+                        "text": lines,
                     }
                 )
                 show_batch(out, "texts", model)
@@ -132,67 +208,114 @@ elif model.task == "image-classification":
     h, w = model.image_size
     st.caption(f"Images are resized to {w}×{h} as in validation. {len(model.labels)} classes.")
     source = st.radio("Input", ["Upload", "Camera"], horizontal=True)
-    image = (
-        st.file_uploader("Image", type=["png", "jpg", "jpeg", "webp", "bmp"])
-        if source == "Upload"
-        else st.camera_input("Take a picture")
-    )
-    if image is not None:
-        left, right = st.columns([1, 2])
-        left.image(image.getvalue(), width=220)
-        with right:
-            try:
-                (pred,) = model.predict_images([image.getvalue()])
-                show_top(pred)
-                st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
-            except RuntimeInputError as exc:
-                st.error(summary.md(exc))
+    if source == "Upload":
+        images = st.file_uploader(
+            "Images (one or several)", type=["png", "jpg", "jpeg", "webp", "bmp"], accept_multiple_files=True
+        )
+    else:
+        shot = st.camera_input("Take a picture")
+        images = [] if shot is None else [shot]
+    if images:
+        image_grid(list(images), model)
 else:
+    target = str(model.run.get("target") or "")
+    classification = not model.task.endswith("regression")
+    columns = model.columns
+    codes = {
+        c: list(spec["codes"][c])
+        for spec in model.inputs
+        if spec["dtype"] != "float32"
+        for c in spec["columns"]
+    }
     one, many = st.tabs(["One row", "A CSV of rows"])
-    with one, st.form("row"):
-        row: dict[str, list[object]] = {}
-        for spec in model.inputs:
-            for column in spec["columns"]:
-                if spec["dtype"] == "float32":
-                    row[column] = [
-                        st.number_input(
-                            summary.md(column),
-                            value=None,
-                            format="%g",
-                            placeholder="missing",
-                            key=f"row-{run.id}-{column}",
-                        )
-                    ]
+    with one:
+        found = example(run.dataset_id, run.config)
+        fields = {c: f"row-{run.id}-{c}" for c in columns}
+        if found is not None and not any(key in st.session_state for key in fields.values()):
+            for column, key in fields.items():  # the first time this run's form shows
+                with contextlib.suppress(ValueError):
+                    st.session_state[key] = summary.form_value(found[2].get(column), codes.get(column))
+        if found is not None:
+            name, number, values = found
+            known = values.get(target)
+            st.caption(
+                f"Prefilled with row {number + 1} of dataset {summary.md(name)}, one the run validated on"
+                + (f" (its {summary.md(target)} is **{summary.md(known)}**)." if known is not None else ".")
+            )
+        st.text_input(
+            "Paste a row",
+            key=f"paste-{run.id}",
+            placeholder=", ".join(columns),
+            help=(
+                "One CSV line with the feature columns in this order: "
+                + ", ".join(summary.md(c) for c in columns)
+                + ". Press Enter to fill the fields below; an empty value is missing, quotes work as in CSV."
+            ),
+            on_change=fill_from_paste,
+            args=(run.id, columns, codes),
+        )
+        for problem in st.session_state.get(f"paste-{run.id}-problems", []):
+            st.warning(summary.md(problem))
+        with st.form("row"):
+            row: dict[str, list[object]] = {}
+            grid = st.columns(3)
+            per = -(-len(columns) // 3)  # down each column in the table's order, as Tab moves
+            for i, column in enumerate(columns):
+                with grid[i // per]:
+                    if column not in codes:
+                        row[column] = [
+                            st.number_input(
+                                summary.md(column),
+                                value=None,
+                                format="%g",
+                                placeholder="missing",
+                                key=fields[column],
+                            )
+                        ]
+                    else:
+                        row[column] = [
+                            st.selectbox(
+                                summary.md(column),
+                                [None, *codes[column]],
+                                format_func=lambda v: "(missing)" if v is None else summary.plain(v),
+                                key=fields[column],
+                            )
+                        ]
+            if st.form_submit_button("Predict", type="primary"):
+                if all(v == [None] for v in row.values()):
+                    st.warning("Every field is empty: fill in at least one value, or paste a row above.")
                 else:
-                    row[column] = [
-                        st.selectbox(
-                            summary.md(column),
-                            [None, *spec["codes"][column]],
-                            format_func=lambda v: "(missing)" if v is None else summary.plain(v),
-                            key=f"row-{run.id}-{column}",
-                        )
-                    ]
-        if st.form_submit_button("Predict", type="primary"):
-            (pred,) = model.predict_table(row)
-            if pred.value is not None:
-                st.metric(summary.md(run.name), f"{pred.value:.4g}")
-            else:
-                show_top(pred)
-            st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
+                    (pred,) = model.predict_table(row)
+                    if pred.value is not None:
+                        st.metric(f"Predicted {summary.md(target or 'value')}", summary.number(pred.value, 4))
+                    else:
+                        show_top(pred)
+                    st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
     with many:
-        upload = st.file_uploader("CSV with the feature columns", type=["csv"])
+        upload = st.file_uploader(
+            "CSV with the feature columns",
+            type=["csv"],
+            help=f"Columns: {', '.join(columns)}. With a {target} column too, the predictions are scored against it.",
+        )
         if upload is not None:
             try:
                 df = pd.read_csv(io.BytesIO(upload.getvalue()))
                 preds = model.predict_table(
                     {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
                 )
-                out = df.copy()
-                if model.task.endswith("regression"):
-                    out["prediction"] = [p.value for p in preds]
-                else:
-                    out["prediction"] = [p.label for p in preds]
-                    out["probability"] = [p.probabilities[p.label or ""] for p in preds]
-                show_batch(out, "rows", model)
+                if target and target in df.columns:
+                    scores = summary.scores_against_target(df[target], preds, classification)
+                    rows = int(scores.get("rows", 0))
+                    if "accuracy" in scores:
+                        st.markdown(
+                            f"**Accuracy {summary.percent(scores['accuracy'])}** against the file's "
+                            f"{summary.md(target)} column ({rows} rows)."
+                        )
+                    elif "rmse" in scores:
+                        st.markdown(
+                            f"**RMSE {summary.number(scores['rmse'])} · MAE {summary.number(scores['mae'])}** "
+                            f"against the file's {summary.md(target)} column ({rows} rows)."
+                        )
+                show_batch(summary.table_predictions(df, preds, target, classification), "rows", model)
             except (RuntimeInputError, ValueError) as exc:
                 st.error(summary.md(exc))
