@@ -609,8 +609,13 @@ def example_row(dataset: DatasetInfo, config: dict[str, Any]) -> tuple[int, dict
         seed=int(config.get("seed", 0)),
     )
     position = int(val[0]) if len(val) else 0
-    row = kept.iloc[position]
-    return int(kept.index[position]), {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
+    row = {str(c): kept[c].iloc[position] for c in kept.columns}  # each with its column's type
+    return int(kept.index[position]), {c: (None if pd.isna(v) else _python(v)) for c, v in row.items()}
+
+
+def _python(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (131, not np.int64(131))."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def form_value(value: Any, codes: list[str] | None) -> Any:

@@ -66,14 +66,14 @@ def bars(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
     """The k most probable labels as bars, the most probable on top, each with its percentage."""
     top = summary.top_table(pred, k)
     base = alt.Chart(top).encode(
-        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%", title=None)),
-        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelLimit=160)),
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1.15]), axis=None),
+        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=140)),
         tooltip=["label:N", alt.Tooltip("probability:Q", format=".1%")],
     )
     chart = base.mark_bar() + base.mark_text(align="left", dx=4).encode(
         text=alt.Text("probability:Q", format=".1%")
     )
-    st.altair_chart(chart.properties(height=26 * len(top) + 24), width="stretch")
+    st.altair_chart(chart.properties(height=28 * len(top) + 8), width="stretch")
 
 
 def show_top(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
@@ -85,6 +85,13 @@ def show_batch(out: pd.DataFrame, what: str, model: Predictor) -> None:
     st.caption(f"{len(out)} {what} in {model.last_latency_ms:.1f} ms on {model.provider}")
     st.dataframe(out, width="stretch", hide_index=True)
     st.download_button("Download predictions (CSV)", summary.csv_bytes(out), file_name="predictions.csv")
+
+
+def example_text(value: Any) -> str:
+    """A value as the paste box's example shows it: 101 rather than 101.0, nothing for missing."""
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else summary.plain(value)
 
 
 def fill_from_paste(run_id: int, columns: list[str], codes: dict[str, list[str]]) -> None:
@@ -124,7 +131,8 @@ def image_grid(files: list[Any], model: Predictor) -> None:
                 if isinstance(pred, Exception):
                     st.error(summary.md(pred))
                 else:
-                    show_top(pred, k=3)
+                    st.markdown(f"**{summary.md(pred.label)}**")
+                    bars(pred, k=3)
     if good:
         table = summary.image_predictions([n for n, _ in good], [p for _, p in good])
         st.download_button(
@@ -239,13 +247,15 @@ else:
             name, number, values = found
             known = values.get(target)
             st.caption(
-                f"Prefilled with row {number + 1} of dataset {summary.md(name)}, one the run validated on"
-                + (f" (its {summary.md(target)} is **{summary.md(known)}**)." if known is not None else ".")
+                f"Prefilled with row {number + 1} of dataset {summary.md(name)}, a row the run validated on"
+                + (f"; its {summary.md(target)} is **{summary.md(known)}**." if known is not None else ".")
             )
         st.text_input(
             "Paste a row",
             key=f"paste-{run.id}",
-            placeholder=", ".join(columns),
+            placeholder=", ".join(columns)
+            if found is None
+            else "for example: " + ",".join(example_text(found[2].get(c)) for c in columns),
             help=(
                 "One CSV line with the feature columns in this order: "
                 + ", ".join(summary.md(c) for c in columns)
@@ -258,8 +268,8 @@ else:
             st.warning(summary.md(problem))
         with st.form("row"):
             row: dict[str, list[object]] = {}
-            grid = st.columns(3)
-            per = -(-len(columns) // 3)  # down each column in the table's order, as Tab moves
+            grid = st.columns(2)  # three cut the values short at 800 px
+            per = -(-len(columns) // 2)  # down each column in the table's order, as Tab moves
             for i, column in enumerate(columns):
                 with grid[i // per]:
                     if column not in codes:

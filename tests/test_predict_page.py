@@ -123,7 +123,8 @@ def test_several_images_predicted_at_once(home: Path, tmp_path: Path) -> None:
     at.file_uploader[0].set_value(images).run()
     assert not at.exception and not at.error
     assert len(at.get("image")) == 4
-    assert sum(m.value.startswith("### ") for m in at.markdown) == 4  # one top-k per image
+    assert len(at.get("vega_lite_chart")) == 4  # one top-k per image
+    assert sum(m.value.startswith("**") for m in at.markdown) == 4  # its label
     assert any(c.value.startswith("4 images in ") for c in at.caption)
     (download,) = at.get("download_button")
     assert "Download predictions" in download.proto.label
