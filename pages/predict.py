@@ -126,11 +126,12 @@ def image_grid(files: list[Any], model: Predictor) -> None:
         row = st.columns(IMAGES_PER_ROW)
         for column, f, pred in zip(row, files[start:], preds[start:], strict=False):
             with column.container(border=True):
-                st.image(f.getvalue(), width=160)
-                st.caption(summary.md(f.name))
-                if isinstance(pred, Exception):
+                if isinstance(pred, Exception):  # not shown: it may not decode, or be huge
+                    st.caption(summary.md(f.name))
                     st.error(summary.md(pred))
                 else:
+                    st.image(f.getvalue(), width=160)
+                    st.caption(summary.md(f.name))
                     st.markdown(f"**{summary.md(pred.label)}**")
                     bars(pred, k=3)
     if good:

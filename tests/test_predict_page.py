@@ -120,8 +120,10 @@ def test_several_images_predicted_at_once(home: Path, tmp_path: Path) -> None:
 
     at = _predict_page(run)
     assert at.file_uploader[0].accept_multiple_files
-    at.file_uploader[0].set_value(images).run()
-    assert not at.exception and not at.error
+    at.file_uploader[0].set_value([*images, ("broken.png", b"not an image", "image/png")]).run()
+    assert not at.exception
+    (error,) = at.error  # the one file that is no image says so in its card; the others predict
+    assert "not a readable image" in error.value
     assert len(at.get("image")) == 4
     assert len(at.get("vega_lite_chart")) == 4  # one top-k per image
     assert sum(m.value.startswith("**") for m in at.markdown) == 4  # its label
