@@ -161,6 +161,22 @@ def test_table_upload_train_predict_compare(page, data_dir: Path) -> None:  # ty
     _shot(page, "runs-compare")
 
 
+def test_home_sample_leads_to_its_run_then_to_runs(page) -> None:  # type: ignore[no-untyped-def]
+    _open(page, "/")
+    page.get_by_role("button", name="Add and train").first.click()  # Wine, the first card
+    page.get_by_text("run 1 queued").wait_for(timeout=120_000)
+    _shot(page, "home-added")
+    page.get_by_role("link", name="Watch run 1 learn").click()
+    page.get_by_role("heading", name="Train").first.wait_for()
+    page.get_by_text("Run 1 · mlp-Wine").first.wait_for()
+    page.get_by_role("link", name="See it on Runs").wait_for(timeout=240_000)  # it ended, and says so
+    assert page.get_by_text("succeeded: best validation F1").count() >= 1
+    _shot(page, "train-sample-ended")
+    page.get_by_role("link", name="See it on Runs").click()
+    page.get_by_role("heading", name="Runs").first.wait_for()
+    page.get_by_text("1 run ·").wait_for()
+
+
 def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from core.data.samples import fashion_mnist_zip
 

@@ -142,6 +142,11 @@ def _cli_on_a_terminal(argv: list[str]) -> tuple[subprocess.CompletedProcess[str
     import pty
 
     leader, follower = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 120 columns
     proc = subprocess.Popen(
         [sys.executable, "-m", "core", *argv], stdout=subprocess.PIPE, stderr=follower, text=True
     )
@@ -172,17 +177,18 @@ def test_cli_train_budget_is_planned_and_logged_with_a_progress_bar(clothes, wor
         "--patience",
         "0",
     ]
-    done, shown = _cli_on_a_terminal([*base, "--epochs", "400", "--budget", "20", "--wait", "--json"])
+    # Long enough for several heartbeats, which carry the progress the bar draws.
+    done, shown = _cli_on_a_terminal([*base, "--epochs", "400", "--budget", "12", "--wait"])
+    assert done.returncode == 0, shown
+    assert "run 1 · epoch" in shown and "steps" in shown and "ETA" in shown
+    assert "succeeded" in done.stdout
+    log = (jobs.run_dir(1) / "run.log").read_text()
+    assert "time budget 12 s" in log and "stopped at its time budget" in log
+    assert jobs.get_run(1).config["budget_s"] == 12
+
+    done, shown = _cli_on_a_terminal([*base, "--epochs", "1", "--wait", "--json"])
     assert done.returncode == 0, shown
     assert json.loads(done.stdout)["status"] == "succeeded" and "steps" not in shown  # --json: no bar
-    log = (jobs.run_dir(1) / "run.log").read_text()
-    assert "time budget 20 s" in log and "stopped at its time budget" in log
-    assert jobs.get_run(1).config["budget_s"] == 20
-
-    done, shown = _cli_on_a_terminal([*base, "--epochs", "3", "--wait"])
-    assert done.returncode == 0, shown
-    assert "run 2 · epoch" in shown and "steps" in shown and "ETA" in shown
-    assert "succeeded" in done.stdout
 
 
 def test_datasets_add_shows_its_stages_on_a_terminal(home: Path, tmp_path: Path) -> None:
