@@ -634,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_budget,
         metavar="SECONDS",
         help="seconds from the run's start to its exported model: the run plans its epochs to fit "
-        "(auto: 120 s for pretrained image and text models on a CPU, else none; 0 or none: no limit)",
+        "(auto: 100 s for pretrained image and text models on a CPU, else none; 0 or none: no limit)",
     )
     images = p.add_argument_group("images and text")
     images.add_argument(

@@ -85,6 +85,31 @@ def export_onnx(
         raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
 
 
+# Hugging Face model types whose encoder ONNX Runtime's transformer optimizer fuses (as "bert").
+FUSED_MODEL_TYPES = ("bert",)
+
+
+def fuse_transformer(path: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """Fuse a BERT-style encoder in place with ONNX Runtime's transformer optimizer: attention,
+    embeddings with their layer norm, skip layer norms and bias-GELU become single contrib ops
+    (com.microsoft) that its CPU and CUDA providers run faster. Metadata is kept; the file is
+    checked again. Returns how many of each fused operator there are."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    model = optimized.model
+    atomic.write_with(path, lambda tmp: onnx.save_model(model, str(tmp)))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the fused file fails onnx.checker: {exc}") from exc
+    return fused
+
+
 def _export_dynamo(
     module: torch.nn.Module,
     example_inputs: tuple[torch.Tensor, ...],

@@ -15,7 +15,7 @@ from db.queries import DatasetInfo
 
 # On a CPU, fine-tuning a pretrained image or text network is slow: such runs get a time budget
 # unless the user sets one (or none); tables and small models from scratch train in seconds.
-CPU_BUDGET_S = 120.0
+CPU_BUDGET_S = 100.0
 IMAGE_SIZES_CPU = (64, 224)
 # Models whose "default" weights are pretrained ones shipped offline.
 PRETRAINED_BY_DEFAULT = (

@@ -314,8 +314,15 @@ def log_tail(run_id: int, lines: int = 60) -> str:
     return tail(jobs.run_dir(run_id) / "run.log", lines)
 
 
+ITEM_WORDS = {
+    "image-classification": "images",
+    "audio-classification": "clips",
+    "text-classification": "texts",
+}
+
+
 def dataset_label(ds: DatasetInfo | DatasetSummary) -> str:
-    return f"{ds.id} · {plain(ds.name)} ({ds.task}, {ds.n_items} {'images' if ds.task.startswith('image') else 'rows'})"
+    return f"{ds.id} · {plain(ds.name)} ({ds.task}, {ds.n_items} {ITEM_WORDS.get(ds.task, 'rows')})"
 
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'@%])")

@@ -126,6 +126,7 @@ def _launch_and_wait(page, epochs: str, extra: dict[str, str] | None = None) -> 
     # The run this page launched says how it ended, with a way to it.
     page.get_by_text("succeeded").first.wait_for()
     page.get_by_role("link", name="See it on Runs").first.wait_for()
+    page.get_by_role("link", name="See it on Runs").first.scroll_into_view_if_needed()
     _shot(page, "train-ended")
 
 
@@ -171,6 +172,7 @@ def test_home_sample_leads_to_its_run_then_to_runs(page) -> None:  # type: ignor
     page.get_by_text("Run 1 · mlp-Wine").first.wait_for()
     page.get_by_role("link", name="See it on Runs").wait_for(timeout=240_000)  # it ended, and says so
     assert page.get_by_text("succeeded: best validation F1").count() >= 1
+    page.get_by_role("link", name="See it on Runs").scroll_into_view_if_needed()
     _shot(page, "train-sample-ended")
     page.get_by_role("link", name="See it on Runs").click()
     page.get_by_role("heading", name="Runs").first.wait_for()

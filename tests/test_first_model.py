@@ -48,7 +48,7 @@ def test_fitted_defaults_for_an_image_set_say_why(clothes) -> None:  # type: ign
     assert choices["image_size"].value == 64 and "28 px" in choices["image_size"].why
     assert choices["flip"].value is False and "digits" in choices["flip"].why
     assert choices["workers"].value == 0
-    assert choices["budget_s"].value == 120 and choices["head_first"].value is True
+    assert choices["budget_s"].value == 100 and choices["head_first"].value is True
     assert choices["batch_size"].value == 16
     on_gpu = {c.key: c for c in fitted_defaults(clothes, "efficientnet-lite0", {"image_size": 224}, GPU)}
     assert on_gpu["budget_s"].value is None and on_gpu["workers"].value == 8
@@ -59,7 +59,7 @@ def test_fitted_defaults_for_an_image_set_say_why(clothes) -> None:  # type: ign
 def test_config_for_applies_fitted_values_and_the_users_win(clothes) -> None:  # type: ignore[no-untyped-def]
     cfg = jobs.config_for(clothes.id)
     assert (cfg.model, cfg.image_size, cfg.flip, cfg.workers, cfg.budget_s) == (
-        "efficientnet-lite0", 64, False, 0, 120.0,
+        "efficientnet-lite0", 64, False, 0, 100.0,
     )  # fmt: skip
     mine = jobs.config_for(clothes.id, image_size=96, flip=True, budget_s=0, batch_size=4)
     assert (mine.image_size, mine.flip, mine.budget_s, mine.batch_size) == (96, True, None, 4)

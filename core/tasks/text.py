@@ -8,6 +8,7 @@ maximum length and the padding id, in the file's metadata.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from core import atomic
 from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
-from core.export import ExportConfig, check_parity, export_onnx
+from core.export import FUSED_MODEL_TYPES, ExportConfig, check_parity, export_onnx, fuse_transformer
 from core.models import get_model
 from core.models.text import PAD, TextNet, arch_json
 from core.tasks import (
@@ -273,6 +274,13 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         metadata=metadata,
         sequence=True,
     )
+    arch = json.loads(extra["arch"])
+    config = arch.get("config", {})
+    if arch["kind"] == "hf" and config.get("model_type") in FUSED_MODEL_TYPES:
+        fused = fuse_transformer(
+            path, num_heads=int(config["num_attention_heads"]), hidden_size=int(config["hidden_size"])
+        )
+        print(f"fused for ONNX Runtime: {', '.join(f'{n} {k}' for k, n in fused.items())}", flush=True)
     # Parity with heavy padding: every validation text padded to the longest one.
     n = min(len(val_set), MAX_PARITY_TEXTS)
     picked = [val_set.ids[i] for i in np.linspace(0, len(val_set) - 1, n).astype(int)]
