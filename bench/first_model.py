@@ -1,5 +1,6 @@
-"""From data to a shown prediction with the defaults: each Home sample, 600 small digit images
-and 2,000 BBC News texts, every trial in a fresh ASCENT_HOME with a real worker.
+"""From data to a shown prediction with the defaults: each Home sample, 600 small digit images,
+2,000 BBC News texts and 1,500 clothes pictures of 192 px, every trial in a fresh ASCENT_HOME
+with a real worker.
 
 A trial times, in fresh processes: adding the data and queueing the run as the Home page's
 sample button does (or `datasets add` + `train` for the two sets), the worker training and
@@ -9,7 +10,8 @@ validation metric and the run's own log of its plan.
     python bench/first_model.py [--repeats 3] [--only fashion,digits600] [--baseline CHECKOUT]
 
 --baseline runs the same trials in another checkout (e.g. `git worktree add /tmp/base aae82c7`)
-in the same run, so the figures compare on one machine under one load.
+in the same run, so the figures compare on one machine under one load. `clothes192` trains at
+the fitted size, which its time budget may lower; `clothes192-fixed` gives `--image-size 192`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLE_KEYS = ("wine", "diabetes", "fashion", "bbc", "words")
-SETS = ("digits600", "bbc2000")
+SETS = ("digits600", "bbc2000", "clothes192", "clothes192-fixed")
 
 
 def _python(code: str, env: dict[str, str], root: Path) -> str:
@@ -63,11 +65,16 @@ def _inputs(key: str, folder: Path) -> list[str]:
         frame = pd.read_csv(sklearn_csv(key, folder / f"{key}.csv"))
         frame.drop(columns="target").head(1).to_csv(rows, index=False)
         return [str(rows)]
-    if key in ("fashion", "digits600"):
+    if key in ("fashion", "digits600") or key.startswith("clothes192"):
         from PIL import Image
 
         image = folder / "one.png"
-        if key == "fashion":
+        if key.startswith("clothes192"):
+            from core.data.samples import fashion_mnist
+
+            images, _ = fashion_mnist("t10k")
+            Image.fromarray(images[0]).resize((192, 192), Image.Resampling.BILINEAR).save(image)
+        elif key == "fashion":
             from core.data.samples import fashion_mnist
 
             images, _ = fashion_mnist("t10k")
@@ -109,6 +116,26 @@ def _digits_zip(dest: Path, per_class: int = 60) -> Path:
     return dest
 
 
+def _clothes_zip(dest: Path, per_class: int = 150, side: int = 192) -> Path:
+    """1,500 Fashion-MNIST training pictures, 150 of each class, scaled to `side` px PNGs."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from core.data.samples import FASHION_MNIST_CLASSES, fashion_mnist
+
+    images, labels = fashion_mnist("train")
+    with zipfile.ZipFile(dest, "w") as zf:
+        for label, name in enumerate(FASHION_MNIST_CLASSES):
+            for n, i in enumerate(np.flatnonzero(labels == label)[:per_class]):
+                buf = io.BytesIO()
+                Image.fromarray(images[i]).resize((side, side), Image.Resampling.BILINEAR).save(buf, "PNG")
+                zf.writestr(f"clothes/{name}/{n}.png", buf.getvalue())
+    return dest
+
+
 def trial(key: str, root: Path, folder: Path) -> dict[str, float | str]:
     home = folder / "home"
     env = {**os.environ, "ASCENT_HOME": str(home), "ASCENT_WORKER_IDLE_EXIT_S": "5"}
@@ -120,6 +147,8 @@ def trial(key: str, root: Path, folder: Path) -> dict[str, float | str]:
         from core.data.samples import bbc_news_csv
 
         data = bbc_news_csv(folder / "bbc.csv", per_class=400, chars=400)
+    elif key.startswith("clothes192"):
+        data = _clothes_zip(folder / "clothes.zip")
     began = time.perf_counter()
     if key in SAMPLE_KEYS:
         code = (
@@ -134,14 +163,15 @@ def trial(key: str, root: Path, folder: Path) -> dict[str, float | str]:
         run = _wait(run_id, env, root)
     else:
         ds = _cli(["datasets", "add", str(data)], env, root)
-        run = _cli(["train", "--dataset", str(ds["id"]), "--wait"], env, root)
+        size = ["--image-size", "192"] if key.endswith("-fixed") else []
+        run = _cli(["train", "--dataset", str(ds["id"]), *size, "--wait"], env, root)
     trained = time.perf_counter() - began
     _cli(["predict", "--run", str(run["id"]), *predict_args], env, root)
     total = time.perf_counter() - began
     best = run.get("best_metrics") or {}
     metric = next((k for k in ("val_accuracy", "val_r2") if k in best), "")
     log = (home / "runs" / str(run["id"]) / "run.log").read_text()
-    plan = next((line for line in log.splitlines() if line.startswith("time budget:")), "")
+    plan = " / ".join(line for line in log.splitlines() if line.startswith("time budget:"))
     return {"seconds": total, "trained": trained, "metric": metric, "value": best.get(metric, float("nan")),
             "status": run["status"], "plan": plan}  # fmt: skip
 

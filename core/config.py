@@ -153,6 +153,9 @@ class RunConfig(BaseModel):
     # Start from the best checkpoint of an earlier run (a new head when the classes differ).
     init_from_run: int | None = None
     image_size: int = Field(224, ge=16, le=1024)
+    # Set when image_size was fitted to the data rather than given: a run with a time budget
+    # may then lower it (after timing a training step) so that its epochs fit the budget.
+    fit_image_size: bool = False
     # Random resized crops and light colour jitter while training.
     augment: bool = True
     # Random horizontal flips too: off by default, they break digits, letters and documents.

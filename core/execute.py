@@ -80,6 +80,22 @@ def execute_run(run_id: int) -> int:
                 + (f"; {dropped} metric points of the unfinished epoch dropped" if dropped else "")
             )
         task = get_task(cfg.task)
+        deadline = None
+        if cfg.budget_s:
+            reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
+            deadline = began + cfg.budget_s - reserve
+            _log(
+                f"time budget {cfg.budget_s:g} s: training until {deadline - began:.0f} s "
+                f"({time.monotonic() - began:.1f} s gone on start-up), {reserve:g} s kept for the export"
+            )
+            fit = getattr(task, "fit_to_budget", None)
+            if fit is not None and not cfg.resume:
+                planned, why = fit(dataset, cfg, device, deadline - time.monotonic())
+                _log(f"time budget: {why}")
+                if planned != cfg:
+                    # Stored, so that a resumed attempt trains at the size the checkpoint learnt.
+                    cfg = planned.model_copy(update={"fit_image_size": False})
+                    jobs.update_config(run_id, cfg)
         data = task.prepare(dataset, cfg, device, out)
         atomic.write_json(out / "config.json", cfg.model_dump(mode="json"), indent=2)
         _log(f"data: {data.n_train} train / {data.n_val} validation samples")
@@ -89,14 +105,6 @@ def execute_run(run_id: int) -> int:
             shown = "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
             _log(f"epoch {result.epoch}/{progress.epochs}  {shown}" + ("  *best" if result.improved else ""))
 
-        deadline = None
-        if cfg.budget_s:
-            reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
-            deadline = began + cfg.budget_s - reserve
-            _log(
-                f"time budget {cfg.budget_s:g} s: training until {deadline - began:.0f} s "
-                f"({time.monotonic() - began:.1f} s gone on start-up and data), {reserve:g} s kept for the export"
-            )
         outcome = train(
             cfg,
             data,

@@ -132,6 +132,8 @@ def config_for(dataset_id: int, **overrides: object) -> RunConfig:
     RunConfig(task=dataset.task, dataset_id=dataset_id, **values)  # type: ignore[arg-type]
     weights, device = str(values.get("weights", "default")), str(values.get("device", "auto"))
     for choice in fitted(dataset, model, weights=weights, device=device):
+        if choice.key == "image_size" and "image_size" not in values:
+            values["fit_image_size"] = True
         values.setdefault(choice.key, choice.value)
     for key, value in get_model(model, dataset.task).defaults.items():
         values.setdefault(key, value)
@@ -256,6 +258,17 @@ def resume(run_id: int, *, actor: Actor = LOCAL) -> RunInfo:
         )
         queries.requeue_run(session=session, run_id=run_id)
     return get_run(run_id)
+
+
+def update_config(run_id: int, cfg: RunConfig) -> None:
+    """Store what a running run decided about its own settings (e.g. an image size planned for
+    its time budget), so that a resume continues with them."""
+
+    def work() -> None:
+        with session_scope() as session:
+            queries.update_run_config(session=session, run_id=run_id, config=cfg.model_dump(mode="json"))
+
+    _retried("update config", work)
 
 
 # The run and worker processes outlive short database outages: their writes are retried.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from db.queries import DatasetInfo
@@ -195,3 +196,68 @@ def _median_side(report: dict[str, Any]) -> float | None:
         return (float(report["width"]["median"]) + float(report["height"]["median"])) / 2
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# Training a fitted image size must leave room for in a time budget: with the head fitted on
+# frozen features first, those features and a quarter of an epoch of fine-tuning (larger images
+# with fewer fine-tuning steps did better than smaller ones with more: bench/first_model.py
+# clothes192 against clothes192-fixed, docs/benchmarks.md); otherwise one epoch.
+BUDGET_EPOCHS_HEAD_FIRST = 0.25
+BUDGET_EPOCHS = 1.0
+
+
+def _epochs_words(epochs: float) -> str:
+    return {1.0: "one epoch", 0.25: "a quarter of an epoch", 0.5: "half an epoch"}.get(epochs, f"{epochs:g} epochs")
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """The image size a time budget leaves, with the estimate it was chosen on."""
+
+    size: int
+    need_s: float  # estimated seconds of training at `size`
+    why: str
+
+
+def size_for_budget(
+    *,
+    size: int,
+    step_s_at: Callable[[int], tuple[float, float]],
+    seconds: float,
+    n_train: int,
+    n_val: int,
+    batch: int,
+    epochs: float,
+    head_first: bool,
+    low: int = IMAGE_SIZES_CPU[0],
+) -> SizePlan:
+    """The largest image size from `size` down to `low` (multiples of 32) at which the head's
+    feature pass (with `head_first`) and `epochs` epochs with their validations fit in `seconds`.
+    `step_s_at(side)` measures a training step of `batch` images at `side` px: the first one
+    (setting kernels up, paid once by training and once by validation) and each after it. Sides
+    are measured from the largest down and the first that fits is kept; a forward pass is taken
+    as a third of a step."""
+    steps = max(1, n_train // batch)
+    sides = [size] + list(range((size - 1) // 32 * 32, low - 1, -32))
+    for side in sides:
+        first, step = step_s_at(side)
+        per_image = step / 3 / batch
+        need = 2 * max(0.0, first - step) + ((n_train + n_val) * per_image if head_first else 0.0)
+        need += epochs * (steps * step + n_val * per_image)
+        if side == size:
+            step_at_size = step
+        if need <= seconds:
+            break
+    fit = ("the head's features and " if head_first else "") + _epochs_words(epochs)
+    fit += " fit" if head_first or epochs > 1 else " fits"
+    if side == size:
+        return SizePlan(size, need, f"{size} px: {fit} in the {seconds:.0f} s left")
+    measured = f"a step of {batch} images took {step_at_size:.2f} s at {size} px, {step:.2f} s at {side} px"
+    if need <= seconds:
+        why = f"{side} px instead of {size} px, so that {fit} in the {seconds:.0f} s left ({measured})"
+    else:
+        why = (
+            f"{side} px instead of {size} px, the smallest; {fit.rsplit(' ', 1)[0]} would still take about "
+            f"{need:.0f} s of the {seconds:.0f} s left ({measured}), so the run trains what fits"
+        )
+    return SizePlan(side, need, why)

@@ -127,6 +127,31 @@ def evaluate(data: TaskData, autocast: Callable[[], Any] = nullcontext) -> dict[
     return metrics
 
 
+def time_step(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *, device: str, precision: str
+) -> tuple[float, float]:
+    """Seconds of the first forward and backward pass of `model` on inputs of this shape (which
+    pays for setting kernels up) and of each pass after it; the weights are left as they were:
+    no optimiser step, gradients dropped."""
+    model = model.to(device).train()
+    dtype = autocast_dtype(precision, device)
+    inputs = tuple(x.to(device) for x in inputs)
+
+    def once() -> float:
+        began = time.perf_counter()
+        with torch.autocast(device_type="cuda", dtype=dtype) if dtype else nullcontext():
+            out = model(*inputs)
+        out.float().sum().backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - began
+
+    first = once()
+    step = (once() + once()) / 2
+    model.zero_grad(set_to_none=True)
+    return first, step
+
+
 @dataclass
 class BudgetPlan:
     """How many epochs (or steps of a first, cut epoch) fit before a deadline on this device."""

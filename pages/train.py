@@ -94,7 +94,11 @@ with st.container(border=True):
                 16,
                 1024,
                 int(d.get("image_size", 224)),
-                help=fitted["image_size"].why if "image_size" in fitted else None,
+                help=(
+                    fitted["image_size"].why + "; left so, a time budget may lower it so that two epochs fit"
+                    if "image_size" in fitted
+                    else None
+                ),
             )
             options["weights"] = c8.selectbox(
                 "Initial weights",
@@ -193,6 +197,8 @@ with st.container(border=True):
         try:
             if "budget_text" in options:
                 options["budget_s"] = parse_budget(str(options.pop("budget_text")))
+            if "image_size" in fitted and options.get("image_size") == fitted["image_size"].value:
+                options["image_size"] = None  # left as fitted: a time budget may lower it
             if spec.name == "hf-transformer" and not options.get("weights"):
                 raise ConfigError("give the Hugging Face model to fine-tune, e.g. distilbert-base-uncased")
             cfg = jobs.config_for(

@@ -3,21 +3,25 @@ features before fine-tuning (cached), and time-boxed training that plans its epo
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+import zipfile
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core import jobs
 from core.data.ingest import ingest_file
 from core.data.samples import fashion_mnist_zip
 from core.errors import ConfigError
 from core.head_first import fit_linear
-from core.plan import Hardware, fitted_defaults, image_size, parse_budget
+from core.plan import Hardware, fitted_defaults, image_size, parse_budget, size_for_budget
 from core.tasks import get_task
 from core.train import EpochResult, plan_budget, train
 
@@ -64,6 +68,69 @@ def test_config_for_applies_fitted_values_and_the_users_win(clothes) -> None:  #
     mine = jobs.config_for(clothes.id, image_size=96, flip=True, budget_s=0, batch_size=4)
     assert (mine.image_size, mine.flip, mine.budget_s, mine.batch_size) == (96, True, None, 4)
     assert jobs.config_for(clothes.id, budget_s=30).budget_s == 30
+
+
+@pytest.fixture
+def photos(home: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Three classes of 200 px colour photos (noise around a colour), 48 each."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photos.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for label, colour in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
+            for i in range(48):
+                pixels = np.clip(rng.normal(colour, 40, (200, 200, 3)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="PNG")
+                zf.writestr(f"{label}/{i}.png", buf.getvalue())
+    return ingest_file(path)
+
+
+def test_a_budget_lowers_a_fitted_image_size_until_its_epochs_fit() -> None:
+    timed: list[int] = []
+
+    def step_s_at(side: int) -> tuple[float, float]:  # 1 s a step at 200 px, growing with the pixels
+        timed.append(side)
+        return (side / 200) ** 2, (side / 200) ** 2  # the first step costs no more here
+
+    common = {"n_train": 320, "n_val": 80, "batch": 32, "epochs": 2, "head_first": True}
+    # At 200 px: 400 images' features (4.2 s) + 2 x (10 steps of 1 s + 80 images' forward) = 25.8 s.
+    assert size_for_budget(size=200, step_s_at=step_s_at, seconds=30, **common).size == 200
+    assert timed == [200]
+    timed.clear()
+    # 160 px takes 0.64 of that (16.5 s) and 128 px 0.41 (10.6 s): 128 is the largest that fits 12 s.
+    plan = size_for_budget(size=200, step_s_at=step_s_at, seconds=12, **common)
+    assert plan.size == 128 and timed == [200, 192, 160, 128]
+    assert "128 px instead of 200 px" in plan.why and "the head's features and 2 epochs fit" in plan.why
+    least = size_for_budget(size=200, step_s_at=step_s_at, seconds=1, **common)
+    assert least.size == 64 and "the smallest" in least.why and "trains what fits" in least.why
+    alone = size_for_budget(size=200, step_s_at=step_s_at, seconds=10.5, **{**common, "head_first": False, "epochs": 1})
+    assert alone.size == 192 and "so that one epoch fits" in alone.why  # 10.8 s at 200 px, 10.0 at 192
+
+
+def test_only_a_fitted_image_size_is_lowered_for_a_budget(photos) -> None:  # type: ignore[no-untyped-def]
+    from core.tasks import image
+
+    cfg = jobs.config_for(photos.id)
+    assert (cfg.image_size, cfg.fit_image_size, cfg.budget_s) == (192, True, 100.0)
+    roomy, why = image.fit_to_budget(photos, cfg, "cpu", 3600)
+    assert roomy.image_size == 192 and "the head's features and a quarter of an epoch fit" in why
+    tight, why = image.fit_to_budget(photos, cfg, "cpu", 0.5)  # timed on this machine's CPU
+    assert tight.image_size == 64 and "instead of 192 px" in why
+    given = jobs.config_for(photos.id, image_size=192)
+    assert not given.fit_image_size and image.fit_to_budget(photos, given, "cpu", 0.5)[0].image_size == 192
+
+
+def test_a_run_stores_the_image_size_its_budget_planned(photos, worker) -> None:  # type: ignore[no-untyped-def]
+    # 115 training photos: about 7 steps of 16 an epoch, 0.6 s each at 192 px on 2 cores.
+    run = jobs.submit(jobs.config_for(photos.id, budget_s=10, epochs=2))
+    assert run.config["image_size"] == 192
+    done = jobs.wait(run.id, timeout_s=240)
+    assert done.status == "succeeded", done.error
+    log = (jobs.run_dir(run.id) / "run.log").read_text()
+    assert "instead of 192 px" in log
+    size = done.config["image_size"]
+    assert size < 192 and not done.config["fit_image_size"]  # a resume keeps the planned size
+    assert json.loads((jobs.run_dir(run.id) / "config.json").read_text())["image_size"] == size
 
 
 def test_budgets_as_typed() -> None:

@@ -198,6 +198,57 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     )
 
 
+PROBE_BATCH = 8  # images per timed step when a time budget plans the image size
+# A real training step took about 1.4 times the timed one (scaled to the batch) on a 2-core CPU:
+# loading and augmenting the batch, the optimiser step (bench/first_model.py clothes192).
+STEP_OVERHEAD = 1.4
+
+
+def fit_to_budget(dataset: DatasetInfo, cfg: RunConfig, device: str, seconds: float) -> tuple[RunConfig, str]:
+    """`cfg` with an image size at which its epochs fit in `seconds` of training: the fitted
+    size (never one the user gave) comes down in steps of 32 px after timing a training step of
+    the model at it. Returns the config and why, in words for the run's log."""
+    from core.plan import (
+        BUDGET_EPOCHS,
+        BUDGET_EPOCHS_HEAD_FIRST,
+        IMAGE_SIZES_CPU,
+        size_for_budget,
+        starts_pretrained,
+    )
+    from core.train import time_step
+
+    if not cfg.fit_image_size or cfg.resume:
+        return cfg, f"{cfg.image_size} px as set"
+    if cfg.image_size <= IMAGE_SIZES_CPU[0]:
+        return cfg, f"{cfg.image_size} px, the smallest fitted size"
+    classes = len(dataset.schema["classes"])
+    model = ImageClassifier(get_model(cfg.model, cfg.task).build(classes, cfg.model_copy(update={"weights": "none"})))
+    if device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    batch = min(PROBE_BATCH, cfg.batch_size)
+
+    def step_s_at(side: int) -> tuple[float, float]:
+        images = torch.randint(0, 256, (batch, side, side, 3), dtype=torch.uint8)
+        first, step = time_step(model, (images,), device=device, precision=cfg.precision)
+        step_s = STEP_OVERHEAD * step * cfg.batch_size / batch
+        return first - step + step_s, step_s
+
+    n = dataset.n_items or 0
+    n_val = max(1, round(n * cfg.val_fraction))
+    head_first = cfg.head_first and (starts_pretrained(cfg.model, cfg.weights) or cfg.init_from_run is not None)
+    plan = size_for_budget(
+        size=cfg.image_size,
+        step_s_at=step_s_at,
+        seconds=seconds,
+        n_train=n - n_val,
+        n_val=n_val,
+        batch=cfg.batch_size,
+        epochs=BUDGET_EPOCHS_HEAD_FIRST if head_first else min(cfg.epochs, BUDGET_EPOCHS),
+        head_first=head_first,
+    )
+    return cfg.model_copy(update={"image_size": plan.size}), plan.why
+
+
 def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
     """model.onnx: uint8 NHWC RGB images in, class probabilities out; checked on validation images."""
     assert isinstance(data.val, DeviceLoader)
