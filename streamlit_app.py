@@ -1,5 +1,5 @@
-"""Ascent's router: page config, the sign-in gate, navigation over pages/, the local worker,
-the device, and the edge that turns an unexpected error into one line with an error id."""
+"""Ascent's router: page config, the sign-in gate, navigation over pages/ (at the top), the local
+worker, a bar with the device and who is signed in, and the edge that turns an unexpected error into one line with an error id."""
 
 import streamlit as st
 
@@ -30,8 +30,6 @@ def main() -> None:
         st.navigation([st.Page(session.sign_in_form, title="Sign in", default=True)], position="hidden").run()
         return
     jobs.ensure_worker()
-    st.sidebar.caption(f"Device: **{_device()}**")
-    session.signed_in_sidebar(actor)
     page = st.navigation(
         [
             st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -39,8 +37,12 @@ def main() -> None:
             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
             st.Page("pages/runs.py", title="Runs", icon=":material/table:"),
             st.Page("pages/predict.py", title="Predict", icon=":material/online_prediction:"),
-        ]
+        ],
+        position="top",  # no sidebar: pages keep the whole width, on narrow screens too
     )
+    with st.container(horizontal=True, horizontal_alignment="right", vertical_alignment="center"):
+        st.caption(f"Device: **{_device()}**", width="content")
+        session.signed_in_bar(actor)
     page.run()
 
 

@@ -32,7 +32,7 @@ def added_banner() -> None:
         try:
             st.page_link("pages/train.py", label=f"Watch run {run_id} learn", icon=":material/monitoring:")
         except StreamlitPageNotFoundError:  # this page run alone, without the router's pages
-            st.caption("Open Train in the sidebar to watch it learn.")
+            st.caption("Open Train at the top to watch it learn.")
 
 
 added_banner()

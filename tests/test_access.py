@@ -228,9 +228,9 @@ def test_the_router_shows_only_a_sign_in_form_until_someone_signs_in(home: Path,
     at.text_input[1].input("correct horse")
     at.button[0].click().run()
     assert not at.exception
-    assert any("Signed in as **ada**" in c.value for c in at.sidebar.caption)
+    assert any("Signed in as **ada**" in c.value for c in at.caption)
     # (Signing out is clicked in Chromium, tests/test_e2e.py: AppTest loses the router's
-    # sidebar widgets on a click under st.navigation.)
+    # bar widgets on a click under st.navigation.)
 
 
 @pytest.fixture

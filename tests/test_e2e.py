@@ -87,12 +87,12 @@ TITLES = {"/": "Home", "/datasets": "Datasets", "/train": "Train", "/runs": "Run
 
 
 def _open(page, path: str) -> None:  # type: ignore[no-untyped-def]
-    """Enter through the app's front door, then use the sidebar as a person does."""
+    """Enter through the app's front door, then use the navigation at the top as a person does."""
     if page.url in ("about:blank", "") or path == "/":
         page.goto("/")
         page.get_by_role("heading", name="Ascent").first.wait_for()
     if path != "/":
-        page.locator('[data-testid="stSidebarNav"]').get_by_text(TITLES[path], exact=True).click()
+        page.locator('[data-testid="stTopNav"]').get_by_text(TITLES[path], exact=True).click()
         page.get_by_role("heading", name=TITLES[path]).first.wait_for()
     _settle(page)
 
@@ -336,7 +336,7 @@ def test_sign_in_roles_and_user_text_shown_as_text(page, data_dir: Path) -> None
     page.goto("/runs")  # the first request this server gets
     page.get_by_role("button", name="Sign in").wait_for()
     _settle(page)
-    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    assert page.locator('[data-testid="stTopNav"]').count() == 0
     assert "wine" not in page.inner_text("body").lower() and trap not in page.inner_text("body")
     _shot(page, "sign-in")
 
@@ -377,7 +377,7 @@ def test_sign_in_roles_and_user_text_shown_as_text(page, data_dir: Path) -> None
     page.reload()
     page.get_by_role("button", name="Sign in").wait_for()  # the old cookie signs nobody in
     _settle(page)
-    assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+    assert page.locator('[data-testid="stTopNav"]').count() == 0
     assert fetched == []
 
 

@@ -30,7 +30,7 @@ def test_every_page_renders_on_an_empty_database(home: Path, name: str) -> None:
 def test_router_shows_the_device_and_starts_a_worker(home: Path) -> None:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
-    assert "Device: **CPU (no GPU visible)**" in at.sidebar.caption[0].value
+    assert "Device: **CPU (no GPU visible)**" in " ".join(c.value for c in at.caption)
     wait_for(jobs.worker_alive, timeout=60)
     at.run()  # a rerun while the worker is alive starts no second one
     assert not at.exception

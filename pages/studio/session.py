@@ -34,10 +34,7 @@ _cookie = st.components.v2.component("ascent_session_cookie", js=_COOKIE_JS)
 
 def _write_cookie(token: str | None) -> None:
     max_age = int(get_settings().session_hours * 3600)
-    with st.sidebar:
-        _cookie(
-            data={"name": COOKIE, "value": token or "", "max_age": max_age}, key="ascent-cookie", height=0
-        )
+    _cookie(data={"name": COOKIE, "value": token or "", "max_age": max_age}, key="ascent-cookie", height=0)
 
 
 def _cookie_token() -> str | None:
@@ -98,14 +95,15 @@ def sign_in_form() -> None:
         _write_cookie(None)
 
 
-def signed_in_sidebar(actor: Actor) -> None:
-    """Who is signed in, with a sign-out button, and the cookie kept current."""
+def signed_in_bar(actor: Actor) -> None:
+    """Who is signed in, with a sign-out button, and the cookie kept current (in the router's
+    bar above every page)."""
     if actor.name is None:
-        st.sidebar.caption("Open studio (no users yet): `python -m core users add` turns on sign-in.")
+        st.caption("Open studio (no users yet): `python -m core users add` turns on sign-in.", width="content")
         return
-    st.sidebar.caption(f"Signed in as **{summary.md(actor.name)}** ({actor.role.value})")
+    st.caption(f"Signed in as **{summary.md(actor.name)}** ({actor.role.value})", width="content")
     token = st.session_state.get(_TOKEN)
-    if st.sidebar.button("Sign out", icon=":material/logout:", key="sign-out"):
+    if st.button("Sign out", icon=":material/logout:", key="sign-out", type="tertiary"):
         user = access.session_user(token)
         if user is not None:
             access.sign_out(user)
