@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "test-output" / "e2e"
@@ -139,11 +140,23 @@ def test_table_upload_train_predict_compare(page, data_dir: Path) -> None:  # ty
     page.get_by_role("button", name="Add dataset").click()
     page.get_by_text("Added dataset 1").wait_for()
     _shot(page, "datasets")
+    # The same file again: previewed, named as the dataset it already is, added only when asked.
+    page.locator('input[type="file"]').set_input_files(str(data_dir / "wine.csv"))
+    page.get_by_text("This file is already dataset 1").wait_for()
+    page.get_by_text("Add it anyway").scroll_into_view_if_needed()
+    _shot(page, "datasets-duplicate")
+    assert page.get_by_role("button", name="Add dataset").is_disabled()
 
     _launch_and_wait(page, "8")
     _launch_and_wait(page, "4")
 
     _open(page, "/predict")
+    page.get_by_text("Prefilled with row").wait_for()
+    first = page.locator('[data-testid="stNumberInput"] input').first
+    row = ",".join(["14.5", *["1"] * 12])  # a pasted CSV line fills the form
+    page.get_by_role("textbox", name="Paste a row").fill(row)
+    page.get_by_role("textbox", name="Paste a row").press("Enter")
+    expect(first).to_have_value("14.5")
     page.get_by_role("button", name="Predict").click()
     page.get_by_text("on CPUExecutionProvider").wait_for()
     _shot(page, "predict-table")
@@ -202,10 +215,37 @@ def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  
     (image,) = (tmp_path / "one").rglob("*.png")
     _open(page, "/predict")
     page.locator('input[type="file"]').set_input_files(str(image))
-    page.get_by_text("ms on CPUExecutionProvider").wait_for()
+    page.get_by_text("1 image in").wait_for()
     _shot(page, "predict-image")
+    others = fashion_mnist_zip(tmp_path / "two.zip", per_class=1, classes=("trouser", "bag"), offset=700)
+    with zipfile.ZipFile(others) as zf:
+        zf.extractall(tmp_path / "two")
+    # Two more join the first in the uploader: three cards, one CSV of them all.
+    page.locator('input[type="file"]').set_input_files(sorted((tmp_path / "two").rglob("*.png")))
+    page.get_by_text("3 images in").wait_for()
+    page.get_by_role("button", name="Download predictions (CSV)").wait_for()
+    _shot(page, "predict-images")
+
     _open(page, "/runs")
     _shot(page, "runs")
+    page.get_by_test_id("stPopoverButton").filter(has_text="Columns", visible=True).first.click()  # more than nine
+    picker = page.locator('[data-testid="stPopoverBody"] [data-testid="stMultiSelect"]')
+    picker.locator("input").click()
+    page.get_by_role("option", name="task", exact=True).click()
+    page.keyboard.press("Escape")
+    expect(picker.get_by_text("task", exact=True)).to_have_count(1)
+    page.get_by_text("Also select by id").click()  # one run: its confusion matrix, counts first
+    select = page.locator('[data-testid="stMultiSelect"]').last
+    select.locator("input").click()
+    page.get_by_role("option").first.click()
+    page.keyboard.press("Escape")
+    toggle = page.get_by_text("Normalised (share of each true class)")
+    toggle.wait_for()
+    toggle.scroll_into_view_if_needed()
+    _shot(page, "runs-confusion-counts")
+    toggle.click()
+    expect(page.get_by_label("Normalised (share of each true class)")).to_be_checked()
+    _shot(page, "runs-confusion-shares")
 
 
 def test_text_csv_train_type_a_sentence_see_highlighted_tokens(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
