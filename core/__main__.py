@@ -257,6 +257,7 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         flip=True if a.flip else None,
         head_first=a.head_first,
         budget_s=a.budget,
+        processes=a.processes,
         freeze_epochs=a.freeze_epochs,
         backbone_lr_mult=a.backbone_lr_mult,
         workers=a.workers,
@@ -636,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds from the run's start to its exported model: the run plans its epochs to fit "
         "(auto: 100 s for pretrained image and text models on a CPU, else none; 0 or none: no limit)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="train the run in N processes with DistributedDataParallel (one per GPU; gloo on the "
+        "CPU); --batch-size stays the whole batch, each process takes its share",
+    )
     images = p.add_argument_group("images and text")
     images.add_argument(
         "--weights",
@@ -741,8 +749,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"error: {'.'.join(map(str, first['loc']))}: {one_line(first['msg'])}", file=sys.stderr)
+        from core.errors import settings_error
+
+        print(f"error: {one_line(settings_error(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The runtime reads the same two limits from the environment itself (it imports no settings).
@@ -145,6 +145,10 @@ class RunConfig(BaseModel):
     # Pretrained backbones: fit the new head on the frozen backbone's features first (cached
     # per dataset, model and input size; seconds), then fine-tune the whole network from it.
     head_first: bool = True
+    # Processes training this run together with DistributedDataParallel (core.distributed): one
+    # per GPU, or gloo processes on the CPU. batch_size stays the global batch (and the learning
+    # rate the one for it): each process takes batch_size / processes of every batch.
+    processes: int = Field(1, ge=1, le=64)
 
     # --- images -------------------------------------------------------------------------
     # Initial weights: "default" (the model's offline default: ImageNet where a package ships
@@ -184,6 +188,20 @@ class RunConfig(BaseModel):
     # Seconds per clip (padded or cut around the middle); None: the data's 95th percentile.
     clip_seconds: float | None = Field(None, gt=0.1, le=30)
     n_mels: int = Field(64, ge=16, le=256)
+
+    @model_validator(mode="after")
+    def _splits_over_processes(self) -> RunConfig:
+        if self.processes > 1:
+            if self.batch_size % self.processes:
+                raise ValueError(
+                    f"a batch of {self.batch_size} does not split over {self.processes} processes; "
+                    f"give a batch size that is a multiple of {self.processes}"
+                )
+            if self.freeze_epochs:
+                raise ValueError(
+                    "head-only epochs do not run over several processes yet; give 0 or 1 process"
+                )
+        return self
 
     @field_validator("budget_s")
     @classmethod

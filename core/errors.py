@@ -27,3 +27,15 @@ class PredictError(AscentError):
 
 class AccessError(AscentError):
     """Not signed in, a wrong password, or a role that may not do this."""
+
+
+def settings_error(exc: Exception) -> str:
+    """A pydantic validation error as one line: "field: what is wrong", or the whole check's
+    message when it concerns several settings; any other error as it reads."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first = errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    where = ".".join(map(str, first["loc"]))
+    return f"{where}: {message}" if where else message

@@ -3,6 +3,11 @@
 Trains with a heartbeat thread that also watches for a cancel request, keeps the best
 checkpoint, exports and checks the ONNX file, and closes the run with its final status.
 Everything printed here lands in the run's log file.
+
+A run with `processes` > 1 starts that many processes on this machine (core.distributed): each
+trains its share through the same loop, the main one (rank 0) beats the heartbeat, records
+metrics, writes checkpoints and exports; this process waits and, when one of them fails, closes
+the run with that process's error.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import threading
 import time
 import traceback
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from core import atomic, checkpoint, jobs
 from core.config import RunConfig, database, get_settings, resolve_device
-from core.errors import AscentError, ExportError
+from core.distributed import Ranks, backend, failure_message, launch, rank_device
+from core.errors import AscentError, ConfigError, ExportError
 from core.report import build_report
 from core.tasks import get_task
 from core.train import BEST, LAST, EpochResult, Progress, predict_split, train
@@ -52,27 +60,122 @@ def _heartbeat_loop(run_id: int, progress: Progress, stop: threading.Event, done
 EXPORT_RESERVE_S = {"image-classification": 12.0, "text-classification": 25.0, "audio-classification": 8.0}
 
 
+# The wall-clock time a run started, handed to its processes so that they share one deadline.
+STARTED_ENV = "ASCENT_RUN_STARTED"
+
+
 def execute_run(run_id: int) -> int:
     """Train, export and close run `run_id`. Returns the process exit code."""
     began = time.monotonic()
     database()
+    cfg = RunConfig.model_validate(jobs.get_run(run_id).config)
+    if cfg.processes == 1:
+        return _attempt(run_id, began)
+    try:
+        device = resolve_device(cfg.device)
+        if device.startswith("cuda"):
+            import torch
+
+            if cfg.processes > torch.cuda.device_count():
+                raise ConfigError(
+                    f"the run asks for {cfg.processes} processes, one per GPU, and this machine has "
+                    f"{torch.cuda.device_count()}; give --processes {torch.cuda.device_count()} or fewer"
+                )
+        jobs.set_process(run_id, os.getpid(), f"{cfg.processes} × {device_label(device)}")
+        _log(f"run {run_id}: {cfg.processes} processes ({backend(device)}) on {device_label(device)}")
+        cfg, _deadline = _budget_plan(run_id, cfg, began)
+    except Exception as exc:
+        traceback.print_exc()
+        jobs.finish(run_id, RunStatus.FAILED, _message(exc))
+        return 1
+    os.environ[STARTED_ENV] = repr(time.time() - (time.monotonic() - began))
+    try:
+        launch(run_id, cfg.processes, rank_main)
+    except Exception as exc:
+        message = failure_message(exc, cfg.processes)
+        _log(message)
+        if jobs.get_run(run_id).status == RunStatus.RUNNING:
+            jobs.finish(run_id, RunStatus.FAILED, message)
+        return 1
+    return 0
+
+
+@record
+def rank_main(run_id: int) -> None:
+    """One process of a multi-process run, started by `core.distributed.launch`."""
+    import torch
+    import torch.distributed as dist
+
+    from core.worker import die_with_parent
+
+    die_with_parent()  # the launching process is gone: so is this run
+    ranks = Ranks.from_env()
+    began = time.monotonic() - (time.time() - float(os.environ[STARTED_ENV]))
+    database()
+    cfg = RunConfig.model_validate(jobs.get_run(run_id).config)
+    device = rank_device(resolve_device(cfg.device), ranks)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    else:  # the CPU's cores shared out, as torchrun does, instead of every process taking them all
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.world))
+    dist.init_process_group(backend(device))
+    try:
+        _attempt(run_id, began, ranks=ranks, device=device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, AscentError) else f"{type(exc).__name__}: {exc}"
+
+
+def _budget_plan(run_id: int, cfg: RunConfig, began: float) -> tuple[RunConfig, float | None]:
+    """The run's deadline (time.monotonic()) under its time budget, and its settings after the
+    budget planned what it may (an image size; stored, so that a resume keeps it)."""
+    if not cfg.budget_s:
+        return cfg, None
+    reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
+    deadline = began + cfg.budget_s - reserve
+    _log(
+        f"time budget {cfg.budget_s:g} s: training until {deadline - began:.0f} s "
+        f"({time.monotonic() - began:.1f} s gone on start-up), {reserve:g} s kept for the export"
+    )
+    fit = getattr(get_task(cfg.task), "fit_to_budget", None)
+    if fit is not None and not cfg.resume:
+        device = resolve_device(cfg.device)
+        planned, why = fit(jobs.run_dataset(jobs.get_run(run_id)), cfg, device, deadline - time.monotonic())
+        _log(f"time budget: {why}")
+        if planned != cfg:
+            cfg = planned.model_copy(update={"fit_image_size": False})
+            jobs.update_config(run_id, cfg)
+    return cfg, deadline
+
+
+def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: str | None = None) -> int:
+    """Train, export and close the run in this process: the whole run, or (with `ranks`) this
+    process's share of it, where the main process alone records, exports and closes it, and a
+    failure is raised for the launching process to report."""
+    main = ranks is None or ranks.main
+    say = _log if main else (lambda _message: None)
     run = jobs.get_run(run_id)
     cfg = RunConfig.model_validate(run.config)
     out = jobs.run_dir(run_id)
     out.mkdir(parents=True, exist_ok=True)
     stop, done = threading.Event(), threading.Event()
     progress = Progress()
-    beat = threading.Thread(target=_heartbeat_loop, args=(run_id, progress, stop, done), daemon=True)
-    beat.start()
+    if main:
+        beat = threading.Thread(target=_heartbeat_loop, args=(run_id, progress, stop, done), daemon=True)
+        beat.start()
     try:
-        device = resolve_device(cfg.device)
-        jobs.set_process(run_id, os.getpid(), device_label(device))
-        _log(
-            f"run {run_id}: {cfg.task} / {cfg.model} on {device_label(device)}"
-            + (" (resumed)" if cfg.resume else "")
-        )
+        device = device or resolve_device(cfg.device)
+        if ranks is None:
+            jobs.set_process(run_id, os.getpid(), device_label(device))
+            _log(
+                f"run {run_id}: {cfg.task} / {cfg.model} on {device_label(device)}"
+                + (" (resumed)" if cfg.resume else "")
+            )
         dataset = jobs.run_dataset(run)
-        if cfg.resume:
+        if cfg.resume and main:
             done_epochs = checkpoint.training_epoch(out / LAST)
             dropped = jobs.discard_metrics_after(run_id, done_epochs)
             _log(
@@ -80,25 +183,23 @@ def execute_run(run_id: int) -> int:
                 + (f"; {dropped} metric points of the unfinished epoch dropped" if dropped else "")
             )
         task = get_task(cfg.task)
-        deadline = None
-        if cfg.budget_s:
-            reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
-            deadline = began + cfg.budget_s - reserve
-            _log(
-                f"time budget {cfg.budget_s:g} s: training until {deadline - began:.0f} s "
-                f"({time.monotonic() - began:.1f} s gone on start-up), {reserve:g} s kept for the export"
-            )
-            fit = getattr(task, "fit_to_budget", None)
-            if fit is not None and not cfg.resume:
-                planned, why = fit(dataset, cfg, device, deadline - time.monotonic())
-                _log(f"time budget: {why}")
-                if planned != cfg:
-                    # Stored, so that a resumed attempt trains at the size the checkpoint learnt.
-                    cfg = planned.model_copy(update={"fit_image_size": False})
-                    jobs.update_config(run_id, cfg)
+        if ranks is None:
+            cfg, deadline = _budget_plan(run_id, cfg, began)
+        else:  # the launching process planned it (and stored what it changed)
+            deadline = None
+            if cfg.budget_s:
+                deadline = (
+                    began + cfg.budget_s - min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
+                )
         data = task.prepare(dataset, cfg, device, out)
-        atomic.write_json(out / "config.json", cfg.model_dump(mode="json"), indent=2)
-        _log(f"data: {data.n_train} train / {data.n_val} validation samples")
+        if main:
+            atomic.write_json(out / "config.json", cfg.model_dump(mode="json"), indent=2)
+        shares = (
+            f", {cfg.batch_size // cfg.processes} of each batch of {cfg.batch_size} per process"
+            if ranks
+            else ""
+        )
+        say(f"data: {data.n_train} train / {data.n_val} validation samples{shares}")
 
         def on_epoch(result: EpochResult) -> None:
             jobs.record_metrics(run_id, step=result.step, epoch=result.epoch, values=result.metrics)
@@ -110,13 +211,16 @@ def execute_run(run_id: int) -> int:
             data,
             device=device,
             run_dir=out,
-            on_epoch=on_epoch,
+            on_epoch=on_epoch if main else None,
             should_stop=stop.is_set,
             progress=progress,
             deadline=deadline,
             features_dir=get_settings().home / "cache" / "features",
-            log=_log,
+            log=say,
+            ranks=ranks,
         )
+        if not main:
+            return 0
         _log(
             f"training {'stopped at its time budget' if outcome.status == 'budget' else outcome.status} "
             f"after {outcome.epochs_run} epochs ({time.monotonic() - began:.1f} s since start); "
@@ -150,9 +254,10 @@ def execute_run(run_id: int) -> int:
         jobs.finish(run_id, RunStatus.SUCCEEDED)
         return 0
     except Exception as exc:
+        if ranks is not None:
+            raise  # the launching process closes the run with the first process's error
         traceback.print_exc()
-        message = str(exc) if isinstance(exc, AscentError) else f"{type(exc).__name__}: {exc}"
-        jobs.finish(run_id, RunStatus.FAILED, message)
+        jobs.finish(run_id, RunStatus.FAILED, _message(exc))
         return 1
     finally:
         done.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ import torch
 
 from core import checkpoint
 from core.config import RunConfig
+from core.distributed import Ranks, any_rank, from_main, gather, shard, total
 from core.head_first import fit_head, freeze_norm_statistics
-from core.tasks import TaskData
+from core.tasks import DeviceLoader, TaskData, TensorBatches
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"
@@ -106,22 +108,38 @@ def _improved(value: float, loss: float, state: dict[str, Any], mode: str) -> bo
 
 @torch.no_grad()
 def predict_split(
-    data: TaskData, autocast: Callable[[], Any] = nullcontext
+    data: TaskData,
+    autocast: Callable[[], Any] = nullcontext,
+    *,
+    batches: TensorBatches | DeviceLoader | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's outputs (float32) and the targets over the whole validation split."""
+    """The model's outputs (float32) and the targets over the whole validation split (or
+    `batches`); with `ranks`, each process predicts its part and all get the whole, gathered."""
     data.model.eval()
     outputs, targets = [], []
-    for inputs, y in data.val:
+    for inputs, y in batches if batches is not None else data.val:
         with autocast():
             out = data.model(*inputs)
         outputs.append(out.float())
         targets.append(y)
-    return torch.cat(outputs), torch.cat(targets)
+    if not outputs:  # a process whose part of a tiny validation split is empty
+        inputs, y = next(iter(data.val))
+        with autocast():
+            empty = data.model(*(x[:0] if x is not None else None for x in inputs)).float()
+        outputs, targets = [empty], [y[:0]]
+    return gather(torch.cat(outputs), ranks), gather(torch.cat(targets), ranks)
 
 
-def evaluate(data: TaskData, autocast: Callable[[], Any] = nullcontext) -> dict[str, float]:
+def evaluate(
+    data: TaskData,
+    autocast: Callable[[], Any] = nullcontext,
+    *,
+    batches: TensorBatches | DeviceLoader | None = None,
+    ranks: Ranks | None = None,
+) -> dict[str, float]:
     """Validation loss and the task's metrics over the whole validation split."""
-    out_all, y_all = predict_split(data, autocast)
+    out_all, y_all = predict_split(data, autocast, batches=batches, ranks=ranks)
     metrics = {"val_loss": float(data.loss_fn(out_all, y_all))}
     metrics.update(data.evaluate(out_all, y_all))
     return metrics
@@ -206,14 +224,21 @@ def train(
     deadline: float | None = None,
     features_dir: Path | None = None,
     log: Callable[[str], None] = lambda _message: None,
+    ranks: Ranks | None = None,
 ) -> TrainOutcome:
     """Train `data.model` as `cfg` says; resumes from run_dir/last.safetensors when cfg.resume.
 
     With `data.head` (and cfg.head_first) a fresh run first fits the head on the frozen network's
     features (cached in `features_dir`) and reports it as epoch 0. With a `deadline`
     (time.monotonic()) the run times its first steps, plans the epochs that fit, and stops at
-    the deadline with its best checkpoint."""
+    the deadline with its best checkpoint.
+
+    With `ranks` this is one process of several (core.distributed): the batches are cut into
+    per-process parts, DistributedDataParallel averages the gradients, the processes agree on
+    every stop, and validation is gathered whole; the main process alone fits the head, writes
+    checkpoints and calls `on_epoch`."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    main = ranks is None or ranks.main
     torch.manual_seed(cfg.seed)
     model = data.model.to(device)
     if data.channels_last and device.startswith("cuda"):
@@ -226,7 +251,9 @@ def train(
     groups = data.param_groups or [{"params": list(model.parameters()), "lr_mult": 1.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     accum = cfg.grad_accum
-    steps_per_epoch = max(1, -(-len(data.train) // accum))
+    train_batches = data.train if ranks is None else shard(data.train, ranks, train=True)
+    val_batches = data.val if ranks is None else shard(data.val, ranks, train=False)
+    steps_per_epoch = max(1, -(-len(train_batches) // accum))
     total_steps = cfg.epochs * steps_per_epoch
     # The learning rate is a function of the step alone, so resuming needs no scheduler state.
     lr_factor = cosine_with_warmup(total_steps, max(1, int(cfg.warmup_fraction * total_steps)))
@@ -253,25 +280,47 @@ def train(
         improved = _improved(value, metrics["val_loss"], state, data.mode)
         if improved:
             state.update(best=value, best_loss=metrics["val_loss"], best_epoch=epoch, stale=0)
-            checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch})
+            if main:
+                checkpoint.save_weights(run_dir / BEST, model, {**meta, "epoch": epoch})
         else:
             state["stale"] += 1
         return improved
 
-    if data.head is not None and not resumed:
+    def report(result: EpochResult) -> None:
+        if on_epoch is not None and main:
+            on_epoch(result)
+
+    def agreed(*flags: bool) -> list[bool]:
+        return any_rank(list(flags), ranks, device)
+
+    fit_first = data.head is not None and not resumed
+    fitted = ""
+    if fit_first and main:
         progress.phase = "fitting head"
         began = time.perf_counter()
         n, hit = fit_head(data, features_dir or run_dir / "features")
-        metrics = evaluate(data, autocast)
-        log(
+        fitted = (
             f"head fitted on the frozen network's features of {n} samples"
-            f"{' (cached)' if hit else ''} in {time.perf_counter() - began:.1f} s: "
-            f"{data.main_metric}={metrics[data.main_metric]:.4g}"
+            f"{' (cached)' if hit else ''} in {time.perf_counter() - began:.1f} s"
         )
+    forward: torch.nn.Module = model
+    if ranks is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # On the CPU, oneDNN hands 1x1 convolutions' gradients back channels-last; DDP copies them
+        # into its buckets (one small copy a step) and would say so at every step in the log.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+        # Built after the main process fitted the head: DDP starts every process from its weights.
+        forward = DistributedDataParallel(
+            model, device_ids=[ranks.local_rank] if device.startswith("cuda") else None
+        )
+    if fit_first:
+        metrics = evaluate(data, autocast, batches=val_batches, ranks=ranks)
+        log(f"{fitted}: {data.main_metric}={metrics[data.main_metric]:.4g}")
         improved = keep_if_better(0, metrics)
         state["stale"] = 0  # patience counts the fine-tuning epochs
-        if on_epoch is not None:
-            on_epoch(EpochResult(0, 0, metrics, improved))
+        report(EpochResult(0, 0, metrics, improved))
 
     epochs = cfg.epochs
     plan_at = min(steps_per_epoch, 8)  # steps timed before a deadline's plan
@@ -280,7 +329,7 @@ def train(
     status: Literal["completed", "early_stopped", "cancelled", "budget"] = "completed"
     epoch = state["epoch"]
     while epoch < epochs:
-        data.train.epoch = epoch
+        train_batches.epoch = epoch
         progress.epoch, progress.phase = epoch + 1, "training"
         for param in data.freeze:
             param.requires_grad_(epoch >= cfg.freeze_epochs)
@@ -291,19 +340,23 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         started = time.perf_counter()
-        n_batches = len(data.train)
+        n_batches = len(train_batches)
         optimizer.zero_grad(set_to_none=True)
-        for i, (inputs, y) in enumerate(data.train):
-            with autocast():
-                loss = data.loss_fn(model(*inputs), y)
-            scaled = loss / accum if accum > 1 else loss
-            if scaler is None:
-                scaled.backward()
-            else:
-                scaler.scale(scaled).backward()
+        for i, (inputs, y) in enumerate(train_batches):
+            steps = (i + 1) % accum == 0 or i + 1 == n_batches
+            # Between optimiser steps the processes keep their gradients to themselves.
+            syncing = forward.no_sync() if ranks is not None and not steps else nullcontext()  # type: ignore[operator]
+            with syncing:
+                with autocast():
+                    loss = data.loss_fn(forward(*inputs), y)
+                scaled = loss / accum if accum > 1 else loss
+                if scaler is None:
+                    scaled.backward()
+                else:
+                    scaler.scale(scaled).backward()
             loss_sum += loss.detach() * len(y)
             seen += len(y)
-            if (i + 1) % accum == 0 or i + 1 == n_batches:
+            if steps:
                 lr = cfg.lr * lr_factor(state["step"])
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_mult"]
@@ -329,6 +382,9 @@ def train(
                             steps_per_epoch=steps_per_epoch,
                             max_epochs=cfg.epochs - epoch,
                         )
+                        # Every process follows the main one's plan.
+                        planned, steps_planned = from_main([plan.epochs, plan.total_steps], ranks, device)
+                        plan.epochs, plan.total_steps = int(planned), int(steps_planned)
                         epochs = epoch + plan.epochs
                         total_steps = epoch * steps_per_epoch + plan.total_steps
                         warmup = max(1, int(cfg.warmup_fraction * total_steps))
@@ -336,21 +392,28 @@ def train(
                         progress.epochs, progress.total_steps = epochs, total_steps
                         progress.plan = plan.describe(steps_per_epoch, deadline - time.monotonic())
                         log(f"time budget: {progress.plan}")
-                if deadline is not None and (state["step"] >= total_steps or time.monotonic() >= deadline):
-                    break  # the budget ends this epoch early; it is validated as usual
-            if should_stop is not None and should_stop():
+            past = (
+                deadline is not None
+                and steps
+                and (state["step"] >= total_steps or time.monotonic() >= deadline)
+            )
+            past, cancel = agreed(past, should_stop is not None and should_stop())
+            if cancel:
                 status = "cancelled"
                 break
+            if past:
+                break  # the budget ends this epoch early; it is validated as usual
         if status == "cancelled":
             break
-        train_loss = float(loss_sum) / max(1, seen)  # one sync per epoch
+        loss_total, seen_total = total([float(loss_sum), float(seen)], ranks, device)  # one sync per epoch
+        train_loss = loss_total / max(1.0, seen_total)
         seconds = time.perf_counter() - started
         progress.phase = "validating"
         began = time.perf_counter()
         metrics = {
             "train_loss": train_loss,
-            **evaluate(data, autocast),
-            "samples_per_sec": seen / max(seconds, 1e-9),
+            **evaluate(data, autocast, batches=val_batches, ranks=ranks),
+            "samples_per_sec": seen_total / max(seconds, 1e-9),
             "lr": max(group["lr"] for group in optimizer.param_groups),
         }
         val_s = time.perf_counter() - began
@@ -358,17 +421,19 @@ def train(
         state["epoch"] = epoch + 1
         # Metrics first, then the state to resume from: an attempt that dies in between
         # trains this epoch again, and the resume drops what it recorded of it.
-        if on_epoch is not None:
-            on_epoch(EpochResult(epoch + 1, state["step"], metrics, improved))
-        checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
+        report(EpochResult(epoch + 1, state["step"], metrics, improved))
+        if main:
+            checkpoint.save_training_state(run_dir / LAST, model, optimizer, state)
         epoch += 1
         if cfg.patience and state["stale"] >= cfg.patience:
             status = "early_stopped"
             break
-        if should_stop is not None and should_stop():
+        late = deadline is not None and epoch < epochs and time.monotonic() + seconds + val_s > deadline
+        cancel, late = agreed(should_stop is not None and should_stop(), late)
+        if cancel:
             status = "cancelled"
             break
-        if deadline is not None and epoch < epochs and time.monotonic() + seconds + val_s > deadline:
+        if late:
             epochs = epoch  # the next epoch would end past the deadline
     if status == "completed" and epoch < cfg.epochs:
         status = "budget"

@@ -7,7 +7,7 @@ from core import jobs, summary
 from core.access import Action, can
 from core.config import describe_device
 from core.data.ingest import get_dataset, list_datasets
-from core.errors import AscentError, ConfigError
+from core.errors import AscentError, ConfigError, settings_error
 from core.models import get_model, models_for
 from core.plan import parse_budget
 from pages.studio.edge import guarded
@@ -74,9 +74,21 @@ with st.container(border=True):
             help="auto: bf16 or fp16 autocast on a GPU, fp32 on the CPU.",
         )
         options: dict[str, object] = {}
+        b1, b2, _ = st.columns(3)
+        options["processes"] = b2.number_input(
+            "Processes",
+            1,
+            64,
+            1,
+            help=(
+                "Train this run in several processes with DistributedDataParallel: one per GPU, or "
+                "gloo processes on the CPU. The batch size stays the whole batch (a multiple of the "
+                "processes); each process takes its share."
+            ),
+        )
         if "budget_s" in fitted:
             budget = d.get("budget_s")
-            options["budget_text"] = st.columns(3)[0].text_input(
+            options["budget_text"] = b1.text_input(
                 "Time budget (s)",
                 value="auto",
                 help=(
@@ -217,7 +229,7 @@ with st.container(border=True):
             st.session_state.setdefault("train-following", []).append(run.id)
             st.success(f"Run {run.id} queued: {summary.md(run.name)}.")
         except (AscentError, ValueError) as exc:
-            st.error(summary.md(exc))
+            st.error(summary.md(settings_error(exc)))
 
 
 def outcome(run_id: int) -> None:

@@ -350,6 +350,13 @@ CASES: dict[str, Case] = {
         ["train", "--dataset", "{ds:table}", "--budget", "soon"], "'soon' is no time budget"
     ),
     "a time budget of 5 s": Case(["train", "--dataset", "{ds:table}", "--budget", "5"], "10 s to 7 days"),
+    "a batch that does not split over the processes": Case(
+        ["train", "--dataset", "{ds:table}", "--batch-size", "16", "--processes", "3"],
+        "a batch of 16 does not split over 3 processes",
+    ),
+    "no processes": Case(
+        ["train", "--dataset", "{ds:table}", "--processes", "0"], "processes: Input should be"
+    ),
     "hf-transformer without a model to fine-tune": Case(
         ["train", "--dataset", "{ds:text}", "--model", "hf-transformer"], "needs the Hugging Face model"
     ),

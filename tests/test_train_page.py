@@ -46,6 +46,14 @@ def test_fitted_settings_are_shown_and_used(clothes) -> None:  # type: ignore[no
     flips = next(c for c in at.checkbox if c.label == "Horizontal flips")
     assert flips.value is False
     _box(at, "Time budget (s)").set_value("45")
+    assert _box(at, "Processes").value == 1
+    _box(at, "Processes").set_value(3)  # 16 does not split over 3: refused in one line
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert _plain(at.error[0].value) == (
+        "a batch of 16 does not split over 3 processes; give a batch size that is a multiple of 3"
+    )
+    assert not jobs.list_runs()
+    _box(at, "Processes").set_value(2)
     next(b for b in at.button if b.label == "Launch").click().run()
     assert not at.exception and "queued" in at.success[0].value
     (run,) = jobs.list_runs()
@@ -53,6 +61,7 @@ def test_fitted_settings_are_shown_and_used(clothes) -> None:  # type: ignore[no
     assert (cfg["image_size"], cfg["batch_size"], cfg["flip"], cfg["budget_s"], cfg["head_first"]) == (
         64, 16, False, 45, True,
     )  # fmt: skip
+    assert cfg["processes"] == 2 and cfg["fit_image_size"] is True  # 64 px left as fitted
 
 
 def test_a_bad_budget_and_a_missing_model_are_refused_before_queueing(home: Path, tmp_path: Path) -> None:

@@ -28,9 +28,28 @@ class TensorBatches:
     shuffle: bool
     seed: int = 0
     epoch: int = 0
+    # (rank, processes, training) when a run trains over several processes: each batch is cut
+    # into one part per process and this one yields its own (see core.distributed.shard).
+    ranks: tuple[int, int, bool] | None = None
+
+    def _bounds(self, size: int) -> tuple[int, int] | None:
+        """This rank's share of a batch of `size`, None when it takes no part in it."""
+        if self.ranks is None:
+            return 0, size
+        rank, world, train = self.ranks
+        if train and size < world:
+            return None  # too small to give every process a sample: skipped by all alike
+        lo, hi = rank * size // world, (rank + 1) * size // world
+        return (lo, hi) if hi > lo else None
+
+    def _sizes(self) -> list[int]:
+        n = len(self.target)
+        return [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
 
     def __len__(self) -> int:
-        return -(-len(self.target) // self.batch_size)
+        if self.ranks is None:
+            return -(-len(self.target) // self.batch_size)
+        return sum(1 for size in self._sizes() if self._bounds(size) is not None)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.target)
@@ -40,11 +59,12 @@ class TensorBatches:
         else:
             order = None
         for start in range(0, n, self.batch_size):
-            idx = (
-                order[start : start + self.batch_size]
-                if order is not None
-                else slice(start, start + self.batch_size)
-            )
+            size = min(self.batch_size, n - start)
+            bounds = self._bounds(size)
+            if bounds is None:
+                continue
+            lo, hi = start + bounds[0], start + bounds[1]
+            idx = order[lo:hi] if order is not None else slice(lo, hi)
             yield tuple(x[idx] if x is not None else None for x in self.inputs), self.target[idx]
 
 
