@@ -8,8 +8,8 @@ values win, then these, then the model's registered defaults).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from db.queries import DatasetInfo
@@ -207,7 +207,9 @@ BUDGET_EPOCHS = 1.0
 
 
 def _epochs_words(epochs: float) -> str:
-    return {1.0: "one epoch", 0.25: "a quarter of an epoch", 0.5: "half an epoch"}.get(epochs, f"{epochs:g} epochs")
+    return {1.0: "one epoch", 0.25: "a quarter of an epoch", 0.5: "half an epoch"}.get(
+        epochs, f"{epochs:g} epochs"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def size_for_budget(
     are measured from the largest down and the first that fits is kept; a forward pass is taken
     as a third of a step."""
     steps = max(1, n_train // batch)
-    sides = [size] + list(range((size - 1) // 32 * 32, low - 1, -32))
+    sides = [size, *range((size - 1) // 32 * 32, low - 1, -32)]
     for side in sides:
         first, step = step_s_at(side)
         per_image = step / 3 / batch

@@ -228,7 +228,9 @@ def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  
 
     _open(page, "/runs")
     _shot(page, "runs")
-    page.get_by_test_id("stPopoverButton").filter(has_text="Columns", visible=True).first.click()  # more than nine
+    page.get_by_test_id("stPopoverButton").filter(
+        has_text="Columns", visible=True
+    ).first.click()  # more than nine
     picker = page.locator('[data-testid="stPopoverBody"] [data-testid="stMultiSelect"]')
     picker.locator("input").click()
     page.get_by_role("option", name="task", exact=True).click()

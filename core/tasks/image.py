@@ -222,7 +222,9 @@ def fit_to_budget(dataset: DatasetInfo, cfg: RunConfig, device: str, seconds: fl
     if cfg.image_size <= IMAGE_SIZES_CPU[0]:
         return cfg, f"{cfg.image_size} px, the smallest fitted size"
     classes = len(dataset.schema["classes"])
-    model = ImageClassifier(get_model(cfg.model, cfg.task).build(classes, cfg.model_copy(update={"weights": "none"})))
+    model = ImageClassifier(
+        get_model(cfg.model, cfg.task).build(classes, cfg.model_copy(update={"weights": "none"}))
+    )
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     batch = min(PROBE_BATCH, cfg.batch_size)
@@ -235,7 +237,9 @@ def fit_to_budget(dataset: DatasetInfo, cfg: RunConfig, device: str, seconds: fl
 
     n = dataset.n_items or 0
     n_val = max(1, round(n * cfg.val_fraction))
-    head_first = cfg.head_first and (starts_pretrained(cfg.model, cfg.weights) or cfg.init_from_run is not None)
+    head_first = cfg.head_first and (
+        starts_pretrained(cfg.model, cfg.weights) or cfg.init_from_run is not None
+    )
     plan = size_for_budget(
         size=cfg.image_size,
         step_s_at=step_s_at,

@@ -99,7 +99,9 @@ def signed_in_bar(actor: Actor) -> None:
     """Who is signed in, with a sign-out button, and the cookie kept current (in the router's
     bar above every page)."""
     if actor.name is None:
-        st.caption("Open studio (no users yet): `python -m core users add` turns on sign-in.", width="content")
+        st.caption(
+            "Open studio (no users yet): `python -m core users add` turns on sign-in.", width="content"
+        )
         return
     st.caption(f"Signed in as **{summary.md(actor.name)}** ({actor.role.value})", width="content")
     token = st.session_state.get(_TOKEN)
