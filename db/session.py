@@ -57,14 +57,48 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the database behind `engine` to the newest Alembic revision, one process at a time."""
+# Where Alembic keeps Ascent's schema revision. Releases before it used Alembic's default,
+# "alembic_version", the name Optuna's own migrations use in a database shared with them.
+VERSION_TABLE = "ascent_alembic_version"
+_OLD_VERSION_TABLE = "alembic_version"
+
+
+def _revisions() -> set[str]:
+    return {p.name.split("_", 1)[0] for p in (_MIGRATIONS / "versions").glob("[0-9]*_*.py")}
+
+
+def _adopt_old_version_table(conn: Any) -> str | None:
+    """Move a revision of Ascent's out of "alembic_version" into its own table (a database made
+    by an earlier release); one of another schema's (Optuna's) is left alone. Returns the
+    revision moved."""
+    from sqlalchemy import inspect
+
+    tables = set(inspect(conn).get_table_names())
+    if _OLD_VERSION_TABLE not in tables or VERSION_TABLE in tables:
+        return None
+    rows = [r[0] for r in conn.exec_driver_sql(f"SELECT version_num FROM {_OLD_VERSION_TABLE}")]
+    if len(rows) != 1 or rows[0] not in _revisions():
+        return None
+    conn.exec_driver_sql(
+        f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL, "
+        f"CONSTRAINT {VERSION_TABLE}_pkc PRIMARY KEY (version_num))"
+    )
+    conn.exec_driver_sql(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('{rows[0]}')")
+    conn.exec_driver_sql(f"DROP TABLE {_OLD_VERSION_TABLE}")
+    return str(rows[0])
+
+
+def upgrade(engine: Engine, *, version_table: str = VERSION_TABLE, to: str = "head") -> None:
+    """Bring the database behind `engine` to the newest Alembic revision (or `to`), one process
+    at a time. `version_table` other than Ascent's is for tests that build an earlier release's
+    database."""
     from alembic import command
     from alembic.config import Config
     from filelock import FileLock
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["version_table"] = version_table
     sqlite = engine.dialect.name == "sqlite"
     file = _sqlite_file(str(engine.url)) if sqlite else None
     lock = FileLock(f"{file}.migrate.lock", timeout=120) if file is not None else contextlib.nullcontext()
@@ -78,8 +112,10 @@ def upgrade(engine: Engine) -> None:
             with conn.begin():
                 if engine.dialect.name == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+                if version_table == VERSION_TABLE:
+                    _adopt_old_version_table(conn)
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, to)
                 if sqlite:
                     broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                     if broken:

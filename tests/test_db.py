@@ -57,13 +57,48 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
         "exports",
         "users",
         "app_settings",
-        "alembic_version",
+        "ascent_alembic_version",
     } <= tables
+    assert "alembic_version" not in tables  # Optuna's name, in a database shared with its studies
     from db.session import upgrade
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
+
+
+def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_home: Path) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from db.session import upgrade
+
+    url = database()
+    if url.startswith("sqlite"):
+        any_home.mkdir(parents=True, exist_ok=True)
+    old = create_engine(url)
+    upgrade(old, version_table="alembic_version")  # as the previous release left it
+    with Session(old) as s, s.begin():
+        ds = _dataset(s)
+    assert "ascent_alembic_version" not in inspect(old).get_table_names()
+    old.dispose()
+
+    eng = engine(url)  # this release opens it
+    tables = set(inspect(eng).get_table_names())
+    assert "ascent_alembic_version" in tables and "alembic_version" not in tables
+    with eng.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
+    with session_scope() as s:
+        assert queries.get_dataset(session=s, dataset_id=ds) is not None
+
+    # Optuna's own version table, made later in the same database, is not Ascent's to touch.
+    with eng.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('v3.2.0.a')"))
+    upgrade(eng)
+    with eng.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from db.models import Base
+from db.session import VERSION_TABLE
 
 config = context.config
 target_metadata = Base.metadata
@@ -16,6 +17,8 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        # Ascent's own table: Optuna's studies, kept in the same database, have an "alembic_version".
+        version_table=config.attributes.get("version_table", VERSION_TABLE),
     )
     with context.begin_transaction():
         context.run_migrations()
