@@ -34,6 +34,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/train_overhead.py
 	$(PY) bench/inference.py
 	$(PY) bench/runs_table.py
+	$(PY) bench/scale.py
 	$(PY) bench/inference.py --certificate
 	$(PY) bench/reliability.py
 
