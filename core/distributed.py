@@ -70,7 +70,9 @@ class ShardedBatches(Sampler[list[int]]):
     drops a last batch too small to give every rank a sample (so all ranks step together);
     validation keeps everything and skips empty parts."""
 
-    def __init__(self, sampler: Iterable[int], batch_size: int, ranks: Ranks, *, train: bool, drop_last: bool):
+    def __init__(
+        self, sampler: Iterable[int], batch_size: int, ranks: Ranks, *, train: bool, drop_last: bool
+    ):
         self.sampler, self.batch_size, self.ranks = sampler, batch_size, ranks
         self.train, self.drop_last = train, drop_last
 
@@ -121,7 +123,8 @@ def shard(
         batch_sampler=ShardedBatches(
             loader.sampler, loader.batch_size, ranks, train=train, drop_last=loader.drop_last
         ),
-        num_workers=loader.num_workers,
+        # The machine's loader processes shared out between the training processes.
+        num_workers=max(1, loader.num_workers // ranks.world) if loader.num_workers else 0,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
         persistent_workers=loader.persistent_workers,
