@@ -82,8 +82,11 @@ def execute_run(run_id: int) -> int:
                     f"{torch.cuda.device_count()}; give --processes {torch.cuda.device_count()} or fewer"
                 )
         jobs.set_process(run_id, os.getpid(), f"{cfg.processes} × {device_label(device)}")
-        _log(f"run {run_id}: {cfg.processes} processes ({backend(device)}) on {device_label(device)}")
-        cfg, _deadline = _budget_plan(run_id, cfg, began)
+        _log(
+            f"run {run_id}: {cfg.task} / {cfg.model} in {cfg.processes} processes ({backend(device)}) "
+            f"on {device_label(device)}" + (" (resumed)" if cfg.resume else "")
+        )
+        cfg, _ = _budget_plan(run_id, cfg, began)
     except Exception as exc:
         traceback.print_exc()
         jobs.finish(run_id, RunStatus.FAILED, _message(exc))
@@ -129,13 +132,22 @@ def _message(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, AscentError) else f"{type(exc).__name__}: {exc}"
 
 
+def _deadline(cfg: RunConfig, began: float) -> tuple[float, float] | None:
+    """When training must end under the run's time budget (time.monotonic()), and the seconds
+    kept after it for the export; None without a budget."""
+    if not cfg.budget_s:
+        return None
+    reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
+    return began + cfg.budget_s - reserve, reserve
+
+
 def _budget_plan(run_id: int, cfg: RunConfig, began: float) -> tuple[RunConfig, float | None]:
     """The run's deadline (time.monotonic()) under its time budget, and its settings after the
     budget planned what it may (an image size; stored, so that a resume keeps it)."""
-    if not cfg.budget_s:
+    planned_end = _deadline(cfg, began)
+    if planned_end is None or not cfg.budget_s:
         return cfg, None
-    reserve = min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
-    deadline = began + cfg.budget_s - reserve
+    deadline, reserve = planned_end
     _log(
         f"time budget {cfg.budget_s:g} s: training until {deadline - began:.0f} s "
         f"({time.monotonic() - began:.1f} s gone on start-up), {reserve:g} s kept for the export"
@@ -186,11 +198,8 @@ def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: s
         if ranks is None:
             cfg, deadline = _budget_plan(run_id, cfg, began)
         else:  # the launching process planned it (and stored what it changed)
-            deadline = None
-            if cfg.budget_s:
-                deadline = (
-                    began + cfg.budget_s - min(EXPORT_RESERVE_S.get(cfg.task, 10.0), 0.3 * cfg.budget_s)
-                )
+            planned_end = _deadline(cfg, began)
+            deadline = None if planned_end is None else planned_end[0]
         data = task.prepare(dataset, cfg, device, out)
         if main:
             atomic.write_json(out / "config.json", cfg.model_dump(mode="json"), indent=2)

@@ -97,7 +97,7 @@ def test_two_gloo_processes_train_as_one_process_does(wine, worker) -> None:  # 
         for epoch in single:
             assert double[epoch] == pytest.approx(single[epoch], abs=1e-4), (key, epoch)
     log = (jobs.run_dir(two.id) / "run.log").read_text()
-    assert "2 processes (gloo)" in log and "8 of each batch of 16 per process" in log
+    assert "in 2 processes (gloo)" in log and "8 of each batch of 16 per process" in log
     assert log.count("epoch 1/3") == 1  # the main process alone reports
     assert (jobs.run_dir(two.id) / "model.onnx").exists()
 
