@@ -198,10 +198,10 @@ def _median_side(report: dict[str, Any]) -> float | None:
         return None
 
 
-# Training a fitted image size must leave room for in a time budget: with the head fitted on
-# frozen features first, those features and a quarter of an epoch of fine-tuning (larger images
-# with fewer fine-tuning steps did better than smaller ones with more: bench/first_model.py
-# clothes192 against clothes192-fixed, docs/benchmarks.md); otherwise one epoch.
+# What a time budget must leave room for before a fitted image size is lowered: with the head
+# fitted on frozen features first, those features and a quarter of an epoch of fine-tuning
+# (larger images with fewer fine-tuning steps did better than smaller ones with more:
+# bench/first_model.py clothes192 against clothes192-fixed, docs/benchmarks.md); else one epoch.
 BUDGET_EPOCHS_HEAD_FIRST = 0.25
 BUDGET_EPOCHS = 1.0
 
