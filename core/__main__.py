@@ -279,6 +279,111 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
     ), f"run {run.id} queued ({run.model} on dataset {run.dataset_id}); `python -m core runs show {run.id}`"
 
 
+def cmd_sweep(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import sweeps
+
+    sweep = sweeps.create(
+        a.dataset,
+        trials=a.trials,
+        parallel=a.parallel,
+        space=a.space or "",
+        metric=a.metric or "",
+        seed=a.seed or 0,
+        model=a.model,
+        epochs=a.epochs,
+        budget_s=a.budget,
+        processes=a.processes,
+        patience=a.patience,
+    )
+    if a.wait:
+        sweep = _wait_for_sweep(sweep.id, a.timeout)
+    return _sweep_document(sweep), _sweep_text(sweep)
+
+
+def _wait_for_sweep(sweep_id: int, timeout: float | None) -> Any:
+    import time
+
+    from core import jobs, sweeps
+    from core.worker import start_background_worker
+
+    if not jobs.worker_alive():
+        start_background_worker()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sweep = sweeps.get(sweep_id)
+        if not sweep.open:
+            return sweep
+        if deadline is not None and time.monotonic() > deadline:
+            from core.errors import ConfigError
+
+            raise ConfigError(
+                f"sweep {sweep_id} is still going after {timeout:g} s; `python -m core sweeps show {sweep_id}`"
+            )
+        time.sleep(1.0)
+
+
+def _sweep_document(sweep: Any) -> dict[str, Any]:
+    doc = to_jsonable(sweep)
+    doc["trials_run"] = doc.pop("trial_list")
+    return doc
+
+
+def _sweep_text(sweep: Any) -> str:
+    head = (
+        f"sweep {sweep.id} on dataset {sweep.dataset_id}: {sweep.trials_asked} of {sweep.trials} trials asked, "
+        f"{sweep.parallel} at a time, {'going on' if sweep.open else 'done'}; {sweep.direction} {sweep.metric} "
+        f"over {sweep.space}"
+    )
+    rows = [
+        [
+            str(t.number),
+            str(t.run_id or "-"),
+            t.state,
+            "-" if t.value is None else f"{t.value:.4g}",
+            "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+        ]
+        for t in sweep.trial_list
+    ]
+    best = (
+        f"best: run {sweep.best_run} ({sweep.metric} = {sweep.best_value:.4g})"
+        if sweep.best_run is not None
+        else "best: none yet"
+    )
+    return "\n".join(
+        [
+            head,
+            _table(rows, ["trial", "run", "state", sweep.metric, "parameters"]) if rows else "no trials yet",
+            best,
+        ]
+    )
+
+
+def cmd_sweeps_list(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import sweeps
+
+    found = sweeps.list_sweeps()
+    rows = [
+        [
+            str(s.id),
+            str(s.dataset_id),
+            f"{s.trials_asked}/{s.trials}",
+            "going on" if s.open else "done",
+            s.metric,
+            "-" if s.best_run is None else f"run {s.best_run} ({s.best_value:.4g})",
+        ]
+        for s in found
+    ]
+    text = _table(rows, ["id", "dataset", "trials", "state", "metric", "best"]) if rows else "no sweeps yet"
+    return [_sweep_document(s) for s in found], text
+
+
+def cmd_sweeps_show(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import sweeps
+
+    sweep = sweeps.get(a.id)
+    return _sweep_document(sweep), _sweep_text(sweep)
+
+
 def cmd_runs_list(a: argparse.Namespace) -> tuple[Any, str]:
     from core import jobs
 
@@ -550,10 +655,41 @@ def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_worker(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.config import get_settings
     from core.worker import Worker
 
-    Worker(poll_s=a.poll, idle_exit_s=a.idle_exit).run()
+    kind: type[Worker] = Worker
+    if get_settings().executor == "ray":
+        from core.cluster import RayWorker
+
+        kind = RayWorker
+    kind(poll_s=a.poll, idle_exit_s=a.idle_exit).run()
     return {"stopped": True}, "worker stopped"
+
+
+def cmd_cluster(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.cluster import amounts, describe
+
+    doc = describe()
+    rows = [
+        [
+            n.address,
+            "alive" if n.alive else "dead",
+            f"{n.cpus_free:g} of {n.cpus:g}",
+            f"{n.gpus_free:g} of {n.gpus:g}" if n.gpus else "-",
+            ", ".join(map(str, n.runs)) or "-",
+        ]
+        for n in doc["nodes"]
+    ]
+    free = {"CPU": sum(n.cpus_free for n in doc["nodes"]), "GPU": sum(n.gpus_free for n in doc["nodes"])}
+    text = "\n".join(
+        [
+            f"{doc['cluster']}: {len(doc['nodes'])} node(s), {amounts(free)} free",
+            _table(rows, ["node", "state", "free CPUs", "free GPUs", "runs"]),
+            "waiting for resources: " + (", ".join(f"run {i}" for i in doc["waiting"]) or "none"),
+        ]
+    )
+    return doc, text
 
 
 def cmd_run(a: argparse.Namespace) -> tuple[Any, str]:
@@ -589,6 +725,7 @@ def one_line(message: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.data.ingest import TASKS
+    from db.models import RunStatus
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
@@ -616,6 +753,30 @@ def build_parser() -> argparse.ArgumentParser:
         "id", type=int
     )
     add(ds, "delete", cmd_datasets_delete, "delete a dataset and its files").add_argument("id", type=int)
+
+    p = add(sub, "sweep", cmd_sweep, "queue a hyperparameter sweep (Optuna): each trial a run")
+    p.add_argument("--dataset", type=int, required=True)
+    p.add_argument("--trials", type=int, required=True, help="how many runs to try")
+    p.add_argument("--parallel", type=int, default=1, help="trials queued or running at once")
+    p.add_argument(
+        "--space",
+        help='what to vary, e.g. "lr=1e-4..1e-2 log; batch_size=32,64,128; epochs=5..20" '
+        "(default: lr and weight_decay, log ranges)",
+    )
+    p.add_argument("--metric", help="the validation metric to optimise (default: the task's main one)")
+    p.add_argument("--budget", type=_budget, metavar="SECONDS", help="each trial's time budget")
+    p.add_argument("--model")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--processes", type=int, metavar="N")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default 0)")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for every trial, starting a worker if none is alive"
+    )
+    p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
+    sw = sub.add_parser("sweeps", help="list and show sweeps").add_subparsers(dest="action", required=True)
+    add(sw, "list", cmd_sweeps_list, "list sweeps, newest first")
+    add(sw, "show", cmd_sweeps_show, "a sweep with its trials and best run").add_argument("id", type=int)
 
     p = add(sub, "train", cmd_train, "queue a training run")
     p.add_argument("--dataset", type=int, required=True)
@@ -685,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     p = add(runs, "list", cmd_runs_list, "list runs, newest first")
-    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "lost"])
+    p.add_argument("--status", choices=[s.value for s in RunStatus])
     p.add_argument("--limit", type=int, default=100)
     add(runs, "show", cmd_runs_show, "a run with metrics and artifacts").add_argument("id", type=int)
     add(runs, "cancel", cmd_runs_cancel, "cancel a queued or running run").add_argument("id", type=int)
@@ -728,6 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")
     p.add_argument("--idle-exit", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--poll", type=float, default=1.0)
+    add(sub, "cluster", cmd_cluster, "the Ray cluster's nodes, free CPUs/GPUs and runs (ASCENT_RAY_ADDRESS)")
     add(sub, "run", cmd_run, "(internal) execute one claimed run").add_argument("id", type=int)
     return parser
 

@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     lost_after_s: float = 30.0
     # A worker started on demand by `train --wait` exits after this long without work.
     worker_idle_exit_s: float = 300.0
+    # Where the worker runs what it claims: "local" (here, one run at a time; a run of several
+    # processes is launched on this machine) or "ray" (placed on a Ray cluster, side by side as
+    # far as its resources allow; docs/scale.md).
+    executor: Literal["local", "ray"] = "local"
+    # The Ray cluster: empty to start a local one in the worker, "auto" for the one `ray start`
+    # began on this machine, or an address such as 10.0.0.5:6379.
+    ray_address: str = ""
+    # CPUs a run's process asks Ray for (each GPU run's process also asks for one GPU); the
+    # process uses that many threads.
+    ray_cpus_per_process: float = Field(default=1.0, gt=0, le=256)
+    # CPUs of a local Ray cluster the worker starts (0: all of this machine's).
+    ray_cpus: int = Field(default=0, ge=0, le=4096)
 
     @property
     def resolved_database_url(self) -> str:
@@ -149,6 +161,9 @@ class RunConfig(BaseModel):
     # per GPU, or gloo processes on the CPU. batch_size stays the global batch (and the learning
     # rate the one for it): each process takes batch_size / processes of every batch.
     processes: int = Field(1, ge=1, le=64)
+    # A sweep's trial (core.sweeps): the Optuna study and trial number it reports to.
+    sweep_id: int | None = None
+    trial_number: int | None = None
 
     # --- images -------------------------------------------------------------------------
     # Initial weights: "default" (the model's offline default: ImageNet where a package ships

@@ -38,4 +38,6 @@ def settings_error(exc: Exception) -> str:
     first = errors()[0]
     message = str(first["msg"]).removeprefix("Value error, ")
     where = ".".join(map(str, first["loc"]))
+    if where and getattr(exc, "title", "") == "Settings":  # an environment variable
+        where = f"ASCENT_{where.upper()}"
     return f"{where}: {message}" if where else message

@@ -24,6 +24,7 @@ from core.config import RunConfig, database, get_settings, resolve_device
 from core.distributed import Ranks, backend, failure_message, launch, rank_device
 from core.errors import AscentError, ConfigError, ExportError
 from core.report import build_report
+from core.sweeps import Pruning
 from core.tasks import get_task
 from core.train import BEST, LAST, EpochResult, Progress, predict_split, train
 from db.models import RunStatus
@@ -70,7 +71,7 @@ def execute_run(run_id: int) -> int:
     database()
     cfg = RunConfig.model_validate(jobs.get_run(run_id).config)
     if cfg.processes == 1:
-        return _attempt(run_id, began)
+        return attempt(run_id, began)
     try:
         device = resolve_device(cfg.device)
         if device.startswith("cuda"):
@@ -81,17 +82,13 @@ def execute_run(run_id: int) -> int:
                     f"the run asks for {cfg.processes} processes, one per GPU, and this machine has "
                     f"{torch.cuda.device_count()}; give --processes {torch.cuda.device_count()} or fewer"
                 )
-        jobs.set_process(run_id, os.getpid(), f"{cfg.processes} × {device_label(device)}")
-        _log(
-            f"run {run_id}: {cfg.task} / {cfg.model} in {cfg.processes} processes ({backend(device)}) "
-            f"on {device_label(device)}" + (" (resumed)" if cfg.resume else "")
-        )
-        cfg, _ = _budget_plan(run_id, cfg, began)
+        where = f"{cfg.processes} × {device_label(device)}"
+        cfg = plan_processes(run_id, began, where, backend(device), device)
     except Exception as exc:
         traceback.print_exc()
-        jobs.finish(run_id, RunStatus.FAILED, _message(exc))
+        jobs.finish(run_id, RunStatus.FAILED, message_of(exc))
         return 1
-    os.environ[STARTED_ENV] = repr(time.time() - (time.monotonic() - began))
+    os.environ[STARTED_ENV] = repr(started_at(began))
     try:
         launch(run_id, cfg.processes, rank_main)
     except Exception as exc:
@@ -101,6 +98,30 @@ def execute_run(run_id: int) -> int:
             jobs.finish(run_id, RunStatus.FAILED, message)
         return 1
     return 0
+
+
+def plan_processes(run_id: int, began: float, where: str, how: str, device: str) -> RunConfig:
+    """Before a run's processes start, in the process that starts them: say where the run goes
+    (`where`, e.g. "2 × cpu") and how (`how`, e.g. "gloo"), and plan its time budget for the
+    processes' `device` (stored, for every process to read). Returns the run's settings."""
+    cfg = RunConfig.model_validate(jobs.get_run(run_id).config)
+    jobs.set_process(run_id, os.getpid(), where)
+    _log(
+        f"run {run_id}: {cfg.task} / {cfg.model} in {cfg.processes} processes ({how}) on {where}"
+        + (" (resumed)" if cfg.resume else "")
+    )
+    cfg, _ = _budget_plan(run_id, cfg, began, device)
+    return cfg
+
+
+def started_at(began: float) -> float:
+    """The wall-clock time of `began` (a time.monotonic()), for processes that share its deadline."""
+    return time.time() - (time.monotonic() - began)
+
+
+def began_at(started: float) -> float:
+    """`started_at`'s inverse in another process: the run's start as this one's time.monotonic()."""
+    return time.monotonic() - (time.time() - started)
 
 
 @record
@@ -113,7 +134,7 @@ def rank_main(run_id: int) -> None:
 
     die_with_parent()  # the launching process is gone: so is this run
     ranks = Ranks.from_env()
-    began = time.monotonic() - (time.time() - float(os.environ[STARTED_ENV]))
+    began = began_at(float(os.environ[STARTED_ENV]))
     database()
     cfg = RunConfig.model_validate(jobs.get_run(run_id).config)
     device = rank_device(resolve_device(cfg.device), ranks)
@@ -123,12 +144,13 @@ def rank_main(run_id: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.world))
     dist.init_process_group(backend(device))
     try:
-        _attempt(run_id, began, ranks=ranks, device=device)
+        attempt(run_id, began, ranks=ranks, device=device)
     finally:
         dist.destroy_process_group()
 
 
-def _message(exc: BaseException) -> str:
+def message_of(exc: BaseException) -> str:
+    """An error as a run's one-line reason: Ascent's own as they read, others with their type."""
     return str(exc) if isinstance(exc, AscentError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -141,7 +163,9 @@ def _deadline(cfg: RunConfig, began: float) -> tuple[float, float] | None:
     return began + cfg.budget_s - reserve, reserve
 
 
-def _budget_plan(run_id: int, cfg: RunConfig, began: float) -> tuple[RunConfig, float | None]:
+def _budget_plan(
+    run_id: int, cfg: RunConfig, began: float, device: str | None = None
+) -> tuple[RunConfig, float | None]:
     """The run's deadline (time.monotonic()) under its time budget, and its settings after the
     budget planned what it may (an image size; stored, so that a resume keeps it)."""
     planned_end = _deadline(cfg, began)
@@ -154,7 +178,7 @@ def _budget_plan(run_id: int, cfg: RunConfig, began: float) -> tuple[RunConfig, 
     )
     fit = getattr(get_task(cfg.task), "fit_to_budget", None)
     if fit is not None and not cfg.resume:
-        device = resolve_device(cfg.device)
+        device = device or resolve_device(cfg.device)
         planned, why = fit(jobs.run_dataset(jobs.get_run(run_id)), cfg, device, deadline - time.monotonic())
         _log(f"time budget: {why}")
         if planned != cfg:
@@ -163,7 +187,7 @@ def _budget_plan(run_id: int, cfg: RunConfig, began: float) -> tuple[RunConfig, 
     return cfg, deadline
 
 
-def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: str | None = None) -> int:
+def attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: str | None = None) -> int:
     """Train, export and close the run in this process: the whole run, or (with `ranks`) this
     process's share of it, where the main process alone records, exports and closes it, and a
     failure is raised for the launching process to report."""
@@ -210,10 +234,19 @@ def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: s
         )
         say(f"data: {data.n_train} train / {data.n_val} validation samples{shares}")
 
+        pruning = Pruning(cfg) if cfg.sweep_id is not None and main else None
+        pruned: list[str] = []  # why the sweep's pruner stopped this trial
+
         def on_epoch(result: EpochResult) -> None:
             jobs.record_metrics(run_id, step=result.step, epoch=result.epoch, values=result.metrics)
             shown = "  ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
             _log(f"epoch {result.epoch}/{progress.epochs}  {shown}" + ("  *best" if result.improved else ""))
+            if pruning is not None and not pruned:
+                why = pruning.should_stop(result.epoch, result.metrics)
+                if why:
+                    _log(why)
+                    pruned.append(why)
+                    stop.set()  # all processes stop at the same step, as for a cancel
 
         outcome = train(
             cfg,
@@ -235,6 +268,9 @@ def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: s
             f"after {outcome.epochs_run} epochs ({time.monotonic() - began:.1f} s since start); "
             f"best epoch {outcome.best_epoch}"
         )
+        if outcome.status == "cancelled" and pruned:
+            jobs.finish(run_id, RunStatus.PRUNED, pruned[0])
+            return 0
         if outcome.status == "cancelled":
             jobs.finish(
                 run_id, RunStatus.CANCELLED, f"cancelled on request during epoch {outcome.epochs_run + 1}"
@@ -266,7 +302,7 @@ def _attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: s
         if ranks is not None:
             raise  # the launching process closes the run with the first process's error
         traceback.print_exc()
-        jobs.finish(run_id, RunStatus.FAILED, _message(exc))
+        jobs.finish(run_id, RunStatus.FAILED, message_of(exc))
         return 1
     finally:
         done.set()

@@ -237,7 +237,7 @@ def cancel(run_id: int, *, actor: Actor = LOCAL) -> str:
     """Cancel a queued or lost run now; ask a running one to stop (it does within seconds)."""
     require(actor, Action.CANCEL)
     run = get_run(run_id)
-    if run.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+    if run.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PRUNED):
         raise ConfigError(f"run {run_id} is {run.status} already; only queued, running or lost runs cancel")
     with session_scope() as session:
         status = queries.request_cancel(session=session, run_id=run_id)
@@ -305,6 +305,16 @@ def set_process(run_id: int, pid: int, device: str | None = None) -> None:
             queries.set_run_process(session=session, run_id=run_id, pid=pid, device=device)
 
     _retried("set process", work)
+
+
+def place(run_id: int, where: str) -> None:
+    """Say where a claimed run runs (its `worker`): the Ray executor names the nodes."""
+
+    def work() -> None:
+        with session_scope() as session:
+            queries.set_run_worker(session=session, run_id=run_id, worker=where)
+
+    _retried("place run", work)
 
 
 def record_metrics(run_id: int, *, step: int, epoch: int, values: dict[str, float]) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -110,84 +111,118 @@ class Worker:
 
         self.worker_id = retrying(register, for_s=get_settings().db_retry_s, what="worker start")
         try:
-            idle_since = time.monotonic()
-            while not self.stopping:
-                self._beat()
-                lost = retrying(jobs.recover_lost, for_s=get_settings().db_retry_s, what="lost runs")
-                if lost:
-                    print(f"marked lost (heartbeat stopped): {lost}", flush=True)
-                run = jobs.claim(self.name)
-                if run is None:
-                    if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
-                        break
-                    time.sleep(self.poll_s)
-                    continue
-                print(f"run {run.id}: started", flush=True)
-                self.supervise(run)
-                print(f"run {run.id}: {jobs.get_run(run.id).status}", flush=True)
-                idle_since = time.monotonic()
+            self.serve()
         finally:
             with contextlib.suppress(Exception), session_scope() as session:
                 queries.stop_worker(session=session, worker_id=self.worker_id)
 
+    def serve(self) -> None:
+        """Claim runs one at a time and run each here, until stopped or idle."""
+        idle_since = time.monotonic()
+        while not self.stopping:
+            self._beat()
+            lost = retrying(jobs.recover_lost, for_s=get_settings().db_retry_s, what="lost runs")
+            if lost:
+                print(f"marked lost (heartbeat stopped): {lost}", flush=True)
+            advance_sweeps()
+            run = jobs.claim(self.name)
+            if run is None:
+                if self.idle_exit_s is not None and time.monotonic() - idle_since > self.idle_exit_s:
+                    break
+                time.sleep(self.poll_s)
+                continue
+            print(f"run {run.id}: started", flush=True)
+            self.supervise(run)
+            print(f"run {run.id}: {jobs.get_run(run.id).status}", flush=True)
+            idle_since = time.monotonic()
+
     def supervise(self, run: RunInfo) -> None:
-        """Run one claimed run in a child process and make sure it ends in a final state."""
-        out = jobs.run_dir(run.id)
-        out.mkdir(parents=True, exist_ok=True)
-        log_path = out / "run.log"
-        heartbeat_s = get_settings().heartbeat_s
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "core", "run", str(run.id)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                env=child_env(),
-                process_group=0,
-                preexec_fn=die_with_parent,
-            )
-        jobs.set_process(run.id, child.pid)
-        jobs.record_artifact(run.id, "log", log_path, hash_file=False)
-        cancel_seen: float | None = None
-        last_beat = 0.0
-        try:
-            while child.poll() is None:
-                time.sleep(min(0.2, heartbeat_s))
-                now = time.monotonic()
-                if now - last_beat >= heartbeat_s:
-                    last_beat = now
-                    self._beat()
-                    # The run is alive while its supervisor and its process are, even before the
-                    # child's own heartbeat starts (imports, data loading).
-                    if jobs.heartbeat(run.id) and cancel_seen is None:
-                        cancel_seen = now
-                if cancel_seen is not None and now - cancel_seen > self.cancel_grace_s:
+        supervise(run, beat=self._beat, stopping=lambda: self.stopping, cancel_grace_s=self.cancel_grace_s)
+
+
+def advance_sweeps() -> None:
+    """Queue the open sweeps' next trials (core.sweeps); a failure is said, not fatal."""
+    from core import sweeps
+
+    try:
+        queued = sweeps.advance_all()
+    except Exception as exc:
+        print(f"sweeps: {type(exc).__name__}: {exc}", flush=True)
+        return
+    if queued:
+        print(f"sweeps: queued runs {queued}", flush=True)
+
+
+def supervise(
+    run: RunInfo,
+    *,
+    cancel_grace_s: float,
+    beat: Callable[[], None] = lambda: None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
+    """Run one claimed run in a child process (`python -m core run ID`, logging to the run's
+    folder) and make sure it ends in a final state: the child is killed when a cancel goes
+    unanswered for `cancel_grace_s` or when `stopping()` turns true, and a run it left running
+    is closed with the reason. `beat` is called each heartbeat. Returns the child's exit code."""
+    out = jobs.run_dir(run.id)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "run.log"
+    heartbeat_s = get_settings().heartbeat_s
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "core", "run", str(run.id)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=child_env(),
+            process_group=0,
+            preexec_fn=die_with_parent,
+        )
+    jobs.set_process(run.id, child.pid)
+    jobs.record_artifact(run.id, "log", log_path, hash_file=False)
+    cancel_seen: float | None = None
+    stopped = False
+    last_beat = 0.0
+    try:
+        while child.poll() is None:
+            time.sleep(min(0.2, heartbeat_s))
+            now = time.monotonic()
+            if now - last_beat >= heartbeat_s:
+                last_beat = now
+                beat()
+                # The run is alive while its supervisor and its process are, even before the
+                # child's own heartbeat starts (imports, data loading).
+                if jobs.heartbeat(run.id) and cancel_seen is None:
+                    cancel_seen = now
+            if cancel_seen is not None and now - cancel_seen > cancel_grace_s:
+                kill_group(child)
+            if stopping() and not stopped:
+                stopped = True
+                kill_group(child, signal.SIGTERM)
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
                     kill_group(child)
-                if self.stopping:
-                    kill_group(child, signal.SIGTERM)
-                    try:
-                        child.wait(10)
-                    except subprocess.TimeoutExpired:
-                        kill_group(child)
-        except BaseException:
-            kill_group(child)  # a supervisor that fails takes its run down with it
-            raise
-        code = child.wait()
-        kill_group(child)  # whatever the run left behind (data loader processes)
-        jobs.record_artifact(run.id, "log", log_path, hash_file=False)
-        if jobs.get_run(run.id).status != RunStatus.RUNNING:
-            return
-        tail = log_tail(log_path)
-        if cancel_seen is not None:
-            jobs.finish(run.id, RunStatus.CANCELLED, "cancelled on request (the process was stopped)")
-        elif self.stopping:
-            jobs.finish(
-                run.id, RunStatus.LOST, "the worker was stopped during the run; `runs resume` continues it"
-            )
-        else:
-            reason = _exit_reason(code) if code else "the training process exited without closing the run"
-            jobs.finish(run.id, RunStatus.FAILED, f"{reason}\n--- last lines of the log ---\n{tail}")
+    except BaseException:
+        kill_group(child)  # a supervisor that fails takes its run down with it
+        raise
+    code = child.wait()
+    kill_group(child)  # whatever the run left behind (data loader processes)
+    jobs.record_artifact(run.id, "log", log_path, hash_file=False)
+    if jobs.get_run(run.id).status != RunStatus.RUNNING:
+        return code
+    tail = log_tail(log_path)
+    if cancel_seen is not None:
+        jobs.finish(run.id, RunStatus.CANCELLED, "cancelled on request (the process was stopped)")
+    elif stopped:
+        jobs.finish(
+            run.id, RunStatus.LOST, "the worker was stopped during the run; `runs resume` continues it"
+        )
+    else:
+        reason = _exit_reason(code) if code else "the training process exited without closing the run"
+        jobs.finish(run.id, RunStatus.FAILED, f"{reason}\n--- last lines of the log ---\n{tail}")
+    return code
 
 
 def start_background_worker(idle_exit_s: float | None = None) -> subprocess.Popen[bytes]:

@@ -33,9 +33,11 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     LOST = "lost"
+    # A sweep's trial its pruner stopped early (it did worse than the earlier trials).
+    PRUNED = "pruned"
 
 
-FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.LOST)
+FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.LOST, RunStatus.PRUNED)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -452,6 +452,10 @@ def claim_next_run(*, session: Session, worker: str) -> RunInfo | None:
     return get_run(session=session, run_id=candidate)
 
 
+def set_run_worker(*, session: Session, run_id: int, worker: str) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(worker=worker[:200]))
+
+
 def set_run_process(*, session: Session, run_id: int, pid: int, device: str | None) -> None:
     values: dict[str, Any] = {"pid": pid}
     if device is not None:

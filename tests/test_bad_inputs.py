@@ -357,6 +357,33 @@ CASES: dict[str, Case] = {
     "no processes": Case(
         ["train", "--dataset", "{ds:table}", "--processes", "0"], "processes: Input should be"
     ),
+    "an executor that does not exist": Case(
+        ["worker", "--idle-exit", "0"],
+        "ASCENT_EXECUTOR: Input should be 'local' or 'ray'",
+        env={"ASCENT_EXECUTOR": "bogus"},
+    ),
+    "a Ray cluster that does not answer": Case(
+        ["cluster"],
+        "no Ray cluster answers at ASCENT_RAY_ADDRESS=127.0.0.1:9",
+        env={"ASCENT_RAY_ADDRESS": "127.0.0.1:9"},
+    ),
+    "a sweep over a setting it cannot vary": Case(
+        ["sweep", "--dataset", "{ds:table}", "--trials", "2", "--space", "colour=1..2"],
+        "space: 'colour' is not a setting a sweep varies",
+    ),
+    "a sweep range upside down": Case(
+        ["sweep", "--dataset", "{ds:table}", "--trials", "2", "--space", "lr=0.1..0.001"],
+        "the low end must be below the high end",
+    ),
+    "a sweep value no run takes": Case(
+        ["sweep", "--dataset", "{ds:table}", "--trials", "2", "--space", "batch_size=0,16"],
+        "space: batch_size=0: batch_size: Input should be greater than or equal to 1",
+    ),
+    "more trials at once than trials": Case(
+        ["sweep", "--dataset", "{ds:table}", "--trials", "2", "--parallel", "3"],
+        "parallel: give 1 to the number of trials (2)",
+    ),
+    "a sweep that does not exist": Case(["sweeps", "show", "999"], "sweep 999 does not exist"),
     "hf-transformer without a model to fine-tune": Case(
         ["train", "--dataset", "{ds:text}", "--model", "hf-transformer"], "needs the Hugging Face model"
     ),

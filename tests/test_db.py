@@ -64,7 +64,7 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
 
 
 def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_home: Path) -> None:
@@ -87,7 +87,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     tables = set(inspect(eng).get_table_names())
     assert "ascent_alembic_version" in tables and "alembic_version" not in tables
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
     with session_scope() as s:
         assert queries.get_dataset(session=s, dataset_id=ds) is not None
 
@@ -98,7 +98,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     upgrade(eng)
     with eng.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0004"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:
@@ -374,3 +374,29 @@ def test_runs_filter_sort_and_count_in_sql(any_home: Path) -> None:
     assert [r.id for r in tagged] == [ids[2]]
     with session_scope() as s:
         assert [r.name for r in queries.list_runs(session=s)] == ["gamma", "renamed"]
+
+
+def test_revision_0005_lets_runs_end_pruned_and_keeps_them(any_home: Path) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    from db.session import upgrade
+
+    url = database()
+    if url.startswith("sqlite"):
+        any_home.mkdir(parents=True, exist_ok=True)
+    old = create_engine(url)
+    upgrade(old, to="0004")
+    with Session(old) as s, s.begin():
+        run_id = _run(s, _dataset(s))
+    old.dispose()
+
+    eng = engine(url)
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE runs SET status = 'pruned' WHERE id = :id"), {"id": run_id})
+    with session_scope() as s:
+        run = queries.get_run(session=s, run_id=run_id)
+        assert run is not None and run.status == RunStatus.PRUNED and run.config == {"lr": 0.001}
+    with pytest.raises(IntegrityError), eng.begin() as conn:
+        conn.execute(text("UPDATE runs SET status = 'bogus' WHERE id = :id"), {"id": run_id})

@@ -1,0 +1,166 @@
+"""The Ray executor on a local Ray cluster of 2 CPUs (started by the worker in a temp folder):
+runs side by side, one of 2 processes under Ray Train waiting for room and saying so, a
+cancel, `core cluster`, and a killed Ray worker's run found lost and resumed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import jobs
+from core.config import RunConfig
+from core.data.ingest import ingest_file
+from db.models import RunStatus
+from tests.conftest import ROOT, wait_for
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _kill_left_behind(marker: str) -> None:
+    """Ray's own processes (raylet, GCS, its workers) name the session folder they run in."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and marker in _cmdline(int(entry.name)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_worker(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m core worker` with ASCENT_EXECUTOR=ray: it starts a local cluster of 2 CPUs
+    (state in a short temp folder: Ray's socket paths have a length limit)."""
+    ray_dir = tempfile.mkdtemp(prefix="ascent-ray-", dir="/tmp")
+    monkeypatch.setenv("ASCENT_EXECUTOR", "ray")
+    monkeypatch.setenv("ASCENT_RAY_CPUS", "2")
+    monkeypatch.setenv("ASCENT_RAY_ADDRESS", "")
+    monkeypatch.setenv("RAY_TMPDIR", ray_dir)
+    monkeypatch.setenv("HOME", str(home.parent))  # Ray writes ~/.ray
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "worker", "--poll", "0.2"],
+        cwd=ROOT,
+        stdout=(home.parent / "worker.out").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _kill_left_behind(ray_dir)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def _cli(*argv: str) -> dict:  # type: ignore[type-arg]
+    done = subprocess.run(
+        [sys.executable, "-m", "core", *argv, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def _log(home: Path) -> str:
+    return (home.parent / "worker.out").read_text(errors="replace")
+
+
+def test_runs_share_a_ray_cluster_and_a_lost_one_resumes(home: Path, data_dir: Path, ray_worker) -> None:  # type: ignore[no-untyped-def]
+    wine = ingest_file(data_dir / "wine.csv")
+    common = {"batch_size": 16, "patience": 0}
+    first = jobs.submit(jobs.config_for(wine.id, epochs=60, **common))
+    endless = jobs.submit(jobs.config_for(wine.id, epochs=5000, **common))
+    pair = jobs.submit(jobs.config_for(wine.id, epochs=3, processes=2, dropout=0.0, **common))
+
+    # The two one-process runs take a CPU each; the run of two processes waits, and says so.
+    def placed_side_by_side() -> bool:
+        runs = [jobs.get_run(r.id) for r in (first, endless)]
+        return all(r.status == "running" and (r.worker or "").startswith("ray: ") for r in runs)
+
+    wait_for(placed_side_by_side, timeout=90)
+    waiting = jobs.get_run(pair.id)
+    assert waiting.status == "running" and waiting.pid is None, _log(home)
+    phase = (waiting.progress or {}).get("phase", "")
+    assert phase.startswith("waiting for resources: the run needs 2 CPUs"), phase
+
+    cluster = _cli("cluster")
+    (node,) = cluster["nodes"]
+    assert node["alive"] and node["cpus"] == 2 and node["cpus_free"] <= 1
+    assert set(node["runs"]) <= {first.id, endless.id} and endless.id in node["runs"]
+    assert cluster["waiting"] == [pair.id]
+
+    wait_for(lambda: any(p.key == "val_loss" for p in jobs.metric_history(endless.id)), timeout=60)
+    asked = time.monotonic()
+    jobs.cancel(endless.id)
+    cancelled = jobs.wait(endless.id, timeout_s=60)
+    assert cancelled.status == RunStatus.CANCELLED and time.monotonic() - asked < 15, cancelled.error
+
+    assert jobs.wait(first.id, timeout_s=120).status == "succeeded"
+    done = jobs.wait(pair.id, timeout_s=180)
+    assert done.status == "succeeded", (done.error, _log(home))
+    assert done.device == "2 × cpu (Ray Train)"
+    points = [p for p in jobs.metric_history(pair.id) if p.key == "val_loss"]
+    assert sorted(Counter(p.epoch for p in points).items()) == [(1, 1), (2, 1), (3, 1)]
+    log = (jobs.run_dir(pair.id) / "run.log").read_text()
+    assert "in 2 processes (gloo)" in log and log.count("epoch 1/3") == 1
+    assert (jobs.run_dir(pair.id) / "model.onnx").exists()
+
+    # The Ray worker process that runs a run dies: the run is lost, and resumes.
+    doomed = jobs.submit(jobs.config_for(wine.id, epochs=5000, **common))
+    wait_for(lambda: any(p.key == "val_loss" for p in jobs.metric_history(doomed.id)), timeout=90)
+    child = jobs.get_run(doomed.id).pid
+    assert child is not None
+    ray_process = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "ray" in _cmdline(ray_process).lower(), _cmdline(ray_process)
+    os.kill(ray_process, signal.SIGKILL)
+    lost = jobs.wait(doomed.id, timeout_s=60)
+    assert lost.status == RunStatus.LOST, lost.error
+    assert "the Ray worker running it died" in (lost.error or "")
+    jobs.update_config(doomed.id, RunConfig.model_validate({**lost.config, "epochs": 3}))
+    jobs.resume(doomed.id)
+    again = jobs.wait(doomed.id, timeout_s=120)
+    assert again.status == "succeeded", again.error
+    assert "resuming after epoch" in (jobs.run_dir(doomed.id) / "run.log").read_text()
+
+
+def test_the_cluster_command_without_a_cluster_says_what_to_do(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ray_dir = tempfile.mkdtemp(prefix="ascent-ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_dir)
+    monkeypatch.setenv("HOME", str(home.parent))
+    try:
+        for address, said in (
+            ("", "no Ray cluster is running here"),
+            ("127.0.0.1:9", "no Ray cluster answers at"),
+        ):
+            monkeypatch.setenv("ASCENT_RAY_ADDRESS", address)
+            done = subprocess.run(
+                [sys.executable, "-m", "core", "cluster"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1 and done.stderr.startswith(f"error: {said}"), done.stderr
+            assert len(done.stderr.strip().splitlines()) == 1
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
