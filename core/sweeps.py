@@ -28,6 +28,7 @@ from db.models import RunStatus
 
 if TYPE_CHECKING:
     import optuna
+    import pandas as pd
     from optuna.distributions import BaseDistribution
 
 # What a sweep may vary, and the kind of value each takes.
@@ -489,3 +490,22 @@ def importance(sweep_id: int) -> dict[str, float]:
 
 def param_names(sweep_id: int) -> list[str]:
     return [p.name for p in parse_space(str(_storage().get_study_user_attrs(sweep_id)["space"]))]
+
+
+def trials_table(sweep: SweepInfo) -> pd.DataFrame:
+    """One row per trial: its number, run, state, metric and parameters (the Runs page)."""
+    import pandas as pd
+
+    names = param_names(sweep.id)
+    rows = [
+        {
+            "trial": t.number,
+            "run": t.run_id,
+            "state": t.state,
+            sweep.metric: t.value,
+            "epochs": t.epochs_reported,
+            **{name: t.params.get(name) for name in names},
+        }
+        for t in sweep.trial_list
+    ]
+    return pd.DataFrame(rows, columns=["trial", "run", "state", sweep.metric, "epochs", *names])

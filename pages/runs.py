@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core import certificate, jobs, summary
+from core import certificate, jobs, summary, sweeps
 from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.errors import AscentError
@@ -219,6 +219,65 @@ def watch_certificate(run_id: int) -> None:
         st.session_state["certify-failed"][run_id] = "\n".join(lines[-8:]) or f"exit code {code}"
     st.rerun(scope="app")
 
+
+def show_sweeps() -> None:
+    """The sweeps: a sweep's trials, its best run, what mattered, and each parameter against
+    the metric."""
+    found = sweeps.list_sweeps()
+    if not found:
+        return
+    with st.expander(f"Sweeps ({len(found)})", icon=":material/tune:", expanded=len(selected) == 0):
+        sweep = st.selectbox(
+            "Sweep",
+            found,
+            format_func=lambda s: (
+                f"Sweep {s.id} · dataset {summary.plain(names.get(s.dataset_id, str(s.dataset_id)))} · "
+                f"{s.trials_asked}/{s.trials} trials · {'going on' if s.open else 'done'}"
+            ),
+        )
+        best = (
+            f"best: run {sweep.best_run} ({summary.metric_label(sweep.metric)} = {sweep.best_value:.4g})"
+            if sweep.best_run is not None
+            else "no trial has finished yet"
+        )
+        st.markdown(
+            f"{'Maximising' if sweep.direction == 'maximize' else 'Minimising'} "
+            f"**{summary.md(summary.metric_label(sweep.metric))}** over `{sweep.space}`, "
+            f"{sweep.parallel} trial(s) at a time; **{summary.md(best)}**. Trials that did worse than the "
+            "earlier ones at the same epoch are stopped early: **pruned**."
+        )
+        frame = sweeps.trials_table(sweep)
+        st.dataframe(frame, hide_index=True, width="stretch", placeholder=BLANK)
+        left, right = halves()
+        weights = sweeps.importance(sweep.id)
+        with left:
+            st.markdown("**What mattered** (parameter importance)")
+            if weights:
+                st.bar_chart(pd.Series(weights, name="importance"), horizontal=True, height=220)
+            else:
+                st.caption("Appears once two trials have finished with different results.")
+        done = frame[frame["state"] == "complete"]
+        with right:
+            numeric = [c for c in frame.columns[5:] if pd.api.types.is_numeric_dtype(frame[c])]
+            st.markdown("**Each parameter against the metric** (finished trials)")
+            if done.empty or not numeric:
+                st.caption("Appears once a trial has finished.")
+            else:
+                param = st.selectbox("Parameter", numeric, key=f"sweep-param-{sweep.id}")
+                chart = (
+                    alt.Chart(done)
+                    .mark_circle(size=90)
+                    .encode(
+                        x=alt.X(param, scale=alt.Scale(type="log" if (done[param] > 0).all() else "linear")),
+                        y=alt.Y(sweep.metric, title=summary.metric_label(sweep.metric)),
+                        tooltip=["trial", "run", param, sweep.metric],
+                    )
+                    .properties(height=220)
+                )
+                st.altair_chart(chart, width="stretch")
+
+
+show_sweeps()
 
 if len(selected) >= 2:
     st.header(f"Compare {len(selected)} runs")

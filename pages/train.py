@@ -3,7 +3,7 @@
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from core import jobs, summary
+from core import jobs, summary, sweeps
 from core.access import Action, can
 from core.config import describe_device
 from core.data.ingest import get_dataset, list_datasets
@@ -228,6 +228,55 @@ with st.container(border=True):
             run = jobs.submit(cfg, actor=actor)
             st.session_state.setdefault("train-following", []).append(run.id)
             st.success(f"Run {run.id} queued: {summary.md(run.name)}.")
+        except (AscentError, ValueError) as exc:
+            st.error(summary.md(settings_error(exc)))
+    with (
+        st.expander("Sweep: try many settings (Optuna)", icon=":material/tune:"),
+        st.form("sweep"),
+    ):
+        st.caption(
+            f"Each trial is a run of {spec.name} on this dataset with settings the sampler picks from the "
+            "space; trials that do worse than the earlier ones at the same epoch stop early (pruned). "
+            "The Runs page shows the sweep."
+        )
+        s1, s2, s3 = st.columns(3)
+        trials = s1.number_input("Trials", 1, sweeps.MAX_TRIALS, 8)
+        parallel = s2.number_input(
+            "At once", 1, sweeps.MAX_TRIALS, 2, help="Trials queued or running at once."
+        )
+        trial_epochs = s3.number_input("Epochs per trial", 1, 10_000, int(d.get("epochs", 30)))
+        space = st.text_input(
+            "Search space",
+            sweeps.DEFAULT_SPACE,
+            help="name=low..high (add log for a log scale), or name=a,b,c; separated by ';'. "
+            f"Names: {', '.join(sweeps.TUNABLE)}.",
+        )
+        s4, s5 = st.columns(2)
+        goal = s4.text_input(
+            "Metric", summary.MAIN_METRIC.get(ds.task, "val_loss"), help="A validation metric."
+        )
+        trial_budget = s5.text_input("Time budget per trial", "none", help="Seconds, or none.")
+        start = st.form_submit_button(
+            "Start sweep", icon=":material/tune:", disabled=not can(actor, Action.TRAIN)
+        )
+    if start:
+        try:
+            made = sweeps.create(
+                ds.id,
+                trials=int(trials),
+                parallel=int(parallel),
+                space=space,
+                metric=goal.strip(),
+                actor=actor,
+                model=spec.name,
+                epochs=int(trial_epochs),
+                budget_s=parse_budget(trial_budget),
+            )
+            queued = [t.run_id for t in made.trial_list if t.run_id is not None]
+            st.session_state.setdefault("train-following", []).extend(queued)
+            st.success(
+                f"Sweep {made.id} queued: {len(queued)} trial run(s) first, the worker queues the rest."
+            )
         except (AscentError, ValueError) as exc:
             st.error(summary.md(settings_error(exc)))
 

@@ -192,3 +192,27 @@ def test_a_runs_detail_reads_for_people(wine_runs: list[int]) -> None:
     distinct = {p.resolve() for kind, p in kept.items() if kind in summary.DOWNLOAD_KINDS}
     assert len(files) == len(distinct)
     assert at.code[-1].proto.wrap_lines
+
+
+def test_a_sweep_shows_its_trials_best_run_and_charts(home: Path, data_dir: Path) -> None:
+    from core import sweeps
+    from db.models import RunStatus
+
+    ds = ingest_file(data_dir / "wine.csv")
+    made = sweeps.create(ds.id, trials=3, parallel=3, space="lr=1e-3..1e-2 log", epochs=2)
+    for n, t in enumerate(made.trial_list):  # as a worker would have finished them
+        assert jobs.claim("a test worker") is not None
+        jobs.record_metrics(t.run_id, step=1, epoch=1, values={"val_f1_macro": 0.5 + 0.1 * n})
+        jobs.finish(t.run_id, RunStatus.SUCCEEDED)
+    sweeps.advance(made.id)
+    at = _page()
+    assert not at.exception
+    (box,) = [e for e in at.expander if e.label.startswith("Sweeps (1)")]
+    said = " ".join(m.value for m in box.markdown).replace("\\", "")
+    best = made.trial_list[-1].run_id
+    assert f"best: run {best} ({summary.metric_label('val_f1_macro')} = 0.7)" in said, said
+    table = box.dataframe[0].value
+    assert list(table["state"]) == ["complete"] * 3 and list(table["run"]) == [
+        t.run_id for t in made.trial_list
+    ]
+    assert [s.label for s in box.selectbox] == ["Sweep", "Parameter"]

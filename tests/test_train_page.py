@@ -90,3 +90,21 @@ def test_a_followed_run_says_how_it_ended(clothes) -> None:  # type: ignore[no-u
     said = [_plain(e.value) for e in at.error]
     assert any(f"Run {run.id}" in e and "failed: out of memory on the device" in e for e in said), said
     assert not any("traceback lines" in e for e in said)
+
+
+def test_a_sweep_from_the_form_queues_its_first_trials(home: Path, data_dir: Path) -> None:
+    wine = ingest_file(data_dir / "wine.csv")
+    at = _train_page()
+    _box(at, "Search space").set_value("lr=1e-3..1e-2 log; colour=red,blue")
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    assert "'colour' is not a setting a sweep varies" in _plain(at.error[0].value) and not jobs.list_runs()
+
+    _box(at, "Search space").set_value("lr=1e-3..1e-2 log; batch_size=16,32")
+    _box(at, "Trials").set_value(3)
+    _box(at, "At once").set_value(2)
+    _box(at, "Epochs per trial").set_value(2)
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    assert not at.exception and any("Sweep 1 queued: 2 trial run(s)" in _plain(s.value) for s in at.success)
+    runs = jobs.list_runs()
+    assert len(runs) == 2 and all(r.tags == ["sweep:1"] and r.config["epochs"] == 2 for r in runs)
+    assert all(r.dataset_id == wine.id and 1e-3 <= r.config["lr"] <= 1e-2 for r in runs)
