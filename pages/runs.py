@@ -247,7 +247,18 @@ def show_sweeps() -> None:
             "earlier ones at the same epoch are stopped early: **pruned**."
         )
         frame = sweeps.trials_table(sweep)
-        st.dataframe(frame, hide_index=True, width="stretch", placeholder=BLANK)
+        st.dataframe(
+            frame,
+            hide_index=True,
+            width="stretch",
+            placeholder=BLANK,
+            column_config={
+                c: st.column_config.NumberColumn(format="%.4g")
+                for c in frame.columns
+                if pd.api.types.is_float_dtype(frame[c])
+            }
+            | {sweep.metric: st.column_config.NumberColumn(summary.metric_label(sweep.metric), format="%.4g")},
+        )
         left, right = halves()
         weights = sweeps.importance(sweep.id)
         with left:
