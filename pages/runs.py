@@ -257,7 +257,9 @@ def show_sweeps() -> None:
                 for c in frame.columns
                 if pd.api.types.is_float_dtype(frame[c])
             }
-            | {sweep.metric: st.column_config.NumberColumn(summary.metric_label(sweep.metric), format="%.4g")},
+            | {
+                sweep.metric: st.column_config.NumberColumn(summary.metric_label(sweep.metric), format="%.4g")
+            },
         )
         left, right = halves()
         weights = sweeps.importance(sweep.id)
