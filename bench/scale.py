@@ -13,7 +13,14 @@ in-process by `core.train.train`, plainly and as rank 0 of a gloo group of one
 (DistributedDataParallel, the batch cut into parts, the stop checks agreed by all-reduce); the
 ratio of their samples/s (target: at least 0.97).
 
-    python bench/scale.py [--repeats 3] [--part processes,overhead]
+Queue (`--part queue`): in a fresh ASCENT_HOME, 8 small runs on the wine table (the MLP, 20
+epochs, batch 16, no early stopping) are queued, then one worker serves them: the local worker
+(one run at a time, each with every core), and the Ray executor on a local cluster of this
+machine's cores (one CPU per run, runs side by side). Runs per hour come from the span between
+the first run's start and the last run's end; the worker's whole time, the Ray cluster's
+start included, is given beside it.
+
+    python bench/scale.py [--repeats 3] [--part processes,overhead,queue]
 """
 
 from __future__ import annotations
@@ -118,12 +125,69 @@ def overhead_trial(kind: str) -> float:
         return statistics.median(json.loads(done.stdout.strip().splitlines()[-1])[1:])
 
 
+QUEUE_RUNS = 8
+
+
+def queue_trial(executor: str) -> tuple[float, float]:
+    """(runs per hour over the runs' own span, seconds the worker ran) for 8 queued runs."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="ascent-bench-", dir="/tmp") as tmp:
+        env = {
+            **os.environ,
+            "ASCENT_HOME": str(Path(tmp) / "home"),
+            "ASCENT_EXECUTOR": executor,
+            "ASCENT_DEVICE": "cpu",
+            "RAY_TMPDIR": str(Path(tmp) / "ray"),
+        }
+        env.pop("ASCENT_DATABASE_URL", None)
+        env.pop("ASCENT_RAY_ADDRESS", None)
+        (Path(tmp) / "ray").mkdir()
+        sys.path.insert(0, str(ROOT))
+        from sklearn.datasets import load_wine
+
+        load_wine(as_frame=True).frame.to_csv(Path(tmp) / "wine.csv", index=False)
+        ds = _cli(["datasets", "add", str(Path(tmp) / "wine.csv")], env)
+        ids = [
+            _cli(
+                [
+                    "train",
+                    "--dataset",
+                    str(ds["id"]),
+                    "--epochs",
+                    "20",
+                    "--batch-size",
+                    "16",
+                    "--patience",
+                    "0",
+                ],
+                env,
+            )["id"]
+            for _ in range(QUEUE_RUNS)
+        ]
+        began = time.monotonic()
+        subprocess.run(
+            [sys.executable, "-m", "core", "worker", "--idle-exit", "1", "--poll", "0.2"], cwd=ROOT, env=env,
+            capture_output=True, timeout=1800, check=True,
+        )  # fmt: skip
+        worker_s = time.monotonic() - began
+        runs = [_cli(["runs", "show", str(i)], env) for i in ids]
+        bad = [r for r in runs if r["status"] != "succeeded"]
+        if bad:
+            raise RuntimeError(f"run {bad[0]['id']} {bad[0]['status']}: {bad[0].get('error')}")
+        from datetime import datetime
+
+        start = min(datetime.fromisoformat(r["started_at"]) for r in runs)
+        end = max(datetime.fromisoformat(r["finished_at"]) for r in runs)
+        return QUEUE_RUNS / (end - start).total_seconds() * 3600, worker_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--part", default="processes,overhead")
+    parser.add_argument("--part", default="processes,overhead,queue")
     a = parser.parse_args()
     parts = a.part.split(",")
     print(f"CPU cores: {os.cpu_count()}; {a.repeats} trials each, medians")
@@ -146,6 +210,20 @@ def main() -> None:
         print(f"plain loop:         {p:7.1f} samples/s  {[round(r, 1) for r in plain]}")
         print(f"DDP, one process:   {d:7.1f} samples/s  {[round(r, 1) for r in ddp]}")
         print(f"DDP / plain at one process: {d / p:.3f}  (target >= 0.97)")
+    if "queue" in parts:
+        rates_q: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
+        for _ in range(a.repeats):
+            for executor in rates_q:
+                rates_q[executor].append(queue_trial(executor))
+        for executor, found in rates_q.items():
+            per_hour = statistics.median(r for r, _ in found)
+            print(
+                f"{QUEUE_RUNS} runs, {executor} worker: {per_hour:7.0f} runs/hour  {[round(r) for r, _ in found]}"
+                f"  (worker ran {statistics.median(w for _, w in found):.1f} s)"
+            )
+        local = statistics.median(r for r, _ in rates_q["local"])
+        ray = statistics.median(r for r, _ in rates_q["ray"])
+        print(f"Ray / local: x{ray / local:.2f}")
 
 
 if __name__ == "__main__":

@@ -96,8 +96,14 @@ def waiting_line(need: Need, free: dict[str, float], total: dict[str, float]) ->
 
 
 def node_ip() -> str:
+    """The address this node joined the cluster with (what `core cluster` lists)."""
+    import ray
     import ray.util
 
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return str(node["NodeManagerAddress"])
     return str(ray.util.get_node_ip_address())
 
 

@@ -688,4 +688,15 @@ def test_bad_input_on_postgresql(name: str, postgres_outcomes: dict[str, Outcome
 def test_the_battery_is_large_and_covers_every_surface() -> None:
     assert len(CASES) >= 50
     commands = {c.argv[0] for c in CASES.values()}
-    assert commands == {"datasets", "train", "runs", "predict", "export", "users"}
+    assert commands == {
+        "datasets",
+        "train",
+        "runs",
+        "predict",
+        "export",
+        "users",
+        "worker",
+        "cluster",
+        "sweep",
+        "sweeps",
+    }

@@ -33,12 +33,27 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _kill_left_behind(marker: str) -> None:
-    """Ray's own processes (raylet, GCS, its workers) name the session folder they run in."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and marker in _cmdline(int(entry.name)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGKILL)
+    """Ray's processes name the session folder they run in (raylet, GCS) or descend from one
+    that does (its agents and workers): every one of them is killed."""
+    pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid()]
+    doomed = {pid for pid in pids if marker in _cmdline(pid)}
+    parents = {pid: _parent(pid) for pid in pids}
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -164,3 +179,47 @@ def test_the_cluster_command_without_a_cluster_says_what_to_do(
             assert len(done.stderr.strip().splitlines()) == 1
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_cluster_from_ray_start_serves_the_shared_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    """The README's "Scale out" on one machine: a cluster begun with `ray start --head`, the
+    database (PostgreSQL where the tests have one), and a worker pointed at the cluster."""
+    from core.distributed import free_port
+    from tests.conftest import PG_ADMIN_URL, _home
+
+    for home in _home(tmp_path, monkeypatch, "postgresql" if PG_ADMIN_URL else "sqlite"):
+        ray_dir = tempfile.mkdtemp(prefix="ascent-ray-", dir="/tmp")
+        monkeypatch.setenv("HOME", str(home.parent))
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        monkeypatch.setenv("RAY_TMPDIR", ray_dir)
+        port = free_port()
+        ray = str(Path(sys.executable).parent / "ray")
+        begun = subprocess.run(
+            [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+             f"--temp-dir={ray_dir}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        try:
+            assert begun.returncode == 0, begun.stderr[-2000:]
+            monkeypatch.setenv("ASCENT_EXECUTOR", "ray")
+            monkeypatch.setenv("ASCENT_RAY_ADDRESS", f"127.0.0.1:{port}")
+            wine = ingest_file(data_dir / "wine.csv")
+            runs = [jobs.submit(jobs.config_for(wine.id, epochs=3, batch_size=16)) for _ in range(2)]
+            worker = subprocess.run(
+                [sys.executable, "-m", "core", "worker", "--poll", "0.2", "--idle-exit", "2"],
+                cwd=ROOT, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert worker.returncode == 0, worker.stdout[-2000:] + worker.stderr[-2000:]
+            assert f"executor: ray, on the Ray cluster at 127.0.0.1:{port}" in worker.stdout
+            # The cluster is not the worker's: it is still there, with no run on it any more.
+            (node,) = _cli("cluster")["nodes"]
+            assert node["alive"] and node["cpus"] == 2 and node["runs"] == []
+            for run in runs:
+                done = jobs.get_run(run.id)
+                assert done.status == "succeeded" and done.worker == f"ray: {node['address']}", done.error
+                assert (jobs.run_dir(run.id) / "model.onnx").exists()
+        finally:
+            _kill_left_behind(ray_dir)
+            shutil.rmtree(ray_dir, ignore_errors=True)
