@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import _home, wait_for
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
@@ -43,19 +44,24 @@ def test_router_shows_the_device_and_starts_a_worker(home: Path) -> None:
         assert len(queries.alive_workers(session=s, within_s=300)) == 1
 
 
-@pytest.fixture
-def trained(home: Path, data_dir: Path):  # type: ignore[no-untyped-def]
-    """Two finished wine runs and one diabetes run, trained by a real worker."""
-    wine = ingest_file(data_dir / "wine.csv")
-    diabetes = ingest_file(data_dir / "diabetes.csv")
-    ids = [
-        jobs.submit(jobs.config_for(wine.id, epochs=3, name="wine fast")).id,
-        jobs.submit(jobs.config_for(wine.id, epochs=3, lr=0.01, model="linear", name="wine linear")).id,
-        jobs.submit(jobs.config_for(diabetes.id, epochs=3)).id,
-    ]
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
-    assert [jobs.get_run(i).status for i in ids] == ["succeeded"] * 3
-    return ids
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[list[int]]:
+    """Two finished wine runs and one diabetes run, trained by a real worker once for the
+    module (the tests that read them change nothing the others read)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for _ in _home(tmp_path_factory.mktemp("pages-trained"), mp, "sqlite"):
+            wine = ingest_file(data_dir / "wine.csv")
+            diabetes = ingest_file(data_dir / "diabetes.csv")
+            ids = [
+                jobs.submit(jobs.config_for(wine.id, epochs=3, name="wine fast")).id,
+                jobs.submit(
+                    jobs.config_for(wine.id, epochs=3, lr=0.01, model="linear", name="wine linear")
+                ).id,
+                jobs.submit(jobs.config_for(diabetes.id, epochs=3)).id,
+            ]
+            Worker(poll_s=0.1, idle_exit_s=0.3).run()
+            assert [jobs.get_run(i).status for i in ids] == ["succeeded"] * 3
+            yield ids
 
 
 def test_every_page_renders_with_runs(trained: list[int]) -> None:
