@@ -10,12 +10,14 @@ PORT ?= 8501
 $(PY):
 	python3 -m venv $(VENV)
 
-$(VENV)/.run-deps: requirements.txt constraints.txt | $(PY)
+$(VENV)/.run-deps: requirements.txt requirements-nodeps.txt constraints.txt | $(PY)
 	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(VENV)/.dev-deps: requirements.txt requirements-dev.txt constraints.txt | $(PY)
+$(VENV)/.dev-deps: requirements.txt requirements-nodeps.txt requirements-dev.txt constraints.txt | $(PY)
 	$(PIP) -r requirements.txt -r requirements-dev.txt
+	$(PIP) --no-deps -r requirements-nodeps.txt
 	touch $(VENV)/.run-deps $@
 
 run: $(VENV)/.run-deps

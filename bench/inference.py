@@ -5,7 +5,9 @@ warm-up, measured in a fresh process; each configuration runs `--repeats` times 
 processes) and the median is reported. Both sides get the same threads. Models are exported
 exactly as runs export them.
 
-Images: the registered image models at their default size, random uint8 NHWC in.
+Images: the registered image models at their default size, random uint8 NHWC in. Detectors and
+segmenters (untrained, as exported: resize, network, decoding of boxes or the mask at the input's
+size) take random 640x480 photos, batch 1 and 32.
 Text: each model is first trained briefly on BBC News articles cut to 300 characters and 64
 tokens, so that the int8 model's accuracy change means something (transformers: 5 topics x 40
 articles, 2 epochs, lr 1e-4; the CNN learns from scratch: 5 x 100, 10 epochs, lr 2e-3); then it
@@ -50,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 IMAGE, TEXT, AUDIO = "image-classification", "text-classification", "audio-classification"
+DETECTION, SEGMENTATION = "object-detection", "semantic-segmentation"
+DENSE_INPUT = (480, 640)  # (height, width) of the photos given to detectors and segmenters
 FRONT = "front-end"  # the log-mel front ends alone, measured as models named below
 BATCHES = ((1, 100), (32, 8))  # (batch size, timed calls)
 TEXT_CHARS = 300
@@ -63,14 +67,24 @@ AUDIO_RATE, AUDIO_SAMPLES = 16_000, 17_600  # 1.1 s clips
 FRONT_ENDS = ("torch-stft", "logmel")
 
 
-def _build(model: str, size: int):  # type: ignore[no-untyped-def]
+def _build(model: str, size: int, task: str = IMAGE):  # type: ignore[no-untyped-def]
+    """What a run of `model` exports, untrained: weights do not change its speed."""
     from core.config import RunConfig
     from core.models import get_model
     from core.models.vision import ImageClassifier
     from core.tasks import Probabilities
 
-    cfg = RunConfig(task=IMAGE, dataset_id=0, model=model, image_size=size, weights="none")
-    return Probabilities(ImageClassifier(get_model(model, cfg.task).build(10, cfg))).eval()
+    cfg = RunConfig(task=task, dataset_id=0, model=model, image_size=size, weights="none")
+    net = get_model(model, task).build(10, cfg)
+    if task == DETECTION:
+        from core.tasks.detection import Detector
+
+        return Detector(net, size).eval()
+    if task == SEGMENTATION:
+        from core.tasks.segmentation import Segmenter
+
+        return Segmenter(net, size).eval()
+    return Probabilities(ImageClassifier(net)).eval()
 
 
 def _build_audio(model: str, samples: int):  # type: ignore[no-untyped-def]
@@ -224,29 +238,34 @@ def _save(module: Any, folder: Path, model: str, info: dict[str, Any]) -> None:
     (folder / f"{model}.json").write_text(json.dumps(info))
 
 
-def _prepare_image(model: str, folder: Path) -> dict[str, Any]:
+def _prepare_image(model: str, folder: Path, task: str = IMAGE) -> dict[str, Any]:
+    """Classifiers take images at their size; detectors and segmenters take DENSE_INPUT photos
+    and resize them in the graph, as their exported files do."""
     import numpy as np
     import torch
 
     from core.export import export_onnx
     from core.models import get_model
 
-    size = int(get_model(model, IMAGE).defaults.get("image_size", 224))
-    module = _build(model, size)
-    info = {"task": IMAGE, "size": size}
+    size = int(get_model(model, task).defaults.get("image_size", 224))
+    module = _build(model, size, task)
+    info = {"task": task, "size": size}
     _save(module, folder, model, info)
-    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    dense = task != IMAGE
+    shape = DENSE_INPUT if dense else (size, size)
+    outputs = {DETECTION: ["boxes", "scores", "labels"], SEGMENTATION: ["mask", "confidence"]}
     export_onnx(
         module,
-        (example,),
+        (torch.zeros((2, *shape, 3), dtype=torch.uint8),),
         folder / f"{model}.onnx",
         input_names=["image"],
-        output_name="probabilities",
+        output_name=outputs.get(task, "probabilities"),
         metadata={},
+        dynamic_image=dense,
     )
     rng = np.random.default_rng(0)
     for batch, _ in BATCHES:
-        images = rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8)
+        images = rng.integers(0, 255, (batch, *shape, 3), dtype=np.uint8)
         np.savez(folder / f"{model}-b{batch}.npz", image=images)
     return info
 
@@ -415,8 +434,8 @@ def _child(mode: str, model: str, batch: int, iters: int, threads: int, folder: 
         if info["task"] == FRONT:  # fixed buffers only: nothing to load
             module = _front_end(info["front"], info["samples"])
         else:
-            if info["task"] == IMAGE:
-                module = _build(model, info["size"])
+            if info["task"] in (IMAGE, DETECTION, SEGMENTATION):
+                module = _build(model, info["size"], info["task"])
             elif info["task"] == AUDIO:
                 module = _build_audio(model, info["samples"])
             else:
@@ -572,7 +591,9 @@ def _certificate_table(rows: list[dict[str, Any]]) -> str:
 def _default_models() -> str:
     from core.models import models_for
 
-    return ",".join(m.name for task in (IMAGE, TEXT, AUDIO) for m in models_for(task))
+    return ",".join(
+        m.name for task in (IMAGE, DETECTION, SEGMENTATION, TEXT, AUDIO) for m in models_for(task)
+    )
 
 
 def main() -> None:
@@ -623,7 +644,8 @@ def main() -> None:
                 elif audio:
                     info = _prepare_audio(model, folder, args.threads)
                 else:
-                    info = _prepare_image(model, folder)
+                    dense = next((t for t in (DETECTION, SEGMENTATION) if t in tasks.get(model, ())), IMAGE)
+                    info = _prepare_image(model, folder, dense)
             except ConfigError as exc:  # e.g. hf-transformer without --weights
                 print(f"{model:<20} skipped: {exc}", flush=True)
                 continue
@@ -652,6 +674,9 @@ def main() -> None:
                 elif audio:
                     row["samples"] = info["samples"]
                     shape, extra = f"{row['samples'] / AUDIO_RATE:>5.1f}s", ""
+                elif info["task"] != IMAGE:
+                    row["size"], row["input"] = info["size"], "x".join(map(str, DENSE_INPUT[::-1]))
+                    shape, extra = f"{row['input']}->{row['size']}px", ""
                 else:
                     row["size"] = info["size"]
                     shape, extra = f"{row['size']:>4}px", ""

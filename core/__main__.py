@@ -109,6 +109,23 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
             text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
         if rep["cross_class_duplicates"]:
             text += f"\nsame image in several classes (label errors?): {rep['cross_class_duplicates'][:3]}"
+    elif ds.task == "object-detection":
+        objects = rep["objects_per_image"]
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task} ({rep['layout']}), {ds.n_items} images, {rep['boxes']} boxes "
+            f"in {len(ds.schema['classes'])} classes; objects per image: median {objects['median']:g}, "
+            f"max {objects['max']}; {rep['background_images']} images without objects"
+        )
+        if rep["unreadable"]:
+            text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
+    elif ds.task == "semantic-segmentation":
+        shares = "  ".join(f"{k} {v:.1%}" for k, v in rep["class_pixel_share"].items())
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task} ({rep['layout']}), {ds.n_items} images, "
+            f"{len(ds.schema['classes'])} classes\npixels: {shares}"
+        )
+        if rep["unreadable"]:
+            text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
     else:
         text = (
             f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} rows, target '{ds.schema['target']}'\n"
@@ -117,7 +134,8 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
     if rep.get("dropped_columns"):
         text += "\ndropped: " + "; ".join(f"{c} ({r})" for c, r in rep["dropped_columns"].items())
     if "class_counts" in rep:
-        text += f"\nclasses: {rep['class_counts']} (imbalance {rep['imbalance_ratio']})"
+        imbalance = f" (imbalance {rep['imbalance_ratio']})" if "imbalance_ratio" in rep else ""
+        text += f"\n{'boxes per class' if ds.task == 'object-detection' else 'classes'}: {rep['class_counts']}{imbalance}"
     return ds, text
 
 
@@ -464,6 +482,8 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
         raise PredictError("give the files to predict")
     if predictor.task in ("image-classification", "audio-classification"):
         return _predict_files(predictor, a)
+    if predictor.task in ("object-detection", "semantic-segmentation"):
+        return _predict_scenes(predictor, a)
     results, lines = [], []
     for file in a.files:
         try:
@@ -512,6 +532,48 @@ def _predict_files(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
             {"file": file, "label": pred.label, "top": top, "latency_ms": predictor.last_latency_ms}
         )
         lines.append(f"{file}  " + "  ".join(f"{t['label']} {t['probability']:.1%}" for t in top))
+    doc = {"run": a.run, "provider": predictor.provider, "predictions": results}
+    return doc, "\n".join([*lines, f"({predictor.provider})"])
+
+
+def _predict_scenes(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    """Boxes for each image, or a mask per image written to --out as a palette PNG."""
+    from core.runtime import RuntimeInputError, save_mask
+
+    detection = predictor.task == "object-detection"
+    if not detection and not a.out:
+        raise PredictError("a segmentation model writes masks: give --out DIR for them")
+    out = Path(a.out) if a.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file; give a folder for the masks")
+    for file in a.files:
+        if not Path(file).is_file():
+            raise PredictError(f"{file} does not exist")
+    results, lines, masks = [], [], []
+    for file in a.files:
+        try:
+            if detection:
+                boxes = predictor.detect(file, a.threshold)
+                found = [{"label": b.label, "score": b.score, "box": list(b.box)} for b in boxes]
+                results.append({"file": file, "boxes": found, "latency_ms": predictor.last_latency_ms})
+                shown = ", ".join(f"{b.label} {b.score:.0%}" for b in boxes[:8]) or "nothing found"
+                lines.append(f"{file}  {len(boxes)} objects: {shown}")
+            else:
+                masks.append((file, predictor.segment(file)))
+        except RuntimeInputError as exc:
+            raise PredictError(f"{file}: {exc}") from exc
+    if out is not None and masks:
+        names = [Path(file).stem + ".png" for file, _ in masks]
+        if len(set(names)) < len(names):
+            raise PredictError(
+                "two images share a file name; their masks would overwrite each other in --out"
+            )
+        for (file, seg), name in zip(masks, names, strict=True):
+            save_mask(seg.mask, len(predictor.labels), out / name)
+            shares = {k: round(v, 4) for k, v in seg.shares.items() if v > 0}
+            results.append({"file": file, "mask": str(out / name), "shares": shares})
+            top = sorted(shares.items(), key=lambda kv: -kv[1])[:4]
+            lines.append(f"{file}  -> {out / name}  " + "  ".join(f"{k} {v:.0%}" for k, v in top))
     doc = {"run": a.run, "provider": predictor.provider, "predictions": results}
     return doc, "\n".join([*lines, f"({predictor.provider})"])
 
@@ -711,6 +773,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0 and 1")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr and exit status 1, like every other refusal."""
 
@@ -862,6 +934,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
+    p.add_argument(
+        "--threshold", type=_probability, default=0.3, help="detection: the lowest score of a box to report"
+    )
+    p.add_argument("--out", help="segmentation: the folder the masks are written to (palette PNGs)")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
 
     p = add(sub, "export", cmd_export, "the export certificate: variants measured for fidelity, speed, size")

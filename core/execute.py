@@ -58,7 +58,13 @@ def _heartbeat_loop(run_id: int, progress: Progress, stop: threading.Event, done
 
 # Seconds of a time budget kept for the export and its check after training, by task: measured
 # on a 2-core CPU with the default models (bench/first_model.py), with room to spare.
-EXPORT_RESERVE_S = {"image-classification": 12.0, "text-classification": 25.0, "audio-classification": 8.0}
+EXPORT_RESERVE_S = {
+    "image-classification": 12.0,
+    "text-classification": 25.0,
+    "audio-classification": 8.0,
+    "object-detection": 20.0,
+    "semantic-segmentation": 20.0,
+}
 
 
 # The wall-clock time a run started, handed to its processes so that they share one deadline.
@@ -282,18 +288,20 @@ def attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: st
         checkpoint.load_weights(out / BEST, data.model)
         jobs.record_artifact(run_id, "checkpoint", out / BEST)
         jobs.record_artifact(run_id, "config", out / "config.json")
-        atomic.write_json(out / "report.json", build_report(*predict_split(data), data.extra))
+        outputs, targets = predict_split(data)
+        report = data.report(outputs, targets) if data.report else build_report(outputs, targets, data.extra)
+        atomic.write_json(out / "report.json", report)
         jobs.record_artifact(run_id, "report", out / "report.json")
         check = task.export(data, cfg, dataset, out / "model.onnx", run_id)
         values = {"export_max_abs_diff": check.max_abs_diff, "export_n_samples": float(check.n_samples)}
         if check.top1_agreement is not None:
-            values["export_top1_agreement"] = check.top1_agreement
+            values[f"export_{check.agreement}"] = check.top1_agreement
         jobs.record_metrics(run_id, step=0, epoch=outcome.epochs_run, values=values)
         jobs.record_artifact(run_id, "onnx", out / "model.onnx")
         if (out / "tokenizer.json").exists():
             jobs.record_artifact(run_id, "tokenizer", out / "tokenizer.json")
         _log(
-            f"exported {check.path}: max |torch - ort| = {check.max_abs_diff:.3g}, top-1 agreement = {check.top1_agreement} on {check.n_samples} samples ({check.provider}); "
+            f"exported {check.path}: max |torch - ort| = {check.max_abs_diff:.3g}, {check.agreement.replace('_', ' ')} = {check.top1_agreement} on {check.n_samples} samples ({check.provider}); "
             f"{time.monotonic() - began:.1f} s since start"
         )
         jobs.finish(run_id, RunStatus.SUCCEEDED)

@@ -37,12 +37,17 @@ def export_onnx(
     path: Path,
     *,
     input_names: list[str],
-    output_name: str,
+    output_name: str | list[str],
     metadata: dict[str, Any],
     cfg: ExportConfig | None = None,
     sequence: bool = False,
+    dynamic_image: bool = False,
 ) -> None:
     """Write `module` to `path` with a dynamic batch axis and `ascent.*` metadata_props.
+
+    `output_name` names the one output, or each of several (detection's boxes, scores, labels).
+    `dynamic_image=True`: axes 1 and 2 of the (NHWC image) input are dynamic too, so the file
+    takes images of any size and resizes them in the graph.
 
     `sequence=True` (text): axis 1 of every input is dynamic too, and the module is traced
     with the TorchScript exporter, whose transformer graphs ONNX Runtime runs faster on the
@@ -54,10 +59,11 @@ def export_onnx(
     module = module.eval().to("cpu")
     tmp = path.with_name(path.name + ".tmp")
     try:
+        names = [output_name] if isinstance(output_name, str) else output_name
         if sequence:
-            _export_traced(module, example_inputs, tmp, input_names, output_name, cfg.opset)
+            _export_traced(module, example_inputs, tmp, input_names, names, cfg.opset)
         else:
-            _export_dynamo(module, example_inputs, tmp, input_names, output_name, cfg.opset)
+            _export_dynamo(module, example_inputs, tmp, input_names, names, cfg.opset, dynamic_image)
         model = onnx.load(str(tmp))
     except ExportError:
         raise
@@ -115,12 +121,17 @@ def _export_dynamo(
     example_inputs: tuple[torch.Tensor, ...],
     tmp: Path,
     input_names: list[str],
-    output_name: str,
+    output_names: list[str],
     opset: int,
+    dynamic_image: bool = False,
 ) -> None:
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    axes: dict[int, Any] = {0: batch}
+    if dynamic_image:
+        axes[1] = torch.export.Dim("height", min=8, max=16384)
+        axes[2] = torch.export.Dim("width", min=8, max=16384)
     # Modules take `*inputs`, which torch.export sees as one positional tuple.
-    dynamic_shapes = (tuple({0: batch} for _ in example_inputs),)
+    dynamic_shapes = (tuple(axes for _ in example_inputs),)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
         program = torch.onnx.export(
@@ -128,7 +139,7 @@ def _export_dynamo(
             example_inputs,
             dynamo=True,
             input_names=input_names,
-            output_names=[output_name],
+            output_names=output_names,
             dynamic_shapes=dynamic_shapes,
             opset_version=opset,
             verbose=False,
@@ -143,11 +154,11 @@ def _export_traced(
     example_inputs: tuple[torch.Tensor, ...],
     tmp: Path,
     input_names: list[str],
-    output_name: str,
+    output_names: list[str],
     opset: int,
 ) -> None:
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes[output_name] = {0: "batch"}
+    axes.update({name: {0: "batch"} for name in output_names})
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -156,7 +167,7 @@ def _export_traced(
             str(tmp),
             dynamo=False,
             input_names=input_names,
-            output_names=[output_name],
+            output_names=output_names,
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,

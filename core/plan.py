@@ -126,6 +126,9 @@ def starts_pretrained(model: str, weights: str) -> bool:
     return True  # imagenet, a file, a folder or a hub id
 
 
+IMAGE_TASKS = ("image-classification", "object-detection", "semantic-segmentation")
+
+
 def fitted_defaults(
     dataset: DatasetInfo,
     model: str,
@@ -139,15 +142,18 @@ def fitted_defaults(
     n_train = int(n_items * 0.8)
     pretrained = starts_pretrained(model, weights)
     choices: list[Choice] = []
-    if dataset.task == "image-classification":
+    if dataset.task in IMAGE_TASKS:
         median = _median_side(dataset.report)
         native = int(model_defaults.get("image_size", 224))
         if median is not None and model != "small-cnn":
             choices.append(image_size(median, native, hw))
         size = choices[0].value if choices else native
-        choices.append(batch_size(n_train, hw, per_gb=max(8, int(16 * (224 / size) ** 2))))
+        # Dense heads keep maps at stride 4 or 8 for the backward pass: about half the images fit.
+        per_gb = 16 if dataset.task == "image-classification" else 8
+        choices.append(batch_size(n_train, hw, per_gb=max(4, int(per_gb * (224 / size) ** 2))))
         cached = n_items * size * size * 3 <= 1 << 30
         choices.append(workers(hw, cached))
+    if dataset.task == "image-classification":
         choices.append(Choice("flip", False, "mirrored images break digits, letters and documents"))
     elif dataset.task == "text-classification" and hw.cuda:
         choices.append(batch_size(n_train, hw, per_gb=8))

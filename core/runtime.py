@@ -71,6 +71,46 @@ class Prediction:
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
 
+@dataclass(frozen=True)
+class Box:
+    """One detected object: x1, y1, x2, y2 in the input image's pixels."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A class per pixel of the input image and each class's share of the pixels."""
+
+    mask: np.ndarray  # uint8 [H, W] class indices into the model's labels
+    confidence: np.ndarray  # float32 [H, W]: the chosen class's probability
+    shares: dict[str, float]
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """A distinct colour per class; class 0 (background) is black."""
+    import colorsys
+
+    colours = [(0, 0, 0)]
+    for i in range(1, n):
+        r, g, b = colorsys.hsv_to_rgb(((i - 1) * 0.618034) % 1.0, 0.75, 1.0)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def save_mask(mask: np.ndarray, n_classes: int, dest: Path) -> None:
+    """A palette PNG: pixel values are the class indices, shown in palette(n) colours."""
+    from PIL import Image
+
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [v for colour in palette(max(n_classes, 1)) for v in colour]
+    img.putpalette(flat + [255, 255, 255] * (256 - len(flat) // 3))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img.save(dest)
+
+
 @contextlib.contextmanager
 def open_image(source: Any) -> Iterator[Any]:
     """A PIL image (path, bytes or file object) whose size is within the pixel limit, checked
@@ -106,16 +146,29 @@ def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
     The one resize used for validation in training and for prediction: EXIF rotation applied,
     transparency composited on white, then a bilinear resize of the whole image (no crop).
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with open_image(source) as opened:
-        img = ImageOps.exif_transpose(opened)
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        img = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        img = _rgb(opened).resize((size[1], size[0]), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8).copy()
+
+
+def load_original(source: Any) -> np.ndarray:
+    """An image file as uint8 [H, W, 3] RGB at its own size (EXIF rotation applied, transparency
+    on white): what detection and segmentation files take, resizing in their graph."""
+    with open_image(source) as opened:
+        return np.asarray(_rgb(opened), dtype=np.uint8).copy()
+
+
+def _rgb(opened: Any) -> Any:
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(opened)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    return img.convert("RGB")
 
 
 AUDIO_SUFFIXES = {".wav", ".flac"}
@@ -374,6 +427,40 @@ class Predictor:
         rate, samples = self.audio
         batch = np.stack([prepare_clip(s, rate, samples) for s in sources])
         return self.decode(self.run_feeds({self.inputs[0]["name"]: batch}))
+
+    def _run_image(self, source: Any) -> list[np.ndarray]:
+        """A detection or segmentation file's outputs for one image at its own size."""
+        try:
+            image = load_original(source)[None]
+        except RuntimeInputError:
+            raise
+        except Exception as exc:  # a decoder error PIL raises past open_image's checks
+            raise RuntimeInputError(f"cannot read an image: {type(exc).__name__}: {exc}") from exc
+        if min(image.shape[1:3]) < 8:
+            raise RuntimeInputError(
+                f"the image is {image.shape[2]}x{image.shape[1]}; give one of at least 8x8 pixels"
+            )
+        start = time.perf_counter()
+        out = self.session.run(None, {self.inputs[0]["name"]: image})
+        self.last_latency_ms = (time.perf_counter() - start) * 1000
+        return [np.asarray(o)[0] for o in out]
+
+    def detect(self, source: Any, threshold: float = 0.3) -> list[Box]:
+        """The objects found in one image (path, bytes or file object) scoring at least
+        `threshold`, best first."""
+        boxes, scores, labels = self._run_image(source)
+        keep = scores >= threshold
+        return [
+            Box(self.labels[int(c)], float(s), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+            for b, s, c in zip(boxes[keep], scores[keep], labels[keep], strict=True)
+        ]
+
+    def segment(self, source: Any) -> Segmentation:
+        """The class of every pixel of one image (path, bytes or file object)."""
+        mask, confidence = self._run_image(source)
+        counts = np.bincount(mask.reshape(-1), minlength=len(self.labels))[: len(self.labels)]
+        shares = {label: float(c) / mask.size for label, c in zip(self.labels, counts, strict=True)}
+        return Segmentation(mask, confidence, shares)
 
     def decode(self, out: np.ndarray) -> list[Prediction]:
         if self.task.endswith("regression"):

@@ -4,7 +4,7 @@ preview, quality report, delete."""
 import pandas as pd
 import streamlit as st
 
-from core import summary
+from core import overlays, summary
 from core.access import Action, can
 from core.config import get_settings
 from core.data.ingest import (
@@ -61,6 +61,8 @@ def add_form() -> None:
                 "image-classification": "images",
                 "text-classification": "texts (.txt)",
                 "audio-classification": "audio clips (WAV, FLAC)",
+                "object-detection": "images with boxes (COCO, YOLO, VOC)",
+                "semantic-segmentation": "images with masks",
             }
             options["task"] = st.radio(
                 "The zip holds",
@@ -168,6 +170,12 @@ elif ds.task == "audio-classification":
         st.markdown(f"**{summary.md(label)}**")
         for column, clip in zip(st.columns(len(paths)), paths, strict=True):
             column.audio(str(clip))
+elif ds.task in ("object-detection", "semantic-segmentation"):
+    drawn = "box outlined" if ds.task == "object-detection" else "mask tinted"
+    st.caption(f"Every {drawn} over its image: a few images per class.")
+    for label, pictures in overlays.scene_preview(ds).items():
+        st.markdown(f"**{summary.md(label)}**")
+        st.image(pictures, width=160)
 elif ds.task == "text-classification":
     st.caption(
         f"Text column '{summary.md(ds.schema['text_column'])}', "
@@ -178,7 +186,39 @@ else:
     st.dataframe(summary.preview_table(ds), width="stretch")
 
 st.subheader(f"Dataset {ds.id} · {summary.md(ds.name)}: quality report")
-if "class_counts" in report:
+if ds.task == "object-detection":
+    left, right = st.columns(2)
+    left.markdown(f"Boxes per class ({report['boxes']} boxes)")
+    left.bar_chart(pd.Series(report["class_counts"], name="boxes"))
+    right.markdown("Box sizes (COCO: small under 32², large over 96² pixels)")
+    right.bar_chart(pd.Series(report["box_sizes"], name="boxes"))
+    st.write(
+        {
+            "images without objects (kept as background)": report["background_images"],
+            "objects per image": report["objects_per_image"],
+            "box side / image side": report["box_relative_side"],
+            "crowd boxes (not trained on)": report["crowd_boxes"],
+            "unreadable (left out)": report["unreadable"],
+            "width": report["width"],
+            "height": report["height"],
+        }
+    )
+elif ds.task == "semantic-segmentation":
+    left, right = st.columns(2)
+    left.markdown("Share of labelled pixels per class")
+    left.bar_chart(pd.Series(report["class_pixel_share"], name="pixels"))
+    right.markdown("Images holding each class")
+    right.bar_chart(pd.Series(report["class_counts"], name="images"))
+    st.write(
+        {
+            "ignored pixels (255)": report["ignored_pixel_share"],
+            "images with background only": report["background_only_images"],
+            "unreadable (left out)": report["unreadable"],
+            "width": report["width"],
+            "height": report["height"],
+        }
+    )
+elif "class_counts" in report:
     left, right = st.columns(2)
     left.markdown(f"Class balance (imbalance ratio {report['imbalance_ratio']})")
     left.bar_chart(pd.Series(report["class_counts"], name="items"))

@@ -133,6 +133,27 @@ with st.container(border=True):
                     value=bool(fitted["head_first"].value),
                     help="Fit the new head on the frozen network's features (seconds, cached), then fine-tune all of it.",
                 )
+        if ds.task in ("object-detection", "semantic-segmentation"):
+            c7, c8, c9 = st.columns(3)
+            options["image_size"] = c7.number_input(
+                "Image size (px)",
+                32,
+                1024,
+                int(d.get("image_size", 256)),
+                step=32,
+                help=(fitted["image_size"].why if "image_size" in fitted else None),
+            )
+            options["weights"] = c8.selectbox(
+                "Initial weights",
+                ["default", "none"],
+                help="default: the backbone's ImageNet weights, shipped on disk; none: random.",
+            )
+            options["augment"] = c9.checkbox(
+                "Augment (random crops, colour jitter)",
+                value=True,
+                help="Boxes and masks move with the pixels.",
+            )
+            options["flip"] = c9.checkbox("Horizontal flips", value=False)
         if ds.task == "audio-classification":
             c7, c8, c9 = st.columns(3)
             options["clip_seconds"] = c7.number_input(

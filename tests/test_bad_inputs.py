@@ -181,6 +181,24 @@ def _files(d: Path) -> dict[str, Path]:
     huge = _png((10_000, 10_000), mode="L")  # 100 megapixels, over the 64-megapixel limit
     f["huge.zip"] = _zip(d / "huge.zip", {"a/1.png": huge, "b/2.png": huge})
     f["huge.png"] = _text(d / "huge.png", huge)
+    yolo = {"images/a.png": _png(), "classes.txt": b"cat\ndog\n"}
+    f["yolo-pixels.zip"] = _zip(d / "yolo-pixels.zip", {**yolo, "labels/a.txt": b"1 12 10 6 4\n"})
+    f["yolo-corners.zip"] = _zip(d / "yolo-corners.zip", {**yolo, "labels/a.txt": b"0 0.2 0.3 0.9 0.8\n"})
+    rle = {"counts": "PP0", "size": [20, 24]}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "segmentation": rle}
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    f["coco-rle.zip"] = _zip(
+        d / "coco-rle.zip", {"annotations.json": json.dumps(coco).encode(), "a.png": _png()}
+    )
+    f["mask-size.zip"] = _zip(
+        d / "mask-size.zip",
+        {"images/a.png": _png(), "masks/a.png": _png((12, 10), mode="L"), "classes.txt": b"bg\nroad\n"},
+    )
     f["not-an-image.png"] = _text(d / "not-an-image.png", b"plain text, not pixels")
     Image.new("RGB", (8, 8)).save(d / "tiny.png")
     f["tiny.png"] = d / "tiny.png"
@@ -312,6 +330,18 @@ CASES: dict[str, Case] = {
         ["datasets", "add", "{csv-columns.zip}"], "needs the columns path,label"
     ),
     "two 100-megapixel PNGs": Case(["datasets", "add", "{huge.zip}"], "over the limit of 64 megapixels"),
+    # boxes and masks
+    "YOLO boxes in pixels": Case(["datasets", "add", "{yolo-pixels.zip}"], "values over 1 look like pixels"),
+    "YOLO corners for centres": Case(
+        ["datasets", "add", "{yolo-corners.zip}"], "looks like corners (x1 y1 x2 y2)"
+    ),
+    "COCO RLE masks for segmentation": Case(
+        ["datasets", "add", "{coco-rle.zip}", "--task", "semantic-segmentation"],
+        "RLE masks are not supported",
+    ),
+    "a mask of another size than its image": Case(
+        ["datasets", "add", "{mask-size.zip}"], "a mask has its image's size"
+    ),
     # audio
     "audio from a table": Case(
         ["datasets", "add", "{wine.csv}", "--task", "audio-classification"], "takes a zip"

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import database, get_settings
-from core.data import audio, images, stages, tabular, text
+from core.data import audio, detection, images, layouts, segmentation, stages, tabular, text
 from core.errors import ConfigError, DatasetError, NotFoundError
 from db import queries
 from db.models import NAME_MAX
@@ -32,6 +32,8 @@ TASKS = (
     "image-classification",
     "text-classification",
     "audio-classification",
+    layouts.DETECTION,
+    layouts.SEGMENTATION,
 )
 
 
@@ -101,6 +103,10 @@ def _ingest(
         and text.text_column_guess(text.read_table(path, GUESS_ROWS))
     ):
         task = "text-classification"  # a column of free text (force a table task with --task)
+    if task in (layouts.DETECTION, layouts.SEGMENTATION):
+        if suffix != ".zip":
+            raise DatasetError(f"{path.name}: {task} takes {layouts.EXPECTED[task]}")
+        return _ingest_annotated(path, name=name, size=size, task=task, created_by=created_by)
     if task == "audio-classification":
         if suffix != ".zip":
             raise DatasetError(
@@ -149,6 +155,14 @@ def _ingest_images(path: Path, *, name: str, size: int, created_by: str | None) 
 
 def _ingest_audio(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
     return _ingest_zip(path, name, size, created_by, "audio-classification", audio.inspect_zip, "clips")
+
+
+def _ingest_annotated(path: Path, *, name: str, size: int, task: str, created_by: str | None) -> DatasetInfo:
+    """A zip of images with boxes (COCO, YOLO, VOC) or masks, staged by its task's module."""
+    stage = detection.stage_zip if task == layouts.DETECTION else segmentation.stage_zip
+    with _staging() as staging:
+        schema, report = stage(path, _zip_limits(), staging)
+        return _commit(staging, path, name, task, "zip", size, report["images"], schema, report, created_by)
 
 
 def _ingest_zip(
@@ -315,15 +329,20 @@ class UploadGuess:
 
 
 def _zip_task(source: bytes | Path, name: str) -> str:
-    """Audio when most files in the zip are .wav/.flac, texts when .txt, else images."""
+    """Detection or segmentation when the zip holds boxes or masks in a known layout (before
+    the guesses by suffix: YOLO labels are .txt files), audio when most files in the zip are
+    .wav/.flac, texts when .txt, else images."""
     import io
     import zipfile
 
     try:
         with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as zf:
             names = [n.lower() for n in zf.namelist() if not n.endswith("/")]
+            annotated = layouts.zip_task(zf)
     except zipfile.BadZipFile as exc:
         raise DatasetError(f"{name} is not a valid zip archive ({exc})") from exc
+    if annotated is not None:
+        return annotated
     texts = sum(n.endswith(".txt") for n in names)
     clips = sum(n.endswith((".wav", ".flac")) for n in names)
     if names and clips > len(names) / 2:

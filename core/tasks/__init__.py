@@ -162,6 +162,9 @@ class TaskData:
     plain_train: TensorBatches | DeviceLoader | None = None
     # Names the features for the cache (dataset content, model, weights, input size, split).
     features_key: str | None = None
+    # The run report from the best model's validation outputs and targets, where the task's
+    # differs from the classification/regression one (core.report.build_report).
+    report: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
 
 
 class Probabilities(torch.nn.Module):
@@ -211,6 +214,9 @@ class ExportCheck:
     n_samples: int
     provider: str
     bytes: int
+    # What top1_agreement measures, named as its metric is (export_<agreement>): top-1 classes,
+    # boxes matched with the same label at IoU >= 0.9, or pixels of the same class.
+    agreement: str = "top1_agreement"
 
 
 @dataclass
@@ -306,9 +312,11 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import audio, image, tabular, text
+    from core.tasks import audio, detection, image, segmentation, tabular, text
 
-    modules: dict[str, Task] = {t: m for m in (tabular, image, text, audio) for t in m.TASKS}
+    modules: dict[str, Task] = {
+        t: m for m in (tabular, image, text, audio, detection, segmentation) for t in m.TASKS
+    }
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")
     return modules[name]

@@ -1,0 +1,430 @@
+"""Object detection: CenterNet-style heatmaps trained with a focal loss, scored with COCO mAP.
+
+Targets are padded boxes [N, slots, 5] (label, x1, y1, x2, y2 at the model's size). The model's
+dense output is decoded by peaks of the class heatmap (3x3 max-pool), the top K of them and
+their box sizes: fixed-size outputs with no NonMaxSuppression, the same in PyTorch and ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.config import RunConfig
+from core.export import ExportConfig, export_onnx
+from core.models import get_model
+from core.models.dense import STRIDE, CenterNet
+from core.tasks import ExportCheck, Reference, TaskData, export_metadata, init_from_run, split_indices
+from core.tasks.dense import (
+    MAX_OBJECTS,
+    image_input_spec,
+    loaders,
+    read_scenes,
+    resize_in_graph,
+    val_scenes,
+)
+from db.queries import DatasetInfo
+
+TASKS: tuple[str, ...] = ("object-detection",)
+TOP_K = 100  # detections the model returns per image, best first
+MIN_SCORE = 0.01  # detections below this score are left out of metrics and predictions
+MATCH_IOU = 0.9  # a PyTorch and an ONNX box agree at this IoU with the same label
+AGREEMENT_MIN_BOXES = 10  # boxes of each image the agreement checks at least, whatever their score
+
+
+def _render(y: torch.Tensor, k: int, h: int, w: int) -> dict[str, torch.Tensor]:
+    """CenterNet targets from padded boxes: a Gaussian per box on its class heatmap, and each
+    box's centre cell, log size and offset within the cell."""
+    valid = y[..., 0] >= 0
+    label = y[..., 0].clamp(min=0).long()
+    x1, y1, x2, y2 = y[..., 1], y[..., 2], y[..., 3], y[..., 4]
+    bw, bh = (x2 - x1).clamp(min=1.0), (y2 - y1).clamp(min=1.0)
+    cx, cy = (x1 + x2) / 2 / STRIDE, (y1 + y2) / 2 / STRIDE
+    ix, iy = cx.floor().clamp(0, w - 1), cy.floor().clamp(0, h - 1)
+    # TTFNet's elliptical Gaussian: spread in proportion to the box's sides.
+    sx = (0.54 * bw / STRIDE / 6).clamp(min=0.5)
+    sy = (0.54 * bh / STRIDE / 6).clamp(min=0.5)
+    gx = torch.arange(w, device=y.device, dtype=y.dtype).view(1, 1, 1, w)
+    gy = torch.arange(h, device=y.device, dtype=y.dtype).view(1, 1, h, 1)
+    gauss = torch.exp(
+        -((gx - ix[..., None, None]) ** 2) / (2 * sx[..., None, None] ** 2)
+        - (gy - iy[..., None, None]) ** 2 / (2 * sy[..., None, None] ** 2)
+    )
+    gauss = gauss * valid[..., None, None]
+    n, m = y.shape[:2]
+    heat = torch.zeros(n, k, h * w, device=y.device, dtype=y.dtype)
+    index = label[..., None].expand(n, m, h * w)
+    heat = heat.scatter_reduce(1, index, gauss.reshape(n, m, h * w), reduce="amax", include_self=True)
+    return {
+        "heat": heat.view(n, k, h, w),
+        "valid": valid,
+        "cell": (iy * w + ix).long(),
+        "size": torch.stack([torch.log(bw / STRIDE), torch.log(bh / STRIDE)], -1),
+        "offset": torch.stack([cx - ix, cy - iy], -1),
+    }
+
+
+def detection_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CenterNet's focal loss on the heatmap plus L1 on log box size and centre offset."""
+    out = out.float()
+    _, channels, h, w = out.shape
+    k = channels - 4
+    t = _render(y.float(), k, h, w)
+    logits = out[:, :k]
+    pos = (t["heat"] >= 1.0 - 1e-4).float()
+    num_pos = pos.sum().clamp(min=1.0)
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    focal = (
+        -((log_p * (1 - p) ** 2 * pos).sum() + (log_not_p * p**2 * (1 - t["heat"]) ** 4 * (1 - pos)).sum())
+        / num_pos
+    )
+    reg = out[:, k:].flatten(2)  # [N, 4, h*w]
+    at = reg.gather(2, t["cell"][:, None, :].expand(-1, 4, -1)).permute(0, 2, 1)  # [N, slots, 4]
+    valid = t["valid"][..., None].float()
+    boxes = valid.sum().clamp(min=1.0)
+    size = (F.l1_loss(at[..., :2], t["size"], reduction="none") * valid).sum() / boxes
+    offset = (F.l1_loss(torch.sigmoid(at[..., 2:]), t["offset"], reduction="none") * valid).sum() / boxes
+    return focal + 0.5 * size + offset
+
+
+def decode(out: torch.Tensor, top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes [N, K, 4] x1 y1 x2 y2 at the model's input size, scores [N, K], labels [N, K])
+    from the dense output: heatmap peaks (3x3 max-pool) and the box at each."""
+    _, channels, h, w = out.shape
+    k = channels - 4
+    heat = torch.sigmoid(out[:, :k].float())
+    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+    scores, index = peaks.flatten(1).topk(min(top_k, k * h * w), dim=1)
+    labels = torch.div(index, h * w, rounding_mode="floor")
+    cell = index - labels * (h * w)
+    iy = torch.div(cell, w, rounding_mode="floor")
+    ix = cell - iy * w
+    reg = out[:, k:].float().flatten(2).gather(2, cell[:, None, :].expand(-1, 4, -1))
+    bw, bh = torch.exp(reg[:, 0]) * STRIDE, torch.exp(reg[:, 1]) * STRIDE
+    cx = (ix.to(reg.dtype) + torch.sigmoid(reg[:, 2])) * STRIDE
+    cy = (iy.to(reg.dtype) + torch.sigmoid(reg[:, 3])) * STRIDE
+    side_x, side_y = float(w * STRIDE), float(h * STRIDE)
+    boxes = torch.stack(
+        [
+            (cx - bw / 2).clamp(min=0.0, max=side_x),
+            (cy - bh / 2).clamp(min=0.0, max=side_y),
+            (cx + bw / 2).clamp(min=0.0, max=side_x),
+            (cy + bh / 2).clamp(min=0.0, max=side_y),
+        ],
+        dim=-1,
+    )
+    return boxes, scores, labels
+
+
+def coco_eval(
+    truth: list[tuple[np.ndarray, np.ndarray]],
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    classes: list[str],
+) -> dict[str, Any]:
+    """COCO box evaluation (faster-coco-eval) of per-image (boxes, labels) against per-image
+    (boxes, scores, labels): mAP at IoU 0.5 and 0.5:0.95, AP per class, and the precision-
+    recall curve at IoU 0.5 (precision at 101 recall points, averaged over classes)."""
+    import contextlib
+    import io
+
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
+    for i, ((boxes, labels), (d_boxes, d_scores, d_labels)) in enumerate(zip(truth, found, strict=True)):
+        images.append({"id": i + 1, "width": 1, "height": 1})
+        for b, lab in zip(boxes, labels, strict=True):
+            w, h = float(b[2] - b[0]), float(b[3] - b[1])
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(lab) + 1,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        for b, s, lab in zip(d_boxes, d_scores, d_labels, strict=True):
+            if s >= MIN_SCORE:
+                detections.append(
+                    {
+                        "image_id": i + 1,
+                        "category_id": int(lab) + 1,
+                        "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                        "score": float(s),
+                    }
+                )
+    categories = [{"id": c + 1, "name": name} for c, name in enumerate(classes)]
+    empty = {"map": 0.0, "map50": 0.0, "per_class_ap50": [0.0] * len(classes), "pr_curve": []}
+    if not annotations:
+        return {**empty, "map": float("nan"), "map50": float("nan")}
+    if not detections:
+        return empty
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO({"images": images, "annotations": annotations, "categories": categories})
+        dt = gt.loadRes(detections)
+        ev = COCOeval_faster(gt, dt, iouType="bbox", print_function=lambda *_: None)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = np.asarray(ev.eval["precision"])  # [iou, recall, class, area, max dets]
+    at50 = precision[0, :, :, 0, -1]  # IoU 0.5, all areas, 100 detections
+    per_class = [float(np.mean(c[c > -1])) if (c > -1).any() else float("nan") for c in at50.T]
+    curve = np.where(at50 > -1, at50, np.nan)
+    pr = np.nanmean(curve, axis=1) if np.isfinite(curve).any() else np.zeros(len(curve))
+    return {
+        "map": float(ev.stats[0]),
+        "map50": float(ev.stats[1]),
+        "per_class_ap50": per_class,
+        "pr_curve": [round(float(v), 4) for v in np.nan_to_num(pr)],
+    }
+
+
+def split_truth(y: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Padded targets back to per-image (boxes, labels)."""
+    out = []
+    for row in y.cpu().numpy():
+        keep = row[:, 0] >= 0
+        out.append((row[keep, 1:], row[keep, 0].astype(np.int64)))
+    return out
+
+
+def split_found(out: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    boxes, scores, labels = (t.cpu().numpy() for t in decode(out))
+    return list(zip(boxes, scores, labels, strict=True))
+
+
+def metrics_for(classes: list[str]) -> Any:
+    def evaluate(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        result = coco_eval(split_truth(y), split_found(out), classes)
+        return {"val_map50": result["map50"], "val_map": result["map"]}
+
+    return evaluate
+
+
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
+    torch.manual_seed(cfg.seed)
+    classes: list[str] = dataset.schema["classes"]
+    scenes = read_scenes(dataset, cfg.image_size)
+    n = len(scenes.images)
+    train_idx, val_idx = split_indices(
+        np.zeros(n, np.int64), stratify=False, val_fraction=cfg.val_fraction, seed=cfg.seed
+    )
+    slots = max(1, min(MAX_OBJECTS, max((len(b) for b in scenes.boxes), default=1)))
+    model = get_model(cfg.model, cfg.task).build(len(classes), cfg)
+    assert isinstance(model, CenterNet)
+    pretrained = model.backbone.pretrained
+    if cfg.init_from_run is not None:
+        init_from_run(
+            model,
+            cfg.init_from_run,
+            lambda c: (
+                None
+                if c.get("model") == cfg.model
+                else f"trained {c.get('model')}; use --model {c.get('model')}"
+            ),
+        )
+        pretrained = True
+    train, val = loaders(scenes, train_idx, val_idx, cfg, device, slots=slots)
+    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
+    return TaskData(
+        model=model,
+        train=train,
+        val=val,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        loss_fn=detection_loss,
+        evaluate=metrics_for(classes),
+        main_metric="val_map50",
+        mode="max",
+        extra={"task": cfg.task, "classes": classes, "image_size": cfg.image_size, "pretrained": pretrained},
+        param_groups=[
+            {"params": list(model.backbone.parameters()), "lr_mult": mult},
+            {"params": model.head_parameters(), "lr_mult": 1.0},
+        ],
+        freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
+        channels_last=True,
+        report=lambda out, y: detection_report(out, y, classes),
+    )
+
+
+def detection_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """AP per class, the precision-recall curve and the worst validation images (lowest share of
+    their objects found at IoU 0.5) for the run's detail page."""
+    truth, found = split_truth(y), split_found(out)
+    result = coco_eval(truth, found, classes)
+    worst = []
+    for i, ((boxes, labels), (d_boxes, d_scores, d_labels)) in enumerate(zip(truth, found, strict=True)):
+        keep = d_scores >= 0.3
+        hits = _matched(boxes, labels, d_boxes[keep], d_labels[keep], 0.5)
+        recall = hits / len(boxes) if len(boxes) else 1.0
+        false = int(keep.sum()) - hits
+        worst.append((recall, -false, i))
+    worst.sort()
+    return {
+        "kind": "detection",
+        "labels": classes,
+        "map50": result["map50"],
+        "map": result["map"],
+        "per_class": [
+            {"label": c, "ap50": None if np.isnan(ap) else round(ap, 4)}
+            for c, ap in zip(classes, result["per_class_ap50"], strict=True)
+        ],
+        "pr_curve": {"recall": [round(r / 100, 2) for r in range(101)], "precision": result["pr_curve"]},
+        "worst": [{"index": i, "recall": round(r, 4), "false_positives": -f} for r, f, i in worst[:8]],
+    }
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a [n, 4] and b [m, 4]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _matched(a: np.ndarray, la: np.ndarray, b: np.ndarray, lb: np.ndarray, threshold: float) -> int:
+    """Boxes of `a` matched one-to-one (greedy, best IoU first) by a box of `b` with the same
+    label at IoU >= threshold."""
+    if not len(a) or not len(b):
+        return 0
+    # Identical boxes match even where clamping to the image left them without area.
+    same = np.abs(a[:, None, :] - b[None, :, :]).max(-1) < 1e-3
+    iou = np.maximum(_iou(a, b), same) * (la[:, None] == lb[None, :])
+    hits = 0
+    while True:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        if iou[i, j] < threshold:
+            return hits
+        hits += 1
+        iou[i, :], iou[:, j] = -1, -1
+
+
+def box_agreement(
+    reference: list[tuple[np.ndarray, ...]], other: list[tuple[np.ndarray, ...]], threshold: float = 0.3
+) -> float:
+    """Share of the reference's detections that the other model also finds: a box of the same
+    label at IoU >= 0.9 among all its top-K (the export check's and the certificate's agreement).
+    The reference's detections are those scoring >= threshold and at least its best
+    AGREEMENT_MIN_BOXES of each image, so an untrained model is checked too."""
+    total = hits = 0
+    for (a, sa, la), (b, _, lb) in zip(reference, other, strict=True):
+        keep = sa >= threshold
+        keep[:AGREEMENT_MIN_BOXES] = True  # outputs come best first
+        total += int(keep.sum())
+        hits += _matched(a[keep], la[keep], b, lb, MATCH_IOU)
+    return hits / total if total else 1.0
+
+
+class Detector(nn.Module):
+    """What model.onnx computes: uint8 NHWC RGB of any size in; `boxes` [N, K, 4] (x1, y1, x2, y2
+    in the input's pixels), `scores` [N, K] and `labels` [N, K] (int64), best first."""
+
+    def __init__(self, model: CenterNet, size: int, top_k: int = TOP_K) -> None:
+        super().__init__()
+        self.model, self.size, self.top_k = model, size, top_k
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        (image,) = inputs  # `*inputs`: the convention core.export.export_onnx traces with
+        height, width = image.shape[1], image.shape[2]
+        out = self.model(resize_in_graph(image, self.size))
+        boxes, scores, labels = decode(out, self.top_k)
+        # The input's sides as tensors (symbolic sizes in the exported graph).
+        side_x = torch.full((), width, dtype=boxes.dtype) / self.size
+        side_y = torch.full((), height, dtype=boxes.dtype) / self.size
+        scale = torch.stack([side_x, side_y, side_x, side_y])
+        return boxes * scale, scores, labels
+
+
+def _by_size(files: list[Path], limit: int) -> list[np.ndarray]:
+    """Original validation images in batches of equal size (the exported input is one size per
+    batch), up to `limit` images."""
+    from core.runtime import load_original
+
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for f in files[:limit]:
+        img = load_original(f)
+        groups.setdefault(img.shape, []).append(img)
+    return [np.stack(g[i : i + 16]) for g in groups.values() for i in range(0, len(g), 16)]
+
+
+MAX_PARITY_IMAGES = 128
+
+
+def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
+    """model.onnx: raw images in, boxes/scores/labels out; checked on original validation images
+    by box agreement (same label at IoU >= 0.9) and the largest score difference."""
+    from core.runtime import create_session
+
+    assert isinstance(data.model, CenterNet)
+    module = Detector(data.model.to("cpu").to(memory_format=torch.contiguous_format), cfg.image_size).eval()
+    val = val_scenes(data.val)  # type: ignore[arg-type]
+    batches = _by_size([val.scenes.files[r] for r in val.rows], MAX_PARITY_IMAGES)
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        image_input_spec(),
+        f"decode to RGB (EXIF rotation applied, transparency on white), uint8 NHWC at any size (one size per "
+        f"batch); resizing to {cfg.image_size}x{cfg.image_size} and normalisation are in the graph",
+        output="boxes",
+        outputs={
+            "boxes": "[batch, top_k, 4] x1, y1, x2, y2 in the input image's pixels",
+            "scores": "[batch, top_k] confidence 0-1, best first",
+            "labels": "[batch, top_k] class index into ascent.labels",
+        },
+        top_k=TOP_K,
+    )
+    example = torch.from_numpy(np.repeat(batches[0][:1], 2, axis=0))  # batch 2: torch.export fixes sizes of 1
+    export_onnx(
+        module,
+        (example,),
+        path,
+        input_names=["image"],
+        output_name=["boxes", "scores", "labels"],
+        metadata=metadata,
+        dynamic_image=True,
+    )
+    session = create_session(path)
+    mine, theirs, diff = [], [], 0.0
+    with torch.no_grad():
+        for batch in batches:
+            expected = [t.numpy() for t in module(torch.from_numpy(batch))]
+            got = session.run(None, {"image": batch})
+            diff = max(diff, float(np.abs(expected[1] - got[1]).max()))
+            mine += list(zip(*expected, strict=True))
+            theirs += list(zip(*got, strict=True))
+    agreement = box_agreement(mine, theirs)
+    check = ExportCheck(
+        path=str(path),
+        max_abs_diff=diff,
+        top1_agreement=agreement,
+        n_samples=len(mine),
+        provider=str(session.get_providers()[0]),
+        bytes=path.stat().st_size,
+        agreement="box_agreement",
+    )
+    if agreement < ExportConfig().min_top1_agreement:
+        from core.errors import ExportError
+
+        raise ExportError(
+            f"ONNX Runtime finds only {agreement:.1%} of PyTorch's boxes (same label, IoU >= 0.9)"
+        )
+    return check
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    from core.errors import ExportError
+
+    raise ExportError("certificates of detection models are not built yet")

@@ -1,0 +1,225 @@
+"""Semantic segmentation: a class for every pixel, scored by mean IoU and pixel accuracy.
+
+Targets are index masks [N, S, S] at the model's size (255 = ignore). The model's logits come at
+stride 8 and are resized to the mask for the loss and the metrics; the exported file resizes
+them to the input image's own size and returns the class mask and each pixel's confidence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core.config import RunConfig
+from core.errors import ExportError
+from core.export import ExportConfig, export_onnx
+from core.models import get_model
+from core.models.dense import LRASPP
+from core.tasks import ExportCheck, Reference, TaskData, export_metadata, init_from_run, split_indices
+from core.tasks.dense import IGNORE, image_input_spec, loaders, read_scenes, resize_in_graph, val_scenes
+from db.queries import DatasetInfo
+
+TASKS: tuple[str, ...] = ("semantic-segmentation",)
+
+
+def _logits_at(out: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    return F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def segmentation_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per pixel at the mask's size; ignored pixels count for nothing."""
+    return F.cross_entropy(_logits_at(out, tuple(y.shape[-2:])), y.long(), ignore_index=IGNORE)
+
+
+def confusion(out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """[k, k] pixel counts, true class by predicted class (torchmetrics), ignored pixels left out."""
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+    pred = _logits_at(out, tuple(y.shape[-2:])).argmax(1)
+    return multiclass_confusion_matrix(
+        pred.flatten(), y.long().flatten(), k, ignore_index=IGNORE, validate_args=False
+    )
+
+
+def scores(matrix: torch.Tensor) -> dict[str, Any]:
+    """IoU per class (None for a class neither in the labels nor predicted), their mean, and
+    pixel accuracy."""
+    m = matrix.double()
+    tp = m.diag()
+    union = m.sum(0) + m.sum(1) - tp
+    iou = [float(t / u) if u > 0 else None for t, u in zip(tp, union, strict=True)]
+    present = [v for v in iou if v is not None]
+    total = float(m.sum())
+    return {
+        "iou": iou,
+        "miou": float(np.mean(present)) if present else float("nan"),
+        "pixel_accuracy": float(tp.sum()) / total if total else float("nan"),
+    }
+
+
+def metrics_for(k: int) -> Any:
+    def evaluate(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        result = scores(confusion(out, y, k))
+        return {"val_miou": result["miou"], "val_pixel_accuracy": result["pixel_accuracy"]}
+
+    return evaluate
+
+
+def segmentation_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """IoU per class, the pixel confusion matrix and the worst validation images (lowest mean
+    IoU of their own classes) for the run's detail page."""
+    k = len(classes)
+    matrix = confusion(out, y, k)
+    result = scores(matrix)
+    worst = []
+    for i in range(len(y)):
+        own = scores(confusion(out[i : i + 1], y[i : i + 1], k))
+        worst.append((own["miou"] if not np.isnan(own["miou"]) else 1.0, i))
+    worst.sort()
+    return {
+        "kind": "segmentation",
+        "labels": classes,
+        "miou": result["miou"],
+        "pixel_accuracy": result["pixel_accuracy"],
+        "confusion": matrix.tolist(),
+        "per_class": [
+            {"label": c, "iou": None if v is None else round(v, 4)}
+            for c, v in zip(classes, result["iou"], strict=True)
+        ],
+        "worst": [{"index": i, "miou": round(v, 4)} for v, i in worst[:8]],
+    }
+
+
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
+    torch.manual_seed(cfg.seed)
+    classes: list[str] = dataset.schema["classes"]
+    scenes = read_scenes(dataset, cfg.image_size)
+    n = len(scenes.images)
+    train_idx, val_idx = split_indices(
+        np.zeros(n, np.int64), stratify=False, val_fraction=cfg.val_fraction, seed=cfg.seed
+    )
+    model = get_model(cfg.model, cfg.task).build(len(classes), cfg)
+    assert isinstance(model, LRASPP)
+    pretrained = model.backbone.pretrained
+    if cfg.init_from_run is not None:
+        init_from_run(
+            model,
+            cfg.init_from_run,
+            lambda c: (
+                None
+                if c.get("model") == cfg.model
+                else f"trained {c.get('model')}; use --model {c.get('model')}"
+            ),
+        )
+        pretrained = True
+    train, val = loaders(scenes, train_idx, val_idx, cfg, device, slots=0)
+    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
+    return TaskData(
+        model=model,
+        train=train,
+        val=val,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        loss_fn=segmentation_loss,
+        evaluate=metrics_for(len(classes)),
+        main_metric="val_miou",
+        mode="max",
+        extra={"task": cfg.task, "classes": classes, "image_size": cfg.image_size, "pretrained": pretrained},
+        param_groups=[
+            {"params": list(model.backbone.parameters()), "lr_mult": mult},
+            {"params": model.head_parameters(), "lr_mult": 1.0},
+        ],
+        freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
+        channels_last=True,
+        report=lambda out, y: segmentation_report(out, y, classes),
+    )
+
+
+class Segmenter(nn.Module):
+    """What model.onnx computes: uint8 NHWC RGB of any size in; `mask` [N, H, W] (uint8 class
+    index per pixel of the input) and `confidence` [N, H, W] (that class's probability)."""
+
+    def __init__(self, model: LRASPP, size: int) -> None:
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (image,) = inputs  # `*inputs`: the convention core.export.export_onnx traces with
+        out = self.model(resize_in_graph(image, self.size))
+        logits = F.interpolate(
+            out.float(), size=(image.shape[1], image.shape[2]), mode="bilinear", align_corners=False
+        )
+        confidence, mask = torch.softmax(logits, dim=1).max(dim=1)
+        return mask.to(torch.uint8), confidence
+
+
+MAX_PARITY_IMAGES = 64
+MIN_PIXEL_AGREEMENT = 0.99
+
+
+def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
+    """model.onnx: raw images in, a class mask at the input's size out; checked on original
+    validation images by pixel agreement and the largest confidence difference."""
+    from core.runtime import create_session
+    from core.tasks.detection import _by_size
+
+    assert isinstance(data.model, LRASPP)
+    module = Segmenter(data.model.to("cpu").to(memory_format=torch.contiguous_format), cfg.image_size).eval()
+    val = val_scenes(data.val)  # type: ignore[arg-type]
+    batches = _by_size([val.scenes.files[r] for r in val.rows], MAX_PARITY_IMAGES)
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        image_input_spec(),
+        f"decode to RGB (EXIF rotation applied, transparency on white), uint8 NHWC at any size (one size per "
+        f"batch); resizing to {cfg.image_size}x{cfg.image_size} and back, and normalisation, are in the graph",
+        output="mask",
+        outputs={
+            "mask": "[batch, height, width] uint8 class index into ascent.labels, at the input's size",
+            "confidence": "[batch, height, width] probability of that class",
+        },
+    )
+    export_onnx(
+        module,
+        (torch.from_numpy(np.repeat(batches[0][:1], 2, axis=0)),),  # batch 2: sizes of 1 are fixed
+        path,
+        input_names=["image"],
+        output_name=["mask", "confidence"],
+        metadata=metadata,
+        dynamic_image=True,
+    )
+    session = create_session(path)
+    same = total = 0
+    diff = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            mask, conf = (t.numpy() for t in module(torch.from_numpy(batch)))
+            got_mask, got_conf = session.run(None, {"image": batch})
+            same += int((mask == got_mask).sum())
+            total += mask.size
+            diff = max(diff, float(np.abs(conf - got_conf).max()))
+    agreement = same / total if total else 1.0
+    check = ExportCheck(
+        path=str(path),
+        max_abs_diff=diff,
+        top1_agreement=agreement,
+        n_samples=sum(len(b) for b in batches),
+        provider=str(session.get_providers()[0]),
+        bytes=path.stat().st_size,
+        agreement="pixel_agreement",
+    )
+    if agreement < MIN_PIXEL_AGREEMENT or diff > ExportConfig().tolerance * 10:
+        raise ExportError(
+            f"ONNX Runtime agrees with PyTorch on {agreement:.2%} of pixels (confidence differs by up to {diff:.3g})"
+        )
+    return check
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    raise ExportError("certificates of segmentation models are not built yet")
