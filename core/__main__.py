@@ -797,6 +797,7 @@ def one_line(message: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.data.ingest import TASKS
+    from core.runtime import DEFAULT_THRESHOLD
     from db.models import RunStatus
 
     common = argparse.ArgumentParser(add_help=False)
@@ -935,7 +936,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
     p.add_argument(
-        "--threshold", type=_probability, default=0.3, help="detection: the lowest score of a box to report"
+        "--threshold",
+        type=_probability,
+        default=DEFAULT_THRESHOLD,
+        help=f"detection: the lowest score of a box to report (default {DEFAULT_THRESHOLD:g})",
     )
     p.add_argument("--out", help="segmentation: the folder the masks are written to (palette PNGs)")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")

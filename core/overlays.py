@@ -133,3 +133,30 @@ def _read_mask(path: Path) -> Any:
 
     with Image.open(path) as img:
         return np.asarray(img, dtype=np.uint8)
+
+
+def worst_detection(item: dict[str, Any], classes: Sequence[str]) -> np.ndarray:
+    """A report's worst image (core.tasks.detection.detection_report) with its true boxes dashed
+    and the found ones solid; a grey square when the image is gone."""
+    try:
+        image = load_original(item["file"])
+    except Exception:
+        return np.full((96, 96, 3), 200, np.uint8)
+    truth = item["truth"]
+    image = draw_boxes(image, [t[1:] for t in truth], [t[0] for t in truth], classes, dashed=True)
+    found = item["found"]
+    return draw_boxes(image, [f[2:] for f in found], [f[0] for f in found], classes, [f[1] for f in found])
+
+
+def worst_segmentation(item: dict[str, Any], classes: Sequence[str], model: Any | None) -> list[np.ndarray]:
+    """A report's worst image with its true mask, and with the exported model's mask (`model`, a
+    core.runtime.Predictor: the report keeps no predicted masks); [] when the image is gone."""
+    try:
+        image = load_original(item["file"])
+        truth = _read_mask(Path(item["mask"]))
+    except Exception:
+        return []
+    pictures = [blend_mask(image, truth, len(classes))]
+    if model is not None:
+        pictures.append(blend_mask(image, model.segment(item["file"]).mask, len(classes)))
+    return pictures

@@ -71,6 +71,11 @@ class Prediction:
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
 
 
+# The lowest detection score shown unless the user says otherwise: CenterNet's heatmap peaks
+# stay under 1 (neighbouring cells share the Gaussian), and a short run's true boxes score 0.25-0.5.
+DEFAULT_THRESHOLD = 0.25
+
+
 @dataclass(frozen=True)
 class Box:
     """One detected object: x1, y1, x2, y2 in the input image's pixels."""
@@ -445,7 +450,7 @@ class Predictor:
         self.last_latency_ms = (time.perf_counter() - start) * 1000
         return [np.asarray(o)[0] for o in out]
 
-    def detect(self, source: Any, threshold: float = 0.3) -> list[Box]:
+    def detect(self, source: Any, threshold: float = DEFAULT_THRESHOLD) -> list[Box]:
         """The objects found in one image (path, bytes or file object) scoring at least
         `threshold`, best first."""
         boxes, scores, labels = self._run_image(source)

@@ -22,6 +22,8 @@ MAIN_METRIC = {
     "tabular-regression": "val_rmse",
     "text-classification": "val_f1_macro",
     "audio-classification": "val_f1_macro",
+    "object-detection": "val_map50",
+    "semantic-segmentation": "val_miou",
 }
 
 
@@ -34,10 +36,16 @@ METRIC_NAMES = {
     "val_rmse": "validation RMSE",
     "val_mae": "validation MAE",
     "val_r2": "validation R²",
+    "val_map50": "validation mAP@0.5",
+    "val_map": "validation mAP@0.5:0.95",
+    "val_miou": "validation mean IoU",
+    "val_pixel_accuracy": "validation pixel accuracy",
     "samples_per_sec": "samples/s",
     "lr": "learning rate",
     "export_max_abs_diff": "ONNX max |diff| from PyTorch",
     "export_top1_agreement": "ONNX top-1 agreement",
+    "export_box_agreement": "ONNX boxes found alike",
+    "export_pixel_agreement": "ONNX pixels alike",
     "export_n_samples": "ONNX samples checked",
     "accuracy": "accuracy",  # the certificate's, on the whole validation split
     "rmse": "RMSE",
@@ -318,6 +326,8 @@ ITEM_WORDS = {
     "image-classification": "images",
     "audio-classification": "clips",
     "text-classification": "texts",
+    "object-detection": "images",
+    "semantic-segmentation": "images",
 }
 
 
@@ -527,8 +537,9 @@ def fitted_value(choice: Any) -> str:
 UPLOAD_TYPES = ["csv", "tsv", "parquet", "jsonl", "zip"]
 UPLOAD_TYPES_IN_WORDS = (
     "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), or a zip (.zip) of "
-    "class folders holding images, .txt files or WAV/FLAC clips; other files (Excel, plain .txt, "
-    "single images) are refused: save a sheet as CSV, or zip the folders"
+    "class folders holding images, .txt files or WAV/FLAC clips, or of images with boxes (COCO, YOLO, "
+    "Pascal VOC) or masks (images/ and masks/); other files (Excel, plain .txt, single images) are "
+    "refused: save a sheet as CSV, or zip the folders"
 )
 
 

@@ -42,7 +42,7 @@ def add_form() -> None:
         return
     upload = st.file_uploader(
         "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
-        "class folders of images, of .txt files or of WAV/FLAC clips",
+        "class folders of images, of .txt files or of WAV/FLAC clips, or of images with boxes or masks",
         type=summary.UPLOAD_TYPES,
         max_upload_size=upload_mb,
         key=f"upload-{st.session_state.get(_UPLOADER, 0)}",
@@ -190,8 +190,9 @@ if ds.task == "object-detection":
     left, right = st.columns(2)
     left.markdown(f"Boxes per class ({report['boxes']} boxes)")
     left.bar_chart(pd.Series(report["class_counts"], name="boxes"))
-    right.markdown("Box sizes (COCO: small under 32², large over 96² pixels)")
-    right.bar_chart(pd.Series(report["box_sizes"], name="boxes"))
+    right.markdown("Box sizes (small under 32×32 px, large over 96×96)")
+    sizes = pd.DataFrame({"size": list(report["box_sizes"]), "boxes": list(report["box_sizes"].values())})
+    right.bar_chart(sizes, x="size", y="boxes", sort=False)
     st.write(
         {
             "images without objects (kept as background)": report["background_images"],

@@ -9,12 +9,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import jobs, summary
+from core import jobs, overlays, summary
 from core.data.ingest import get_dataset
 from core.errors import AscentError
 from core.explain import TextExplainer
 from core.models.audio import log_mel
-from core.runtime import Predictor, RuntimeInputError, prepare_clip
+from core.runtime import DEFAULT_THRESHOLD, Predictor, RuntimeInputError, load_original, prepare_clip
 from pages.studio.session import page_actor
 
 actor = page_actor()  # every role may predict
@@ -211,6 +211,78 @@ elif model.task == "audio-classification":
                 summary.spectrogram_image(log_mel(wave, rate, int(model.inputs[0].get("n_mels", 64)))),
                 caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
             )
+        except RuntimeInputError as exc:
+            st.error(summary.md(exc))
+elif model.task in ("object-detection", "semantic-segmentation"):
+    detection = model.task == "object-detection"
+    st.caption(
+        f"Images of any size: the model resizes them itself. {len(model.labels)} classes"
+        + (": boxes in the image's own pixels." if detection else "; a class for every pixel.")
+    )
+    source = st.radio("Input", ["Upload", "Camera"], horizontal=True)
+    if source == "Upload":
+        picked = st.file_uploader("An image", type=["png", "jpg", "jpeg", "webp", "bmp"])
+    else:
+        picked = st.camera_input("Take a picture")
+    if detection:
+        threshold = st.slider(
+            "Lowest score shown",
+            0.05,
+            0.95,
+            DEFAULT_THRESHOLD,
+            0.05,
+            help="Boxes scoring below this are hidden.",
+        )
+    else:
+        opacity = st.slider("Mask opacity", 0.0, 1.0, 0.5, 0.05)
+    if picked is not None:
+        data = picked.getvalue()
+        try:
+            image = load_original(data)
+            if detection:
+                boxes = model.detect(data, threshold)
+                drawn = overlays.draw_boxes(
+                    image,
+                    [b.box for b in boxes],
+                    [model.labels.index(b.label) for b in boxes],
+                    model.labels,
+                    [b.score for b in boxes],
+                )
+                left, right = st.columns([3, 2])
+                left.image(
+                    drawn,
+                    caption=f"{len(boxes)} objects at a score of {threshold:.0%} or more",
+                    width="stretch",
+                )
+                right.dataframe(
+                    pd.DataFrame(
+                        {
+                            "class": [b.label for b in boxes],
+                            "score": [round(b.score, 3) for b in boxes],
+                            "x1, y1, x2, y2": [", ".join(f"{v:.0f}" for v in b.box) for b in boxes],
+                        }
+                    ),
+                    hide_index=True,
+                    width="stretch",
+                )
+                right.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
+            else:
+                seg = model.segment(data)
+                left, right = st.columns([3, 2])
+                left.image(
+                    overlays.blend_mask(image, seg.mask, len(model.labels), opacity),
+                    caption="Classes over the image",
+                    width="stretch",
+                )
+                shares = sorted(((k, v) for k, v in seg.shares.items() if v > 0), key=lambda kv: -kv[1])
+                right.dataframe(
+                    pd.DataFrame(
+                        {"class": [k for k, _ in shares], "share of pixels": [f"{v:.1%}" for _, v in shares]}
+                    ),
+                    hide_index=True,
+                    width="stretch",
+                )
+                right.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
         except RuntimeInputError as exc:
             st.error(summary.md(exc))
 elif model.task == "image-classification":

@@ -8,10 +8,11 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core import certificate, jobs, summary, sweeps
+from core import certificate, jobs, overlays, summary, sweeps
 from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.errors import AscentError
+from core.runtime import Predictor
 from db.models import RunStatus
 from db.queries import SORTS, RunFilter
 from pages.studio import notice
@@ -298,7 +299,13 @@ if len(selected) >= 2:
     labels = {r.id: f"{r.id} · {summary.plain(r.name)}" for r in selected}
     keys = sorted(
         {p.key for r in selected for p in jobs.metric_history(r.id)}
-        - {"export_max_abs_diff", "export_n_samples", "export_top1_agreement"},
+        - {
+            "export_max_abs_diff",
+            "export_n_samples",
+            "export_top1_agreement",
+            "export_box_agreement",
+            "export_pixel_agreement",
+        },
         key=summary.metric_label,
     )
     if keys:
@@ -382,6 +389,12 @@ def confusion_matrix(report: dict[str, Any], key: str) -> None:
     st.altair_chart(layers.properties(width=alt.Step(step), height=alt.Step(step)), width="content")
 
 
+@st.cache_resource(max_entries=2)
+def segmenter(path: str, mtime: float) -> Predictor:
+    """The run's exported segmenter, for the masks of its worst validation images."""
+    return Predictor(path)
+
+
 report = summary.report(run.id)
 if report and report["kind"] == "classification":
     st.subheader("Confusion matrix (validation split)")
@@ -389,6 +402,47 @@ if report and report["kind"] == "classification":
     st.dataframe(
         numbers(pd.DataFrame(report["per_class"])), hide_index=True, width="stretch", placeholder=BLANK
     )
+elif report and report["kind"] == "detection":
+    st.subheader("Detection quality (validation split)")
+    m1, m2 = st.columns(2)
+    m1.metric("mAP at IoU 0.5", summary.percent(report["map50"]))
+    m2.metric("mAP at IoU 0.5–0.95 (COCO)", summary.percent(report["map"]))
+    left, right = st.columns(2)
+    left.markdown("Average precision per class (IoU 0.5)")
+    left.bar_chart(pd.Series({c["label"]: c["ap50"] for c in report["per_class"]}, name="AP"))
+    right.markdown("Precision against recall (IoU 0.5, mean over classes)")
+    curve = report["pr_curve"]
+    right.line_chart(
+        pd.DataFrame({"precision": curve["precision"]}, index=pd.Index(curve["recall"], name="recall"))
+    )
+    st.markdown("Worst validation images: true boxes dashed, found boxes solid (score 30% or more)")
+    shown = [(overlays.worst_detection(item, report["labels"]), item) for item in report["worst"]]
+    st.image(
+        [picture for picture, _ in shown],
+        caption=[
+            f"found {i['recall']:.0%} of its objects, {i['false_positives']} false alarms" for _, i in shown
+        ],
+        width=220,
+    )
+elif report and report["kind"] == "segmentation":
+    st.subheader("Segmentation quality (validation split)")
+    m1, m2 = st.columns(2)
+    m1.metric("mean IoU", summary.percent(report["miou"]))
+    m2.metric("pixel accuracy", summary.percent(report["pixel_accuracy"]))
+    left, right = st.columns(2)
+    left.markdown("IoU per class")
+    left.bar_chart(pd.Series({c["label"]: c["iou"] for c in report["per_class"]}, name="IoU"))
+    with right:
+        st.markdown("Pixels: true class against predicted")
+        confusion_matrix(report, key=f"confusion-normalised-{run.id}")
+    st.markdown("Worst validation images: the true mask, then the model's")
+    onnx = summary.artifact_paths(run.id).get("onnx")
+    model = segmenter(str(onnx), Path(onnx).stat().st_mtime) if onnx and Path(onnx).is_file() else None
+    for item in report["worst"][:3]:
+        pictures = overlays.worst_segmentation(item, report["labels"], model)
+        st.image(
+            pictures, caption=[f"true (mean IoU {item['miou']:.0%})", "predicted"][: len(pictures)], width=220
+        )
 elif report:
     st.subheader("Predicted against true (validation split)")
     st.scatter_chart(pd.DataFrame(report["points"], columns=["true", "predicted"]), x="true", y="predicted")
@@ -401,12 +455,24 @@ if "export_max_abs_diff" in run.metrics:
     st.subheader("Export check")
     e1, e2, e3 = st.columns(3)
     e1.metric("max |PyTorch − ONNX Runtime|", f"{run.metrics['export_max_abs_diff']:.2e}")
-    if "export_top1_agreement" in run.metrics:
-        e2.metric("top-1 agreement", summary.percent(run.metrics["export_top1_agreement"]))
+    agreements = {
+        "export_top1_agreement": "top-1 agreement",
+        "export_box_agreement": "boxes found alike (IoU ≥ 0.9)",
+        "export_pixel_agreement": "pixels alike",
+    }
+    for key, words in agreements.items():
+        if key in run.metrics:
+            e2.metric(words, summary.percent(run.metrics[key]))
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
 
 offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
-if run.status == "succeeded":
+if run.status == "succeeded" and run.task in certificate.UNCERTIFIED_TASKS:
+    st.subheader("Export certificate")
+    st.caption(
+        "Not available for detection and segmentation yet: the exported file was checked against "
+        "PyTorch on the validation images above (Export check)."
+    )
+elif run.status == "succeeded":
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
     if records:

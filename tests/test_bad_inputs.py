@@ -453,6 +453,14 @@ CASES: dict[str, Case] = {
     "predict with --top-k 0": Case(
         ["predict", "--run", "{run:image}", "{tiny.png}", "--top-k", "0"], "not a positive"
     ),
+    "predict with --threshold 2": Case(
+        ["predict", "--run", "{run:image}", "{tiny.png}", "--threshold", "2"], "is not between 0 and 1"
+    ),
+    "predict masks without --out": Case(["predict", "--run", "{run:masks}", "{tiny.png}"], "give --out DIR"),
+    "predict masks into a file": Case(
+        ["predict", "--run", "{run:masks}", "{tiny.png}", "--out", "{wine.csv}"], "is a file; give a folder"
+    ),
+    "certify a segmentation run": Case(["export", "--run", "{run:masks}"], "is not built yet"),
     "predict an image that is not one": Case(
         ["predict", "--run", "{run:image}", "{not-an-image.png}"], "not a readable image"
     ),
@@ -533,6 +541,7 @@ def _ok(home: Home, argv: list[str], stdin: str = "") -> dict:  # type: ignore[t
 def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> Home:
     """Datasets and runs of every modality (tables only when not `full`), trained by a real
     worker; a queued run; a run whose dataset was deleted; one admin user."""
+    from core.data import scenes
     from core.data.samples import fashion_mnist_zip, spoken_words_zip
 
     env = {
@@ -563,6 +572,11 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         words = spoken_words_zip(root.parent / "words.zip", words=("yes", "no"), voices=("en-us", "en-gb"))
         ds = _ok(home, ["datasets", "add", str(words)])["id"]
         home.ids["run:audio"] = _ok(home, ["train", "--dataset", str(ds), "--epochs", "1"])["id"]
+        scenes_zip = scenes.segmentation_zip(root.parent / "masks.zip", 12, size=64, seed=5)
+        ds = _ok(home, ["datasets", "add", str(scenes_zip)])["id"]
+        home.ids["run:masks"] = _ok(
+            home, ["train", "--dataset", str(ds), "--epochs", "1", "--image-size", "64", "--batch-size", "8"]
+        )["id"]
         orphan_ds = _ok(home, ["datasets", "add", str(files["wine.csv"]), "--name", "gone"])["id"]
         home.ids["run:orphan"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--epochs", "1"])["id"]
         home.ids["run:stopped"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--name", "stopped"])["id"]
@@ -575,7 +589,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         text=True,
         timeout=900,
     )
-    for kind in ("table", "image", "text", "audio", "orphan"):
+    for kind in ("table", "image", "text", "audio", "masks", "orphan"):
         if f"run:{kind}" in home.ids:
             run = _ok(home, ["runs", "show", str(home.ids[f"run:{kind}"])])
             assert run["status"] == "succeeded", (kind, run["error"], worker.stdout[-2000:])

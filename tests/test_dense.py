@@ -14,8 +14,9 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
-from core import checkpoint, jobs
+from core import checkpoint, jobs, summary
 from core.data import scenes
 from core.data.ingest import ingest_file
 from core.execute import execute_run
@@ -27,6 +28,7 @@ from core.tasks.segmentation import scores
 from core.train import BEST, train
 
 DETECTION, SEGMENTATION = "object-detection", "semantic-segmentation"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -165,6 +167,20 @@ def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str)
     report = json.loads(Path(next(a.path for a in jobs.artifacts(run.id) if a.kind == "report")).read_text())
     assert report["kind"] == ("detection" if task == DETECTION else "segmentation")
     assert [c["label"] for c in report["per_class"]] == ds.schema["classes"]
+
+    # The studio: the dataset's overlays, the run's detail with its worst images drawn.
+    datasets = AppTest.from_file(str(ROOT / "pages" / "datasets.py"), default_timeout=60).run()
+    assert not datasets.exception and not datasets.error
+    shown = [label.value for label in datasets.markdown if label.value.startswith("**")]
+    assert {f"**{summary.md(c)}**" for c in ds.schema["classes"] if c != "background"} <= set(shown)
+    runs = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
+    runs.multiselect[0].set_value([run.id]).run()
+    assert not runs.exception and not runs.error
+    quality = "Detection quality" if task == DETECTION else "Segmentation quality"
+    assert any(h.value.startswith(quality) for h in runs.subheader)
+    assert any("Not available for detection and segmentation yet" in c.value for c in runs.caption)
+    pictures = runs.get("image")
+    assert pictures, "the worst validation images are drawn"
 
     image = next((Path(ds.path) / "images").rglob("*.png"))
     out = tmp_path / "masks"

@@ -307,6 +307,42 @@ def test_audio_zip_train_predict_uploaded_clip(page, tmp_path: Path) -> None:  #
     _shot(page, "predict-audio")
 
 
+def test_detection_zip_overlays_train_predict_boxes(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.data import scenes
+
+    z = scenes.detection_zip(tmp_path / "boxes.zip", 48, size=96, seed=4)
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(z))
+    page.get_by_text("images with boxes (COCO, YOLO, VOC)").wait_for()  # the layout was recognised
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    page.get_by_text("Every box outlined over its image").wait_for()
+    page.get_by_text("Boxes per class").wait_for()
+    assert page.locator('[data-testid="stImage"]').count() >= 8  # a few drawn images per class
+    _shot(page, "datasets-boxes")
+
+    _launch_and_wait(page, "6", {"Image size (px)": "64"})
+
+    scene = scenes.make_scenes(1, size=160, seed=99)[0]  # a new scene, larger than the training ones
+    image = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(scene.image).save(image)
+    _open(page, "/predict")
+    page.get_by_text("Images of any size").wait_for()
+    page.locator('input[type="file"]').set_input_files(str(image))
+    page.get_by_text("ms on CPUExecutionProvider").wait_for()
+    slider = page.get_by_role("slider", name="Lowest score shown")
+    slider.focus()
+    page.keyboard.press("Home")  # the lowest threshold: every box the model is at all sure of
+    page.get_by_text("objects at a score of 5% or more").wait_for()
+    _settle(page)
+    caption = page.get_by_text("objects at a score of 5% or more").inner_text()
+    assert int(caption.split()[0]) >= 1, caption
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
+    _shot(page, "predict-boxes")
+
+
 def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # type: ignore[no-untyped-def]
     page, data_dir: Path, tmp_path: Path
 ) -> None:

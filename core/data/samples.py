@@ -224,15 +224,13 @@ SAMPLES = {
         Sample(
             "scenes-boxes",
             "Clothes on textures: boxes",
-            "Detection: 300 synthetic scenes of 4 kinds of clothing (Fashion-MNIST items pasted on "
-            "scikit-image's pictures; exact boxes), in COCO format",
+            "Detection: 300 synthetic scenes, 4 kinds of clothing pasted on pictures; exact boxes (COCO)",
             {"model": "centernet-mobilenet-v2", "image_size": 128, "epochs": 12},
         ),
         Sample(
             "scenes-masks",
             "Clothes on textures: masks",
-            "Segmentation: 300 synthetic scenes of 4 kinds of clothing (Fashion-MNIST items pasted on "
-            "scikit-image's pictures; exact masks)",
+            "Segmentation: 300 synthetic scenes, 4 kinds of clothing pasted on pictures; exact masks",
             {"model": "lraspp-mobilenet-v2", "image_size": 128, "epochs": 12},
         ),
     )

@@ -36,6 +36,7 @@ class Scenes:
     boxes: list[np.ndarray]  # per image float32 [m, 4] x1, y1, x2, y2 at size S (detection)
     labels: list[np.ndarray]  # per image int64 [m] (detection)
     masks: np.ndarray | None  # uint8 [N, S, S] class indices (segmentation)
+    mask_files: list[Path]  # each image's mask file (segmentation)
 
 
 def load_mask(path: Path, size: int) -> np.ndarray:
@@ -61,6 +62,7 @@ def read_scenes(dataset: DatasetInfo, size: int) -> Scenes:
     boxes: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     masks = None
+    mask_files: list[Path] = []
     if dataset.task == "object-detection":
         lookup = {c: i for i, c in enumerate(dataset.schema["classes"])}
         table = pd.read_parquet(root / dataset.schema.get("boxes", "boxes.parquet"))
@@ -78,8 +80,9 @@ def read_scenes(dataset: DatasetInfo, size: int) -> Scenes:
             boxes.append(xyxy[:MAX_OBJECTS])
             labels.append(rows["label"].map(lookup).to_numpy(np.int64)[:MAX_OBJECTS])
     else:
-        masks = np.stack([load_mask(root / "masks" / m, size) for m in index["mask"]])
-    return Scenes(images, files, sizes, boxes, labels, masks)
+        mask_files = [root / "masks" / m for m in index["mask"]]
+        masks = np.stack([load_mask(f, size) for f in mask_files])
+    return Scenes(images, files, sizes, boxes, labels, masks, mask_files)
 
 
 def pad_targets(boxes: list[np.ndarray], labels: list[np.ndarray], slots: int) -> torch.Tensor:

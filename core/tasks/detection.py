@@ -19,6 +19,7 @@ from core.config import RunConfig
 from core.export import ExportConfig, export_onnx
 from core.models import get_model
 from core.models.dense import STRIDE, CenterNet
+from core.runtime import DEFAULT_THRESHOLD
 from core.tasks import ExportCheck, Reference, TaskData, export_metadata, init_from_run, split_indices
 from core.tasks.dense import (
     MAX_OBJECTS,
@@ -253,18 +254,23 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         ],
         freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
         channels_last=True,
-        report=lambda out, y: detection_report(out, y, classes),
+        report=lambda out, y: detection_report(
+            out, y, classes, [scenes.files[i] for i in val_idx], scenes.sizes[val_idx] / cfg.image_size
+        ),
     )
 
 
-def detection_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+def detection_report(
+    out: torch.Tensor, y: torch.Tensor, classes: list[str], files: list[Path], scales: np.ndarray
+) -> dict[str, Any]:
     """AP per class, the precision-recall curve and the worst validation images (lowest share of
-    their objects found at IoU 0.5) for the run's detail page."""
+    their objects found at IoU 0.5, then most false alarms) with their true and found boxes in
+    the image's own pixels (`scales`: per image, original over model size, x and y)."""
     truth, found = split_truth(y), split_found(out)
     result = coco_eval(truth, found, classes)
     worst = []
     for i, ((boxes, labels), (d_boxes, d_scores, d_labels)) in enumerate(zip(truth, found, strict=True)):
-        keep = d_scores >= 0.3
+        keep = d_scores >= REPORT_SCORE
         hits = _matched(boxes, labels, d_boxes[keep], d_labels[keep], 0.5)
         recall = hits / len(boxes) if len(boxes) else 1.0
         false = int(keep.sum()) - hits
@@ -280,8 +286,34 @@ def detection_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) -> 
             for c, ap in zip(classes, result["per_class_ap50"], strict=True)
         ],
         "pr_curve": {"recall": [round(r / 100, 2) for r in range(101)], "precision": result["pr_curve"]},
-        "worst": [{"index": i, "recall": round(r, 4), "false_positives": -f} for r, f, i in worst[:8]],
+        "worst": [
+            {
+                "file": str(files[i]),
+                "recall": round(r, 4),
+                "false_positives": -f,
+                "truth": _rows(truth[i][0], truth[i][1], None, scales[i]),
+                "found": _rows(found[i][0], found[i][2], found[i][1], scales[i]),
+            }
+            for r, f, i in worst[:WORST]
+        ],
     }
+
+
+WORST = 6  # validation images the report keeps, worst first
+REPORT_SCORE = DEFAULT_THRESHOLD  # detections the report keeps for them
+
+
+def _rows(
+    boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None, scale: np.ndarray
+) -> list[list[float]]:
+    """[label, x1, y1, x2, y2] (with score after the label when given) in original pixels."""
+    factor = np.array([scale[0], scale[1], scale[0], scale[1]])
+    keep = np.ones(len(boxes), bool) if scores is None else scores >= REPORT_SCORE
+    rows = []
+    for j in np.flatnonzero(keep):
+        head = [int(labels[j])] + ([round(float(scores[j]), 4)] if scores is not None else [])
+        rows.append(head + [round(float(v), 1) for v in boxes[j] * factor])
+    return rows
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -70,9 +70,11 @@ def metrics_for(k: int) -> Any:
     return evaluate
 
 
-def segmentation_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+def segmentation_report(
+    out: torch.Tensor, y: torch.Tensor, classes: list[str], files: list[tuple[Path, Path]]
+) -> dict[str, Any]:
     """IoU per class, the pixel confusion matrix and the worst validation images (lowest mean
-    IoU of their own classes) for the run's detail page."""
+    IoU of their own classes), each with its true mask, for the run's detail page."""
     k = len(classes)
     matrix = confusion(out, y, k)
     result = scores(matrix)
@@ -91,7 +93,9 @@ def segmentation_report(out: torch.Tensor, y: torch.Tensor, classes: list[str]) 
             {"label": c, "iou": None if v is None else round(v, 4)}
             for c, v in zip(classes, result["iou"], strict=True)
         ],
-        "worst": [{"index": i, "miou": round(v, 4)} for v, i in worst[:8]],
+        "worst": [
+            {"file": str(files[i][0]), "mask": str(files[i][1]), "miou": round(v, 4)} for v, i in worst[:6]
+        ],
     }
 
 
@@ -136,7 +140,9 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         ],
         freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
         channels_last=True,
-        report=lambda out, y: segmentation_report(out, y, classes),
+        report=lambda out, y: segmentation_report(
+            out, y, classes, [(scenes.files[i], scenes.mask_files[i]) for i in val_idx]
+        ),
     )
 
 
