@@ -28,14 +28,22 @@ def draw_boxes(
     scores: Sequence[float] | None = None,
     *,
     dashed: bool = False,
+    min_side: int = 0,
 ) -> np.ndarray:
     """`image` (uint8 HWC RGB) with each box outlined in its class's colour and captioned with
-    the class (and score); `dashed` draws ground truth apart from predictions."""
+    the class (and score); `dashed` draws ground truth apart from predictions. An image whose
+    shorter side is under `min_side` is enlarged first, so that a page showing it wide keeps
+    the captions at reading size."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(image).convert("RGB")
+    factor = max(1, -(-min_side // max(1, min(img.size))))
+    if factor > 1:
+        img = img.resize((img.width * factor, img.height * factor), Image.Resampling.BILINEAR)
+        boxes = [[float(v) * factor for v in box] for box in boxes]
     draw = ImageDraw.Draw(img)
     width = max(1, round(min(img.size) / 160))
+    font = _font(max(10, min(img.size) // 32))
     for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
         colour = _colour(int(label), len(classes))
         x1, y1, x2, y2 = (float(v) for v in box)
@@ -57,12 +65,22 @@ def draw_boxes(
         else:
             draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
         caption = str(classes[int(label)]) + (f" {scores[i]:.0%}" if scores is not None else "")
-        left, top, right, bottom = draw.textbbox((x1, y1), caption)
+        left, top, right, bottom = draw.textbbox((x1, y1), caption, font=font)
         lift = bottom - top + 2
         y_text = y1 - lift if y1 - lift >= 0 else y1
         draw.rectangle([x1, y_text, x1 + right - left + 3, y_text + lift], fill=colour)
-        draw.text((x1 + 2, y_text), caption, fill=(0, 0, 0))
+        draw.text((x1 + 2, y_text), caption, fill=(0, 0, 0), font=font)
     return np.asarray(img)
+
+
+def _font(size: int) -> Any:
+    """Pillow's built-in font at `size` px (its bitmap one where FreeType is missing)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, TypeError):
+        return ImageFont.load_default()
 
 
 def blend_mask(image: np.ndarray, mask: np.ndarray, n_classes: int, opacity: float = 0.5) -> np.ndarray:

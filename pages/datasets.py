@@ -118,7 +118,7 @@ def add_form() -> None:
             st.session_state[_UPLOADER] = st.session_state.get(_UPLOADER, 0) + 1
             st.session_state["datasets-chosen"] = added.id
             notice.after_rerun(
-                f"Added dataset {added.id} '{summary.md(added.name)}': {added.task}, {added.n_items} items."
+                f"Added dataset {added.id} '{summary.md(added.name)}': {added.task}, {added.n_items} {summary.ITEM_WORDS.get(added.task, 'rows')}."
             )
 
 

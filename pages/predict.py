@@ -247,6 +247,7 @@ elif model.task in ("object-detection", "semantic-segmentation"):
                     [model.labels.index(b.label) for b in boxes],
                     model.labels,
                     [b.score for b in boxes],
+                    min_side=480,
                 )
                 left, right = st.columns([3, 2])
                 left.image(
