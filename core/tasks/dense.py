@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.config import RunConfig
 from core.runtime import load_image
-from core.tasks import DeviceLoader, read_index
+from core.tasks import DeviceLoader, TaskData, init_from_run, read_index, split_indices
 from db.queries import DatasetInfo
 
 IGNORE = 255  # mask value for pixels that count for nothing (void)
@@ -210,3 +210,74 @@ def resize_in_graph(images: torch.Tensor, size: int) -> torch.Tensor:
     x = images.permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@dataclass
+class Prepared:
+    """What detection and segmentation runs share before their losses and metrics differ."""
+
+    scenes: Scenes
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    model: Any  # CenterNet or LRASPP (core.models.dense)
+    train: DeviceLoader
+    val: DeviceLoader
+    pretrained: bool
+
+
+def prepare_scenes(dataset: DatasetInfo, cfg: RunConfig, device: str) -> Prepared:
+    """The scenes at the run's size, split (seeded), the registered model (from an earlier run's
+    weights with --init-from) and its loaders; detection targets hold as many boxes as the
+    busiest image (at most MAX_OBJECTS)."""
+    from core.models import get_model
+
+    torch.manual_seed(cfg.seed)
+    scenes = read_scenes(dataset, cfg.image_size)
+    n = len(scenes.images)
+    train_idx, val_idx = split_indices(
+        np.zeros(n, np.int64), stratify=False, val_fraction=cfg.val_fraction, seed=cfg.seed
+    )
+    model = get_model(cfg.model, cfg.task).build(len(dataset.schema["classes"]), cfg)
+    pretrained = bool(model.backbone.pretrained)
+    if cfg.init_from_run is not None:
+        init_from_run(
+            model,
+            cfg.init_from_run,
+            lambda c: (
+                None
+                if c.get("model") == cfg.model
+                else f"trained {c.get('model')}; use --model {c.get('model')}"
+            ),
+        )
+        pretrained = True
+    slots = max(1, min(MAX_OBJECTS, max((len(b) for b in scenes.boxes), default=1)))
+    train, val = loaders(scenes, train_idx, val_idx, cfg, device, slots=slots)
+    return Prepared(scenes, train_idx, val_idx, model, train, val, pretrained)
+
+
+def task_data(prepared: Prepared, cfg: RunConfig, classes: list[str], **task: Any) -> TaskData:
+    """TaskData for a prepared run; `task` gives its loss_fn, evaluate, main_metric and report.
+    A pretrained backbone learns at a tenth of the head's rate unless --backbone-lr-mult says."""
+    model = prepared.model
+    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if prepared.pretrained else 1.0)
+    return TaskData(
+        model=model,
+        train=prepared.train,
+        val=prepared.val,
+        n_train=len(prepared.train_idx),
+        n_val=len(prepared.val_idx),
+        mode="max",
+        extra={
+            "task": cfg.task,
+            "classes": classes,
+            "image_size": cfg.image_size,
+            "pretrained": prepared.pretrained,
+        },
+        param_groups=[
+            {"params": list(model.backbone.parameters()), "lr_mult": mult},
+            {"params": model.head_parameters(), "lr_mult": 1.0},
+        ],
+        freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
+        channels_last=True,
+        **task,
+    )

@@ -17,18 +17,10 @@ from torch.nn import functional as F
 
 from core.config import RunConfig
 from core.export import ExportConfig, export_onnx
-from core.models import get_model
 from core.models.dense import STRIDE, CenterNet
 from core.runtime import DEFAULT_THRESHOLD
-from core.tasks import ExportCheck, Reference, TaskData, export_metadata, init_from_run, split_indices
-from core.tasks.dense import (
-    MAX_OBJECTS,
-    image_input_spec,
-    loaders,
-    read_scenes,
-    resize_in_graph,
-    val_scenes,
-)
+from core.tasks import ExportCheck, Reference, TaskData, export_metadata
+from core.tasks.dense import image_input_spec, prepare_scenes, resize_in_graph, task_data, val_scenes
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("object-detection",)
@@ -213,50 +205,18 @@ def metrics_for(classes: list[str]) -> Any:
 
 
 def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
-    torch.manual_seed(cfg.seed)
     classes: list[str] = dataset.schema["classes"]
-    scenes = read_scenes(dataset, cfg.image_size)
-    n = len(scenes.images)
-    train_idx, val_idx = split_indices(
-        np.zeros(n, np.int64), stratify=False, val_fraction=cfg.val_fraction, seed=cfg.seed
-    )
-    slots = max(1, min(MAX_OBJECTS, max((len(b) for b in scenes.boxes), default=1)))
-    model = get_model(cfg.model, cfg.task).build(len(classes), cfg)
-    assert isinstance(model, CenterNet)
-    pretrained = model.backbone.pretrained
-    if cfg.init_from_run is not None:
-        init_from_run(
-            model,
-            cfg.init_from_run,
-            lambda c: (
-                None
-                if c.get("model") == cfg.model
-                else f"trained {c.get('model')}; use --model {c.get('model')}"
-            ),
-        )
-        pretrained = True
-    train, val = loaders(scenes, train_idx, val_idx, cfg, device, slots=slots)
-    mult = cfg.backbone_lr_mult if cfg.backbone_lr_mult is not None else (0.1 if pretrained else 1.0)
-    return TaskData(
-        model=model,
-        train=train,
-        val=val,
-        n_train=len(train_idx),
-        n_val=len(val_idx),
+    prepared = prepare_scenes(dataset, cfg, device)
+    files = [prepared.scenes.files[i] for i in prepared.val_idx]
+    scales = prepared.scenes.sizes[prepared.val_idx] / cfg.image_size
+    return task_data(
+        prepared,
+        cfg,
+        classes,
         loss_fn=detection_loss,
         evaluate=metrics_for(classes),
         main_metric="val_map50",
-        mode="max",
-        extra={"task": cfg.task, "classes": classes, "image_size": cfg.image_size, "pretrained": pretrained},
-        param_groups=[
-            {"params": list(model.backbone.parameters()), "lr_mult": mult},
-            {"params": model.head_parameters(), "lr_mult": 1.0},
-        ],
-        freeze=list(model.backbone.parameters()) if cfg.freeze_epochs else [],
-        channels_last=True,
-        report=lambda out, y: detection_report(
-            out, y, classes, [scenes.files[i] for i in val_idx], scenes.sizes[val_idx] / cfg.image_size
-        ),
+        report=lambda out, y: detection_report(out, y, classes, files, scales),
     )
 
 
