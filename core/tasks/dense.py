@@ -281,3 +281,75 @@ def task_data(prepared: Prepared, cfg: RunConfig, classes: list[str], **task: An
         channels_last=True,
         **task,
     )
+
+
+def _original_batches(files: list[Path], limit: int) -> list[np.ndarray]:
+    """Original images (up to `limit`) in batches of equal size: the exported input is one size
+    per batch."""
+    from core.runtime import load_original
+
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    for f in files[:limit]:
+        img = load_original(f)
+        groups.setdefault(img.shape, []).append(img)
+    return [np.stack(g[i : i + 16]) for g in groups.values() for i in range(0, len(g), 16)]
+
+
+@dataclass
+class Compared:
+    """PyTorch's and ONNX Runtime's outputs of an exported file, batch by batch."""
+
+    pairs: list[tuple[list[np.ndarray], list[np.ndarray]]]
+    provider: str
+    n: int  # images compared
+
+
+def export_scenes(
+    module: torch.nn.Module,
+    data: TaskData,
+    cfg: RunConfig,
+    dataset: DatasetInfo,
+    path: Path,
+    run_id: int,
+    *,
+    outputs: dict[str, str],
+    limit: int,
+    **extra: Any,
+) -> Compared:
+    """Write `module` (raw images of any size in; `outputs`, name -> meaning, out) to `path` with
+    its metadata, then run it in PyTorch and in ONNX Runtime on up to `limit` of the run's
+    original validation images, for the task to measure their agreement."""
+    from core.export import export_onnx
+    from core.runtime import create_session
+    from core.tasks import export_metadata
+
+    val = val_scenes(data.val)  # type: ignore[arg-type]
+    batches = _original_batches([val.scenes.files[r] for r in val.rows], limit)
+    metadata = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        image_input_spec(),
+        f"decode to RGB (EXIF rotation applied, transparency on white), uint8 NHWC at any size (one size per "
+        f"batch); the resize to {cfg.image_size}x{cfg.image_size} and the normalisation are in the graph",
+        output=next(iter(outputs)),
+        outputs=outputs,
+        **extra,
+    )
+    example = torch.from_numpy(np.repeat(batches[0][:1], 2, axis=0))  # batch 2: torch.export fixes sizes of 1
+    export_onnx(
+        module,
+        (example,),
+        path,
+        input_names=["image"],
+        output_name=list(outputs),
+        metadata=metadata,
+        dynamic_image=True,
+    )
+    session = create_session(path)
+    pairs = []
+    with torch.no_grad():
+        for batch in batches:
+            expected = [t.numpy() for t in module(torch.from_numpy(batch))]
+            pairs.append((expected, [np.asarray(o) for o in session.run(None, {"image": batch})]))
+    return Compared(pairs, str(session.get_providers()[0]), sum(len(b) for b in batches))

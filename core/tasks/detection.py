@@ -16,11 +16,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from core.config import RunConfig
-from core.export import ExportConfig, export_onnx
+from core.export import ExportConfig
 from core.models.dense import STRIDE, CenterNet
 from core.runtime import DEFAULT_THRESHOLD
-from core.tasks import ExportCheck, Reference, TaskData, export_metadata
-from core.tasks.dense import image_input_spec, prepare_scenes, resize_in_graph, task_data, val_scenes
+from core.tasks import ExportCheck, Reference, TaskData
+from core.tasks.dense import export_scenes, prepare_scenes, resize_in_graph, task_data
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("object-detection",)
@@ -339,77 +339,37 @@ class Detector(nn.Module):
         return boxes * scale, scores, labels
 
 
-def _by_size(files: list[Path], limit: int) -> list[np.ndarray]:
-    """Original validation images in batches of equal size (the exported input is one size per
-    batch), up to `limit` images."""
-    from core.runtime import load_original
-
-    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
-    for f in files[:limit]:
-        img = load_original(f)
-        groups.setdefault(img.shape, []).append(img)
-    return [np.stack(g[i : i + 16]) for g in groups.values() for i in range(0, len(g), 16)]
-
-
 MAX_PARITY_IMAGES = 128
 
 
 def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
     """model.onnx: raw images in, boxes/scores/labels out; checked on original validation images
     by box agreement (same label at IoU >= 0.9) and the largest score difference."""
-    from core.runtime import create_session
+    from core.errors import ExportError
 
     assert isinstance(data.model, CenterNet)
     module = Detector(data.model.to("cpu").to(memory_format=torch.contiguous_format), cfg.image_size).eval()
-    val = val_scenes(data.val)  # type: ignore[arg-type]
-    batches = _by_size([val.scenes.files[r] for r in val.rows], MAX_PARITY_IMAGES)
-    metadata = export_metadata(
-        cfg,
-        dataset,
-        run_id,
-        image_input_spec(),
-        f"decode to RGB (EXIF rotation applied, transparency on white), uint8 NHWC at any size (one size per "
-        f"batch); resizing to {cfg.image_size}x{cfg.image_size} and normalisation are in the graph",
-        output="boxes",
-        outputs={
-            "boxes": "[batch, top_k, 4] x1, y1, x2, y2 in the input image's pixels",
-            "scores": "[batch, top_k] confidence 0-1, best first",
-            "labels": "[batch, top_k] class index into ascent.labels",
-        },
-        top_k=TOP_K,
+    outputs = {
+        "boxes": "[batch, top_k, 4] x1, y1, x2, y2 in the input image's pixels",
+        "scores": "[batch, top_k] confidence 0-1, best first",
+        "labels": "[batch, top_k] class index into ascent.labels",
+    }
+    compared = export_scenes(
+        module, data, cfg, dataset, path, run_id, outputs=outputs, limit=MAX_PARITY_IMAGES, top_k=TOP_K
     )
-    example = torch.from_numpy(np.repeat(batches[0][:1], 2, axis=0))  # batch 2: torch.export fixes sizes of 1
-    export_onnx(
-        module,
-        (example,),
-        path,
-        input_names=["image"],
-        output_name=["boxes", "scores", "labels"],
-        metadata=metadata,
-        dynamic_image=True,
-    )
-    session = create_session(path)
-    mine, theirs, diff = [], [], 0.0
-    with torch.no_grad():
-        for batch in batches:
-            expected = [t.numpy() for t in module(torch.from_numpy(batch))]
-            got = session.run(None, {"image": batch})
-            diff = max(diff, float(np.abs(expected[1] - got[1]).max()))
-            mine += list(zip(*expected, strict=True))
-            theirs += list(zip(*got, strict=True))
+    mine = [found for expected, _ in compared.pairs for found in zip(*expected, strict=True)]
+    theirs = [found for _, got in compared.pairs for found in zip(*got, strict=True)]
     agreement = box_agreement(mine, theirs)
     check = ExportCheck(
         path=str(path),
-        max_abs_diff=diff,
+        max_abs_diff=max(float(np.abs(e[1] - g[1]).max()) for e, g in compared.pairs),
         top1_agreement=agreement,
-        n_samples=len(mine),
-        provider=str(session.get_providers()[0]),
+        n_samples=compared.n,
+        provider=compared.provider,
         bytes=path.stat().st_size,
         agreement="box_agreement",
     )
     if agreement < ExportConfig().min_top1_agreement:
-        from core.errors import ExportError
-
         raise ExportError(
             f"ONNX Runtime finds only {agreement:.1%} of PyTorch's boxes (same label, IoU >= 0.9)"
         )

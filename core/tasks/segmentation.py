@@ -17,10 +17,10 @@ from torch.nn import functional as F
 
 from core.config import RunConfig
 from core.errors import ExportError
-from core.export import ExportConfig, export_onnx
+from core.export import ExportConfig
 from core.models.dense import LRASPP
-from core.tasks import ExportCheck, Reference, TaskData, export_metadata
-from core.tasks.dense import IGNORE, image_input_spec, prepare_scenes, resize_in_graph, task_data, val_scenes
+from core.tasks import ExportCheck, Reference, TaskData
+from core.tasks.dense import IGNORE, export_scenes, prepare_scenes, resize_in_graph, task_data
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("semantic-segmentation",)
@@ -141,52 +141,25 @@ MIN_PIXEL_AGREEMENT = 0.99
 def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
     """model.onnx: raw images in, a class mask at the input's size out; checked on original
     validation images by pixel agreement and the largest confidence difference."""
-    from core.runtime import create_session
-    from core.tasks.detection import _by_size
-
     assert isinstance(data.model, LRASPP)
     module = Segmenter(data.model.to("cpu").to(memory_format=torch.contiguous_format), cfg.image_size).eval()
-    val = val_scenes(data.val)  # type: ignore[arg-type]
-    batches = _by_size([val.scenes.files[r] for r in val.rows], MAX_PARITY_IMAGES)
-    metadata = export_metadata(
-        cfg,
-        dataset,
-        run_id,
-        image_input_spec(),
-        f"decode to RGB (EXIF rotation applied, transparency on white), uint8 NHWC at any size (one size per "
-        f"batch); resizing to {cfg.image_size}x{cfg.image_size} and back, and normalisation, are in the graph",
-        output="mask",
-        outputs={
-            "mask": "[batch, height, width] uint8 class index into ascent.labels, at the input's size",
-            "confidence": "[batch, height, width] probability of that class",
-        },
+    outputs = {
+        "mask": "[batch, height, width] uint8 class index into ascent.labels, at the input's size",
+        "confidence": "[batch, height, width] probability of that class",
+    }
+    compared = export_scenes(
+        module, data, cfg, dataset, path, run_id, outputs=outputs, limit=MAX_PARITY_IMAGES
     )
-    export_onnx(
-        module,
-        (torch.from_numpy(np.repeat(batches[0][:1], 2, axis=0)),),  # batch 2: sizes of 1 are fixed
-        path,
-        input_names=["image"],
-        output_name=["mask", "confidence"],
-        metadata=metadata,
-        dynamic_image=True,
-    )
-    session = create_session(path)
-    same = total = 0
-    diff = 0.0
-    with torch.no_grad():
-        for batch in batches:
-            mask, conf = (t.numpy() for t in module(torch.from_numpy(batch)))
-            got_mask, got_conf = session.run(None, {"image": batch})
-            same += int((mask == got_mask).sum())
-            total += mask.size
-            diff = max(diff, float(np.abs(conf - got_conf).max()))
+    same = sum(int((e[0] == g[0]).sum()) for e, g in compared.pairs)
+    total = sum(e[0].size for e, _ in compared.pairs)
+    diff = max(float(np.abs(e[1] - g[1]).max()) for e, g in compared.pairs)
     agreement = same / total if total else 1.0
     check = ExportCheck(
         path=str(path),
         max_abs_diff=diff,
         top1_agreement=agreement,
-        n_samples=sum(len(b) for b in batches),
-        provider=str(session.get_providers()[0]),
+        n_samples=compared.n,
+        provider=compared.provider,
         bytes=path.stat().st_size,
         agreement="pixel_agreement",
     )
