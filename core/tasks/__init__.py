@@ -291,6 +291,16 @@ def init_from_run(
     print(f"initialised from run {run_id}" + (f"; new: {', '.join(fresh)}" if fresh else ""), flush=True)
 
 
+def same_model(cfg: RunConfig) -> Callable[[dict[str, Any]], str | None]:
+    """For init_from_run: an earlier run can seed this one only when it trained the same model."""
+
+    def refuse(earlier: dict[str, Any]) -> str | None:
+        model = earlier.get("model")
+        return None if model == cfg.model else f"trained {model}; fine-tune it with --model {model}"
+
+    return refuse
+
+
 class Task(Protocol):
     """What a task module provides (modules satisfy it structurally)."""
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.config import RunConfig
 from core.runtime import load_image
-from core.tasks import DeviceLoader, TaskData, init_from_run, read_index, split_indices
+from core.tasks import DeviceLoader, TaskData, init_from_run, read_index, same_model, split_indices
 from db.queries import DatasetInfo
 
 IGNORE = 255  # mask value for pixels that count for nothing (void)
@@ -240,15 +240,7 @@ def prepare_scenes(dataset: DatasetInfo, cfg: RunConfig, device: str) -> Prepare
     model = get_model(cfg.model, cfg.task).build(len(dataset.schema["classes"]), cfg)
     pretrained = bool(model.backbone.pretrained)
     if cfg.init_from_run is not None:
-        init_from_run(
-            model,
-            cfg.init_from_run,
-            lambda c: (
-                None
-                if c.get("model") == cfg.model
-                else f"trained {c.get('model')}; use --model {c.get('model')}"
-            ),
-        )
+        init_from_run(model, cfg.init_from_run, same_model(cfg))
         pretrained = True
     slots = max(1, min(MAX_OBJECTS, max((len(b) for b in scenes.boxes), default=1)))
     train, val = loaders(scenes, train_idx, val_idx, cfg, device, slots=slots)

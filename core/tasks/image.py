@@ -33,6 +33,7 @@ from core.tasks import (
     features_key,
     init_from_run,
     read_index,
+    same_model,
     split_indices,
 )
 from db.queries import DatasetInfo
@@ -112,15 +113,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     model = ImageClassifier(net)
     pretrained = net.pretrained
     if cfg.init_from_run is not None:
-        init_from_run(
-            model,
-            cfg.init_from_run,
-            lambda c: (
-                None
-                if c.get("model") == cfg.model
-                else f"trained {c.get('model')}; fine-tune it with --model {c.get('model')}"
-            ),
-        )
+        init_from_run(model, cfg.init_from_run, same_model(cfg))
         pretrained = True
 
     size = cfg.image_size
