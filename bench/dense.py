@@ -6,8 +6,10 @@ the sample is built and added, a run is queued with the sample's quick-start set
 trial's overrides), the worker trains and exports it, and `predict` runs on one scene. Reported:
 the best validation metrics (COCO mAP at IoU 0.5 and 0.5:0.95; mean IoU and pixel accuracy), the
 export check's agreement, seconds from the click to the prediction, medians over `--seeds`.
+With `--certify`, each trained run's certificate is then measured (`python -m core export
+--variants fp32,int8,fp16`, outside the timed seconds) and its table printed.
 
-    python bench/dense.py [--seeds 0,1,2] [--only boxes,masks,boxes-20,masks-192]
+    python bench/dense.py [--seeds 0,1,2] [--only boxes,masks,boxes-20,masks-192] [--certify]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _run(argv: list[str], env: dict[str, str]) -> str:
     return done.stdout.strip()
 
 
-def trial(name: str, seed: int) -> dict[str, Any]:
+def trial(name: str, seed: int, certify: bool = False) -> dict[str, Any]:
     key, overrides = TRIALS[name]
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "ASCENT_HOME": home, "ASCENT_DEVICE": "cpu"}
@@ -85,6 +87,9 @@ def trial(name: str, seed: int) -> dict[str, Any]:
             env,
         )
         seconds = time.perf_counter() - began
+        if certify:
+            argv = ["export", "--run", str(queued["run"]), "--variants", "fp32,int8,fp16"]
+            print(f"{name} seed {seed}:\n" + _run([sys.executable, "-m", "core", *argv], env), flush=True)
         main, second, agreement = METRICS[key]
         best = {
             main: shown["best_metrics"][main],
@@ -98,11 +103,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--only", default="boxes,masks")
+    parser.add_argument("--certify", action="store_true", help="measure each run's certificate too")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for name in args.only.split(","):
-        results = [trial(name, seed) for seed in seeds]
+        results = [trial(name, seed, args.certify) for seed in seeds]
         keys = [k for k in results[0] if k not in ("trial", "seed")]
         row = {
             "trial": name,

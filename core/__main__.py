@@ -639,7 +639,7 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
         "variant",
         "status",
         "metric (change)",
-        "top-1 agree",
+        "agreement",
         "max diff",
         "p50 ms b1",
         "p50 ms b32",

@@ -31,7 +31,8 @@ from core import atomic, jobs
 from core.access import LOCAL, Action, Actor, require
 from core.config import RunConfig, database
 from core.errors import ConfigError, ExportError
-from core.runtime import outputs
+from core.quantize import top1
+from core.runtime import all_outputs
 from db import queries
 from db.queries import ExportInfo
 from db.session import session_scope
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 
 VARIANTS = ("fp32", "int8", "fp16")
 LOG = "certificate.log"  # in the run folder: what a background measurement says
-# Top-1 agreement with PyTorch under which a variant is flagged.
+# Agreement with PyTorch (top-1 classes, or boxes or pixels as the task measures it) under which
+# a variant is flagged.
 MIN_AGREEMENT = {"fp32": 0.99, "int8": 0.95, "fp16": 0.99}
 BATCHES = (1, 32)
 INPUTS_FILE = "certificate-inputs.npz"
@@ -55,22 +57,32 @@ def _chunks(inputs: tuple[np.ndarray, ...], size: int = 64) -> list[tuple[np.nda
     return [tuple(x[i : i + size] for x in inputs) for i in range(0, n, size)]
 
 
-def _torch_outputs(ref: Reference) -> np.ndarray:
+def _torch_outputs(ref: Reference) -> list[np.ndarray]:
+    """Each of the module's outputs over the whole validation split."""
     import torch
 
+    parts = []
     with torch.no_grad():
-        return np.concatenate(
-            [
-                ref.module(*(torch.from_numpy(x) for x in chunk)).float().numpy()
-                for chunk in _chunks(ref.inputs)
-            ]
-        )
+        for chunk in _chunks(ref.inputs):
+            out = ref.module(*(torch.from_numpy(x) for x in chunk))
+            parts.append([t.numpy() for t in (out if isinstance(out, tuple | list) else (out.float(),))])
+    return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-def _metric(out: np.ndarray, ref: Reference) -> tuple[str, float]:
+def _metric(out: list[np.ndarray], ref: Reference) -> tuple[str, float]:
+    if ref.score is not None:
+        return ref.score(out)
     if ref.classification:
-        return "accuracy", float((out.argmax(1) == ref.targets).mean())
-    return "rmse", float(np.sqrt(np.mean((out.reshape(-1) - ref.targets) ** 2)))
+        return "accuracy", float((out[0].argmax(1) == ref.targets).mean())
+    return "rmse", float(np.sqrt(np.mean((out[0].reshape(-1) - ref.targets) ** 2)))
+
+
+def _agreement(ref: Reference, expected: list[np.ndarray], got: list[np.ndarray]) -> float | None:
+    """How much of PyTorch's answers a variant reproduces, as the task measures it (None for
+    regression, judged by its metric alone)."""
+    if ref.agree is not None:
+        return ref.agree(expected, got)
+    return top1(expected, got) if ref.classification else None
 
 
 def _latency_inputs(ref: Reference, folder: Path) -> Path:
@@ -190,7 +202,9 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
 
         dst = run_dir / "model.int8.onnx"
         if ref.calibration and has_convolutions(fp32):
-            done = quantize_static_int8(fp32, dst, ref.calibration)
+            done = quantize_static_int8(
+                fp32, dst, ref.calibration, agree=ref.agree or top1, agreement=ref.agreement
+            )
             return done.path, done.method
         return quantize_dynamic_int8(fp32, dst), "dynamic int8 (weights int8, activations per batch)"
     if variant == "fp16":
@@ -226,10 +240,6 @@ def certify(
         os.close(run_lock)
 
 
-# Tasks whose variants need an agreement of their own (boxes, pixels): issue 16's next part.
-UNCERTIFIED_TASKS = ("object-detection", "semantic-segmentation")
-
-
 def _check(run_id: int, variants: tuple[str, ...] | None) -> tuple[str, ...]:
     """The variants to measure, once the run can have a certificate (nothing written yet)."""
     from core.train import BEST
@@ -241,11 +251,6 @@ def _check(run_id: int, variants: tuple[str, ...] | None) -> tuple[str, ...]:
     if run.status != "succeeded" or not (jobs.run_dir(run_id) / BEST).exists():
         raise ConfigError(
             f"run {run_id} is {run.status}; only a finished run with a checkpoint has a certificate"
-        )
-    if run.task in UNCERTIFIED_TASKS:
-        raise ConfigError(
-            f"run {run_id} is {run.task}: its certificate (int8 and fp16 variants) is not built yet; "
-            "its model.onnx was checked against PyTorch when it was exported"
         )
     jobs.run_dataset(run)
     return variants or tuple(v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers())
@@ -269,7 +274,7 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
     expected = _torch_outputs(ref)
     metric_name, baseline = _metric(expected, ref)
     inputs = _latency_inputs(ref, run_dir)
-    n = len(expected)
+    n = len(ref.inputs[0])
     step("PyTorch (the baseline): timing it at batch 1 and 32")
     torch_rows = _measure_fresh(f"run:{run_id}", inputs, "pytorch-cpu")
     records = [
@@ -279,7 +284,7 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
             path=run_dir / BEST,
             method="PyTorch eager, the best checkpoint (baseline)",
             max_abs_diff=0.0,
-            top1_agreement=1.0 if ref.classification else None,
+            top1_agreement=1.0 if ref.classification or ref.agree else None,
             metric=(metric_name, baseline, 0.0),
             n=n,
             rows=torch_rows,
@@ -290,9 +295,10 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
         step(f"{variant}: making the file")
         path, method = _variant_file(variant, run_dir, ref)
         step(f"{variant}: checking it on the {n} validation samples")
-        got = outputs(path, ref.inputs)
-        agreement = float((got.argmax(1) == expected.argmax(1)).mean()) if ref.classification else None
+        got = all_outputs(path, ref.inputs)
+        agreement = _agreement(ref, expected, got)
         _, value = _metric(got, ref)
+        k = ref.compared_output
         step(f"{variant}: timing it at batch 1 and 32")
         rows = [r for provider in _providers() for r in _measure_fresh(str(path), inputs, provider)]
         flagged = agreement is not None and agreement < MIN_AGREEMENT[variant]
@@ -302,7 +308,7 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
                 variant,
                 path=path,
                 method=method,
-                max_abs_diff=float(np.abs(got - expected).max()),
+                max_abs_diff=float(np.abs(got[k].astype(np.float64) - expected[k]).max()),
                 top1_agreement=agreement,
                 metric=(metric_name, value, value - baseline),
                 n=n,

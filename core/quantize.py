@@ -20,7 +20,7 @@ lost most of the spoken-words model's answers.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,17 @@ from typing import Any
 import numpy as np
 
 from core.errors import ExportError
-from core.runtime import outputs
+from core.runtime import all_outputs
 
 CALIBRATION_SAMPLES = 128  # at most this many training samples set the activation ranges
 CHECK_SAMPLES = 128  # at most this many others choose the recipe
 STATIC_TARGET = 0.99  # top-1 agreement with fp32 on the check samples a recipe must reach
 CPU = ["CPUExecutionProvider"]  # int8 is made for, and checked on, the CPU
+AGREEMENT_WORDS = {
+    "top1_agreement": "top-1 agreement",
+    "box_agreement": "box agreement (same label, IoU >= 0.9)",
+    "pixel_agreement": "pixel agreement",
+}
 
 
 def preprocess(src: Path, pre: Path) -> None:
@@ -110,6 +115,7 @@ class Layers:
 
     before: list[str]  # everything not downstream of the first convolution
     head: list[str]  # Gemm/MatMul after the convolutions (the classifier)
+    after: list[str]  # everything past the last convolution of every path (pooling, decoding)
     first: list[str]  # the first convolution
     last: list[str]  # the last convolution
     depthwise: list[str]  # convolutions with one filter per channel
@@ -134,12 +140,25 @@ def layers(model: Any) -> Layers:
         for out in node.output:
             stack.extend(consumers.get(out, []))
 
+    producer = {out: n for n in nodes for out in n.output}
+    feeds_conv: set[str] = set()
+    stack = list(convs)
+    while stack:
+        node = stack.pop()
+        for name in node.input:
+            if (source := producer.get(name)) is not None and source.name not in feeds_conv:
+                feeds_conv.add(source.name)
+                stack.append(source)
+
     def group(n: Any) -> int:
         return next((a.i for a in n.attribute if a.name == "group"), 1)
 
     return Layers(
         before=[n.name for n in nodes if n.name not in downstream],
         head=[n.name for n in nodes if n.op_type in ("Gemm", "MatMul") and n.name in downstream],
+        after=[
+            n.name for n in nodes if n.name in downstream and n.name not in feeds_conv and n.op_type != "Conv"
+        ],
         first=[convs[0].name],
         last=[convs[-1].name] if len(convs) > 1 else [],
         depthwise=[n.name for n in convs if group(n) > 1],
@@ -213,14 +232,27 @@ def split_samples(
     return tuple(x[:cut] for x in samples), tuple(x[cut:end] for x in samples)
 
 
+def top1(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Share of samples whose top class (first output) is the same."""
+    return float((got[0].argmax(1) == expected[0].argmax(1)).mean())
+
+
 def quantize_static_int8(
-    src: Path, dst: Path, samples: Sequence[np.ndarray], *, target: float = STATIC_TARGET
+    src: Path,
+    dst: Path,
+    samples: Sequence[np.ndarray],
+    *,
+    target: float = STATIC_TARGET,
+    agree: Callable[[list[np.ndarray], list[np.ndarray]], float] = top1,
+    agreement: str = "top1_agreement",
 ) -> StaticResult:
     """Static QDQ int8 of the convolution net `src`, calibrated on `samples` (training inputs in
     the file's input format, in its input order, shuffled), written to `dst` with its metadata.
 
-    Recipes are tried in the order of RECIPES; the first whose agreement on the check samples
-    reaches `target` is kept, else the one that agreed best."""
+    Recipes are tried in the order of RECIPES; the first whose agreement with the float file on
+    the check samples (`agree(float outputs, int8 outputs)`, named `agreement`: top-1 classes by
+    default, boxes or pixels for detection and segmentation) reaches `target` is kept, else the
+    one that agreed best."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -233,10 +265,11 @@ def quantize_static_int8(
         model = onnx.load(str(pre))
         parts, names = layers(model), input_names(model)
         calibration, check = split_samples(samples)
-        expected = outputs(src, check, CPU).argmax(1)
+        expected = all_outputs(src, check, CPU)
         attempts: list[Attempt] = []
         for (recipe, kept), path in zip(RECIPES, tries, strict=True):
-            exclude = parts.before + parts.head + [n for part in kept for n in getattr(parts, part)]
+            exclude = parts.before + parts.head + parts.after
+            exclude += [n for part in kept for n in getattr(parts, part)]
             try:
                 quantize_static(
                     pre,
@@ -249,12 +282,12 @@ def quantize_static_int8(
                     calibrate_method=CalibrationMethod.MinMax,
                     nodes_to_exclude=exclude,
                 )  # MinMax keeps only per-batch minima and maxima: little memory
-                agreement = float((outputs(path, check, CPU).argmax(1) == expected).mean())
+                share = agree(expected, all_outputs(path, check, CPU))
             except Exception as exc:  # a recipe the quantiser cannot do; the next may work
                 attempts.append(Attempt(recipe, None, f"{type(exc).__name__}: {exc}"))
                 continue
-            attempts.append(Attempt(recipe, agreement))
-            if agreement >= target:
+            attempts.append(Attempt(recipe, share))
+            if share >= target:
                 break
         done = [(a, p) for a, p in zip(attempts, tries, strict=False) if a.agreement is not None]
         if not done:
@@ -273,8 +306,9 @@ def quantize_static_int8(
     on = f"{same} other training samples" if same else "the same samples (too few to set some aside)"
     method = (
         f"static int8 (QDQ, per-channel weights, activations calibrated on {len(calibration[0])} "
-        f"training samples); {best.recipe}, layers before the first convolution and the head fp32; "
-        f"chosen with top-1 agreement {best.agreement:.3f} against fp32 on {on} (recipes tried: "
+        f"training samples); {best.recipe}, layers before the first convolution and after the last fp32; "
+        f"chosen with {AGREEMENT_WORDS.get(agreement, agreement)} {best.agreement:.3f} against fp32 on {on} "
+        "(recipes tried: "
         + ", ".join("failed" if a.agreement is None else f"{a.agreement:.3f}" for a in attempts)
         + ")"
     )

@@ -288,20 +288,24 @@ def create_session(path: str | Path, providers: Sequence[str] | None = None) -> 
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def all_outputs(
+    path: str | Path, inputs: Sequence[np.ndarray], providers: Sequence[str] | None = None, batch: int = 64
+) -> list[np.ndarray]:
+    """Every output of the file over whole input arrays (in its input order), `batch` rows a call."""
+    session = create_session(path, providers)
+    names = [i.name for i in session.get_inputs()]
+    parts = [
+        session.run(None, {k: x[i : i + batch] for k, x in zip(names, inputs, strict=True)})
+        for i in range(0, len(inputs[0]), batch)
+    ]
+    return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(parts[0]))]
+
+
 def outputs(
     path: str | Path, inputs: Sequence[np.ndarray], providers: Sequence[str] | None = None, batch: int = 64
 ) -> np.ndarray:
     """The file's first output over whole input arrays (in its input order), `batch` rows a call."""
-    session = create_session(path, providers)
-    names = [i.name for i in session.get_inputs()]
-    return np.concatenate(
-        [
-            np.asarray(
-                session.run(None, {k: x[i : i + batch] for k, x in zip(names, inputs, strict=True)})[0]
-            )
-            for i in range(0, len(inputs[0]), batch)
-        ]
-    )
+    return all_outputs(path, inputs, providers, batch)[0]
 
 
 def _cuda_driver_present() -> bool:

@@ -49,7 +49,11 @@ METRIC_NAMES = {
     "export_n_samples": "ONNX samples checked",
     "accuracy": "accuracy",  # the certificate's, on the whole validation split
     "rmse": "RMSE",
+    "map50": "mAP@0.5",
+    "miou": "mean IoU",
 }
+# What a certificate's agreement column measures, by task (top-1 classes elsewhere).
+AGREEMENT_WORDS = {"object-detection": "box agreement", "semantic-segmentation": "pixel agreement"}
 # Metrics whose best value means nothing (a schedule, a speed, a count): only their last counts.
 NO_BEST = frozenset({"lr", "samples_per_sec", "export_n_samples"})
 
@@ -180,8 +184,9 @@ def _fastest_exports(run_ids: list[int]) -> dict[int, ExportInfo]:
     return best
 
 
-def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
-    """One row per variant: fidelity, metric, size, and p50/p95 per provider and batch."""
+def certificate_table(records: list[ExportInfo], agreement: str = "top-1 agreement") -> pd.DataFrame:
+    """One row per variant: fidelity (`agreement` names its column), metric, size, and p50/p95
+    per provider and batch."""
     rows = []
     for r in records:
         row: dict[str, Any] = {
@@ -189,7 +194,7 @@ def certificate_table(records: list[ExportInfo]) -> pd.DataFrame:
             "status": r.status,
             metric_label(r.metric_name or "metric"): r.metric_value,
             "change": r.metric_change,
-            "top-1 agreement": r.top1_agreement,
+            agreement: r.top1_agreement,
             "max |diff|": r.max_abs_diff,
             "size (MB)": round(r.bytes / 1e6, 3),
         }

@@ -466,17 +466,12 @@ if "export_max_abs_diff" in run.metrics:
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
 
 offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
-if run.status == "succeeded" and run.task in certificate.UNCERTIFIED_TASKS:
-    st.subheader("Export certificate")
-    st.caption(
-        "Not available for detection and segmentation yet: the exported file was checked against "
-        "PyTorch on the validation images above (Export check)."
-    )
-elif run.status == "succeeded":
+if run.status == "succeeded":
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
+    agreement = summary.AGREEMENT_WORDS.get(run.task, "top-1 agreement")
     if records:
-        table = summary.certificate_table(records)
+        table = summary.certificate_table(records, agreement)
         st.dataframe(
             numbers(table).apply(
                 lambda row: ["background-color: #fde2e1" if row["status"] == "flagged" else "" for _ in row],
@@ -488,15 +483,21 @@ elif run.status == "succeeded":
             column_config={
                 **{c: c.removesuffix(" (ms)") for c in table.columns if c.endswith(" (ms)")},
                 "top-1 agreement": "top-1",
+                "box agreement": "boxes alike",
+                "pixel agreement": "pixels alike",
                 "peak memory (MB)": "peak memory",
             },
         )
+        compared = {
+            "object-detection": " max |diff| compares the boxes' scores.",
+            "semantic-segmentation": " max |diff| compares the pixels' confidences.",
+        }
         st.caption(
             "Latency in ms at batch 1 and 32: p50 is the median call, p95 the 95th percentile. "
-            "Size and peak memory in MB."
+            "Size and peak memory in MB." + compared.get(run.task, "")
         )
         if any(r.status == "flagged" for r in records):
-            st.warning("Flagged variants agree with PyTorch on fewer top-1 classes than their threshold.")
+            st.warning(f"Flagged variants' {agreement} with PyTorch is under their threshold.")
         with st.expander("How each variant was made"):
             st.markdown("\n".join(f"- **{r.variant}**: {r.method}" for r in records))
         buttons = st.container(horizontal=True)

@@ -176,3 +176,17 @@ def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("big") / "big.csv"
     df.to_csv(path, index=False)
     return path
+
+
+def train_here(*run_ids: int) -> None:
+    """Train, export and close these queued runs in this process, in order, as a worker's child
+    would: for tests about what a run leaves, not about the worker (a Worker starts a Python
+    process per run, about 5 s each on this CPU)."""
+    from core import jobs
+    from core.execute import execute_run
+
+    for run_id in run_ids:
+        claimed = jobs.claim("test")
+        assert claimed is not None and claimed.id == run_id, claimed
+        assert execute_run(run_id) == 0, jobs.get_run(run_id).error
+        assert jobs.get_run(run_id).status == "succeeded"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import train_here
 from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
@@ -236,7 +237,6 @@ def test_the_router_shows_only_a_sign_in_form_until_someone_signs_in(home: Path,
 @pytest.fixture
 def team(home: Path, data_dir: Path) -> dict[str, int]:
     """An admin, a member and a viewer; a dataset and a finished run of the member's."""
-    from core.worker import Worker
 
     access.add_user("ada", "correct horse")
     access.add_user("bob", "battery staple", "member")
@@ -244,8 +244,7 @@ def team(home: Path, data_dir: Path) -> dict[str, int]:
     bob = Actor("bob", Role.MEMBER)
     ds = ingest_file(data_dir / "wine.csv", actor=bob, name="bob's wine")
     run = jobs.submit(jobs.config_for(ds.id, epochs=2, name="![x](http://127.0.0.1:9/x)"), actor=bob)
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
-    assert jobs.get_run(run.id).status == "succeeded"
+    train_here(run.id)
     return {"dataset": ds.id, "run": run.id}
 
 

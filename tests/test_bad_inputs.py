@@ -460,7 +460,6 @@ CASES: dict[str, Case] = {
     "predict masks into a file": Case(
         ["predict", "--run", "{run:masks}", "{tiny.png}", "--out", "{wine.csv}"], "is a file; give a folder"
     ),
-    "certify a segmentation run": Case(["export", "--run", "{run:masks}"], "is not built yet"),
     "predict an image that is not one": Case(
         ["predict", "--run", "{run:image}", "{not-an-image.png}"], "not a readable image"
     ),

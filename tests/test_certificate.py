@@ -6,19 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import train_here
 from test_cli import cli, cli_json
 
 from core import certificate, jobs
 from core.data.ingest import ingest_file
 from core.errors import ConfigError
-from core.worker import Worker
 
 
 @pytest.fixture
 def wine_run(home: Path, data_dir: Path) -> int:
     ds = ingest_file(data_dir / "wine.csv")
     run = jobs.submit(jobs.config_for(ds.id, epochs=5))
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(run.id)
     assert jobs.get_run(run.id).status == "succeeded"
     return run.id
 
@@ -80,7 +80,7 @@ def test_certificates_of_an_image_and_a_text_model(home: Path, tmp_path: Path) -
         jobs.submit(jobs.config_for(images.id, model="small-cnn", image_size=32, epochs=2, workers=0)).id,
         jobs.submit(jobs.config_for(texts.id, model="text-cnn", epochs=3)).id,
     ]
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(*ids)
     for run_id, n_val in zip(ids, (8, 20), strict=True):
         assert jobs.get_run(run_id).status == "succeeded"
         base, fp32, int8 = certificate.certify(run_id)
@@ -155,7 +155,7 @@ def test_best_trade_offs_are_marked(home: Path, data_dir: Path) -> None:
 
     ds = ingest_file(data_dir / "wine.csv")
     ids = [jobs.submit(jobs.config_for(ds.id, epochs=3, model=m)).id for m in ("mlp", "linear")]
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(*ids)
     for run_id in ids:
         certificate.certify(run_id, ("fp32",))
     points = summary.tradeoffs(ids)
@@ -199,7 +199,7 @@ def test_one_measurement_per_run_and_a_bounded_number_in_all(
     a second start of the same run, or one past ASCENT_MAX_MEASUREMENTS, is refused in words,
     and the locks go with the process."""
     other = jobs.submit(jobs.config_for(jobs.get_run(wine_run).dataset_id or 0, epochs=2)).id
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(other)
     monkeypatch.setenv("ASCENT_MAX_MEASUREMENTS", "1")
     proc = certificate.start(wine_run)
     try:

@@ -1,6 +1,7 @@
 """Detection and segmentation: every dense model trains a step and exports with parity on images
 of any size; the targets, decoding and metrics on known boxes and masks; a whole run from a
-synthetic scenes zip to `predict --json` (boxes, and palette masks written to --out)."""
+synthetic scenes zip to its certificate and `predict --json` (boxes, and palette masks written to
+--out)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import checkpoint, jobs, summary
+from core import certificate, checkpoint, jobs, summary
 from core.data import scenes
 from core.data.ingest import ingest_file
 from core.execute import execute_run
@@ -150,6 +151,12 @@ def test_coco_metrics_and_agreement_on_known_boxes() -> None:
     assert coco_eval(truth, wrong_label, ["a", "b"])["per_class_ap50"][0] == 0.0
     assert box_agreement(perfect, perfect) == 1.0
     assert box_agreement(perfect, shifted) == 0.5  # IoU 7/13 is below the 0.9 agreement
+    # Low-scoring peaks count only as an image's best box (so an untrained model is judged too).
+    faint = [(truth[0][0], np.array([0.9, 0.1]), truth[0][1])]
+    moved = [(np.array([[0.0, 0, 10, 10], [25, 25, 35, 35]]), np.array([0.9, 0.1]), truth[0][1])]
+    assert box_agreement(faint, moved) == 1.0
+    unsure = [(shifted[0][0], np.array([0.2, 0.1]), truth[0][1])]
+    assert box_agreement(unsure, perfect) == 0.0
 
 
 def test_segmentation_scores_count_each_class() -> None:
@@ -184,6 +191,22 @@ def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str)
     assert report["kind"] == ("detection" if task == DETECTION else "segmentation")
     assert [c["label"] for c in report["per_class"]] == ds.schema["classes"]
 
+    # The certificate: fp32 reproduces PyTorch exactly and scores what training measured on the
+    # same validation images; int8 (detection) and fp16 (segmentation) are judged the same way.
+    other = "int8" if task == DETECTION else "fp16"
+    records = {r.variant: r for r in certificate.certify(run.id, ("fp32", other))}
+    metric = "map50" if task == DETECTION else "miou"
+    assert {r.metric_name for r in records.values()} == {metric}
+    assert records["pytorch"].metric_value == pytest.approx(done.best_metrics[f"val_{metric}"], abs=1e-6)
+    assert records["fp32"].top1_agreement == 1.0 and records["fp32"].metric_change == pytest.approx(
+        0, abs=1e-9
+    )
+    assert records["fp32"].n_samples == done.metrics["export_n_samples"]
+    assert 0.5 <= (records[other].top1_agreement or 0) <= 1
+    agreement = "box agreement" if task == DETECTION else "pixel agreement"
+    if task == DETECTION:
+        assert f"chosen with {agreement}" in records["int8"].method
+
     # The studio: the dataset's overlays, the run's detail with its worst images drawn.
     datasets = AppTest.from_file(str(ROOT / "pages" / "datasets.py"), default_timeout=60).run()
     assert not datasets.exception and not datasets.error
@@ -194,7 +217,8 @@ def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str)
     assert not runs.exception and not runs.error
     quality = "Detection quality" if task == DETECTION else "Segmentation quality"
     assert any(h.value.startswith(quality) for h in runs.subheader)
-    assert any("Not available for detection and segmentation yet" in c.value for c in runs.caption)
+    table = next(d.value for d in runs.dataframe if agreement in getattr(d.value, "columns", []))
+    assert list(table.index) == ["pytorch", "fp32", other]
     pictures = runs.get("image")
     assert pictures, "the worst validation images are drawn"
 

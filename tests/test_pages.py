@@ -6,12 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _home, wait_for
+from conftest import _home, train_here, wait_for
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.data.ingest import ingest_file
-from core.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "datasets", "train", "runs", "predict"]
@@ -59,7 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterato
                 ).id,
                 jobs.submit(jobs.config_for(diabetes.id, epochs=3)).id,
             ]
-            Worker(poll_s=0.1, idle_exit_s=0.3).run()
+            train_here(*ids)
             assert [jobs.get_run(i).status for i in ids] == ["succeeded"] * 3
             yield ids
 
@@ -152,7 +151,7 @@ def text_run(home: Path, tmp_path: Path) -> int:
 
     ds = ingest_file(bbc_news_csv(tmp_path / "bbc.csv", per_class=30, chars=300), task="text-classification")
     run = jobs.submit(jobs.config_for(ds.id, model="text-cnn", epochs=6, name="bbc cnn"))
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(run.id)
     assert jobs.get_run(run.id).status == "succeeded"
     return run.id
 
@@ -206,7 +205,7 @@ def test_audio_pages_play_clips_and_predict_a_recorded_word(home: Path, tmp_path
     )
     ds = ingest_file(z)
     run = jobs.submit(jobs.config_for(ds.id, epochs=4, name="words"))
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(run.id)
     assert jobs.get_run(run.id).status == "succeeded"
 
     at = _page("datasets")
@@ -242,7 +241,7 @@ def test_predict_page_takes_columns_whose_names_differ_only_in_spacing(home: Pat
     table = tmp_path / "spaced.csv"
     table.write_text("a b,a  b,target\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(40)))
     run_id = jobs.submit(jobs.config_for(ingest_file(table).id, epochs=2)).id
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(run_id)
     assert jobs.get_run(run_id).status == "succeeded"
     at = _page("predict")
     assert not at.exception and not at.error

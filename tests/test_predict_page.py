@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import train_here
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.config import RunConfig
 from core.data.ingest import ingest_file
-from core.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def _predict_page(run_id: int) -> AppTest:
 
 def _train(*configs: RunConfig) -> list[int]:
     ids = [jobs.submit(cfg).id for cfg in configs]
-    Worker(poll_s=0.1, idle_exit_s=0.3).run()
+    train_here(*ids)
     assert [jobs.get_run(i).status for i in ids] == ["succeeded"] * len(ids)
     return ids
 

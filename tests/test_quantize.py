@@ -167,6 +167,10 @@ def test_static_int8_tries_every_recipe_and_keeps_the_best_when_none_reaches_the
     parts = layers(onnx.load(str(src)))
     assert len(parts.first) == len(parts.last) == len(parts.depthwise) == len(parts.linear) == 1
     assert parts.first != parts.depthwise != parts.last == parts.linear and len(parts.head) == 1
+    # Past the last convolution (the pooling and the head) stays float; no convolution is there.
+    by_name = {n.name: n for n in onnx.load(str(src)).graph.node}
+    assert set(parts.head) < set(parts.after)
+    assert [by_name[n].op_type for n in parts.after] == ["ReduceMean", "Gemm", "Softmax"]
     done = quantize_static_int8(src, dst, (_samples(20),), target=1.01)  # unreachable
     assert [a.recipe for a in done.attempts] == [r for r, _ in RECIPES]
     best = max(a.agreement or 0.0 for a in done.attempts)

@@ -230,6 +230,15 @@ class Reference:
     # Training samples in the same format, shuffled, for static quantisation's calibration
     # (empty where the task's int8 variant needs none).
     calibration: tuple[np.ndarray, ...] = ()
+    # Tasks whose outputs are not one row of class scores (boxes, masks) say how they are judged:
+    # `agree(reference outputs, other outputs)` -> the share the other reproduces, named as
+    # ExportCheck.agreement; `score(outputs)` -> (metric name, value) against `targets`; and
+    # which output's largest difference the certificate records. Unset: top-1 classes and
+    # accuracy (or RMSE) of the first output.
+    agree: Callable[[list[np.ndarray], list[np.ndarray]], float] | None = None
+    score: Callable[[list[np.ndarray]], tuple[str, float]] | None = None
+    agreement: str = "top1_agreement"
+    compared_output: int = 0
 
 
 CALIBRATION_POOL = 256  # training samples a Reference carries for calibration and its check

@@ -19,7 +19,17 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.config import RunConfig
 from core.runtime import load_image
-from core.tasks import DeviceLoader, TaskData, init_from_run, read_index, same_model, split_indices
+from core.tasks import (
+    DeviceLoader,
+    Reference,
+    TaskData,
+    calibration_rows,
+    init_from_run,
+    read_index,
+    same_model,
+    split_indices,
+    val_targets,
+)
 from db.queries import DatasetInfo
 
 IGNORE = 255  # mask value for pixels that count for nothing (void)
@@ -185,7 +195,8 @@ def loaders(
     return DeviceLoader(train, device, generator, cfg.seed), DeviceLoader(val, device)
 
 
-def val_scenes(loader: DeviceLoader) -> SceneDataset:
+def scene_set(loader: DeviceLoader) -> SceneDataset:
+    """The scenes behind a loader (its split, at the model's size)."""
     dataset = loader.loader.dataset
     assert isinstance(dataset, SceneDataset)
     return dataset
@@ -315,7 +326,7 @@ def export_scenes(
     from core.runtime import create_session
     from core.tasks import export_metadata
 
-    val = val_scenes(data.val)  # type: ignore[arg-type]
+    val = scene_set(data.val)  # type: ignore[arg-type]
     batches = _original_batches([val.scenes.files[r] for r in val.rows], limit)
     metadata = export_metadata(
         cfg,
@@ -345,3 +356,22 @@ def export_scenes(
             expected = [t.numpy() for t in module(torch.from_numpy(batch))]
             pairs.append((expected, [np.asarray(o) for o in session.run(None, {"image": batch})]))
     return Compared(pairs, str(session.get_providers()[0]), sum(len(b) for b in batches))
+
+
+def scene_reference(data: TaskData, cfg: RunConfig, module: torch.nn.Module, **judged: Any) -> Reference:
+    """The certificate's view of a detection or segmentation run: `module` (the exported
+    computation) over the validation images at the model's size, whose targets (padded boxes or
+    masks) are at that size too, with training images for int8 calibration; `judged` holds the
+    task's agree, score, agreement and compared_output (see Reference)."""
+    assert isinstance(data.val, DeviceLoader) and isinstance(data.train, DeviceLoader)
+    val, train = scene_set(data.val), scene_set(data.train)
+    images = np.stack([val.image(i) for i in range(len(val))])
+    calibration = np.stack([train.image(i) for i in calibration_rows(len(train), cfg.seed)])
+    return Reference(
+        module.eval(),
+        (images,),
+        val_targets(data),
+        classification=False,
+        calibration=(calibration,),
+        **judged,
+    )

@@ -20,7 +20,14 @@ from core.errors import ExportError
 from core.export import ExportConfig
 from core.models.dense import LRASPP
 from core.tasks import ExportCheck, Reference, TaskData
-from core.tasks.dense import IGNORE, export_scenes, prepare_scenes, resize_in_graph, task_data
+from core.tasks.dense import (
+    IGNORE,
+    export_scenes,
+    prepare_scenes,
+    resize_in_graph,
+    scene_reference,
+    task_data,
+)
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("semantic-segmentation",)
@@ -37,11 +44,15 @@ def segmentation_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def confusion(out: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     """[k, k] pixel counts, true class by predicted class (torchmetrics), ignored pixels left out."""
+    return pixel_confusion(_logits_at(out, tuple(y.shape[-2:])).argmax(1), y, k)
+
+
+def pixel_confusion(pred: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """[k, k] pixel counts of predicted class indices against true ones (255 ignored)."""
     from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-    pred = _logits_at(out, tuple(y.shape[-2:])).argmax(1)
     return multiclass_confusion_matrix(
-        pred.flatten(), y.long().flatten(), k, ignore_index=IGNORE, validate_args=False
+        pred.long().flatten(), y.long().flatten(), k, ignore_index=IGNORE, validate_args=False
     )
 
 
@@ -171,4 +182,14 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
 
 
 def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
-    raise ExportError("certificates of segmentation models are not built yet")
+    """The certificate's view: the Segmenter on validation images at the model's size, each
+    variant judged by the share of pixels of the same class as PyTorch's and by mean IoU against
+    the true masks."""
+    assert isinstance(data.model, LRASPP)
+    k = len(dataset.schema["classes"])
+    module = Segmenter(data.model.to("cpu").to(memory_format=torch.contiguous_format), cfg.image_size)
+    ref = scene_reference(data, cfg, module, agreement="pixel_agreement", compared_output=1)
+    truth = torch.from_numpy(ref.targets)
+    ref.agree = lambda expected, got: float((expected[0] == got[0]).mean())
+    ref.score = lambda out: ("miou", scores(pixel_confusion(torch.from_numpy(out[0]), truth, k))["miou"])
+    return ref
