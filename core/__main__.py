@@ -796,7 +796,7 @@ def one_line(message: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.data.ingest import TASKS
+    from core.data import TASKS
     from core.runtime import DEFAULT_THRESHOLD
     from db.models import RunStatus
 
@@ -881,7 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
     images = p.add_argument_group("images and text")
     images.add_argument(
         "--weights",
-        help="images: default, none, imagenet (download) or a weights file; "
+        help="images: default, none, imagenet (download) or a weights file; detection and "
+        "segmentation also a folder holding model.safetensors or best.safetensors, or hub:ORG/NAME; "
         "text: a Hugging Face model folder or hub id",
     )
     images.add_argument(

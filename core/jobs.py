@@ -44,6 +44,10 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)
+    if cfg.task in DENSE and cfg.weights not in WEIGHT_WORDS and not cfg.weights.startswith("hub:"):
+        from core.models.dense import weights_file
+
+        weights_file(cfg.weights)  # a missing file or a folder without weights: refused now
     name = check_name(cfg.name, "run") if cfg.name.strip() else f"{cfg.model}-{dataset.name}"[:NAME_MAX]
     cfg = cfg.model_copy(update={"name": name, "resume": False})
     with session_scope() as session:
@@ -60,6 +64,7 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
         )
 
 
+DENSE = ("object-detection", "semantic-segmentation")  # their models take --weights hub:ID too
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 
@@ -69,7 +74,7 @@ def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
     read from a server folder of the same name."""
     if cfg.weights in WEIGHT_WORDS or can(actor, Action.SERVER_FILES):
         return cfg
-    if cfg.task == "text-classification":  # text models load Hugging Face weights
+    if cfg.task in ("text-classification", *DENSE):  # these load weights from the Hugging Face hub
         hub = cfg.weights.removeprefix("hub:")
         if _HUB_ID.fullmatch(hub) and ".." not in hub:
             return cfg.model_copy(update={"weights": f"hub:{hub}"})

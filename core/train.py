@@ -117,6 +117,14 @@ def predict_split(
     """The model's outputs (float32) and the targets over the whole validation split (or
     `batches`); with `ranks`, each process predicts its part and all get the whole, gathered."""
     data.model.eval()
+    if ranks is not None:
+        # Batch-norm running statistics: each process updated its own with its last batch (DDP
+        # copies the main process's only at the start of a training step). Predict with the main
+        # process's, the ones its checkpoint keeps.
+        import torch.distributed as dist
+
+        for buffer in data.model.buffers():
+            dist.broadcast(buffer, src=0)
     outputs, targets = [], []
     for inputs, y in batches if batches is not None else data.val:
         with autocast():

@@ -456,6 +456,14 @@ CASES: dict[str, Case] = {
     "predict with --threshold 2": Case(
         ["predict", "--run", "{run:image}", "{tiny.png}", "--threshold", "2"], "is not between 0 and 1"
     ),
+    "start a segmenter from a missing weights file": Case(
+        ["train", "--dataset", "{ds:masks}", "--weights", "/nonexistent/boxes.safetensors"],
+        "weights file /nonexistent/boxes.safetensors does not exist",
+    ),
+    "start a segmenter from a folder without weights": Case(
+        ["train", "--dataset", "{ds:masks}", "--weights", "/"],
+        "folder / holds no model.safetensors or best.safetensors",
+    ),
     "predict masks without --out": Case(["predict", "--run", "{run:masks}", "{tiny.png}"], "give --out DIR"),
     "predict masks into a file": Case(
         ["predict", "--run", "{run:masks}", "{tiny.png}", "--out", "{wine.csv}"], "is a file; give a folder"
@@ -572,7 +580,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         ds = _ok(home, ["datasets", "add", str(words)])["id"]
         home.ids["run:audio"] = _ok(home, ["train", "--dataset", str(ds), "--epochs", "1"])["id"]
         scenes_zip = scenes.segmentation_zip(root.parent / "masks.zip", 12, size=64, seed=5)
-        ds = _ok(home, ["datasets", "add", str(scenes_zip)])["id"]
+        ds = home.ids["ds:masks"] = _ok(home, ["datasets", "add", str(scenes_zip)])["id"]
         home.ids["run:masks"] = _ok(
             home, ["train", "--dataset", str(ds), "--epochs", "1", "--image-size", "64", "--batch-size", "8"]
         )["id"]

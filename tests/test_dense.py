@@ -15,18 +15,22 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from streamlit.testing.v1 import AppTest
 
 from core import certificate, checkpoint, jobs, summary
+from core.config import RunConfig
 from core.data import scenes
 from core.data.ingest import ingest_file
+from core.errors import ConfigError
 from core.execute import execute_run
-from core.models import models_for
+from core.models import get_model, models_for
 from core.runtime import Predictor
 from core.tasks import get_task
 from core.tasks.detection import box_agreement, coco_eval, decode, detection_loss
 from core.tasks.segmentation import scores
 from core.train import BEST, train
+from core.worker import Worker
 
 DETECTION, SEGMENTATION = "object-detection", "semantic-segmentation"
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +163,33 @@ def test_coco_metrics_and_agreement_on_known_boxes() -> None:
     assert box_agreement(unsure, perfect) == 0.0
 
 
+def test_weights_from_the_hugging_face_hub_or_a_folder(
+    boxes_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """hub:ORG/NAME fetches a repo's best.safetensors (here from the hub's local cache, offline);
+    a repo or folder without weights, and an unreachable hub, are refused in words."""
+    import huggingface_hub.constants as hub
+
+    cfg, data = _data(boxes_set, weights="none")
+    shared = {n: t + 0.5 if t.is_floating_point() else t for n, t in data.model.state_dict().items()}
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--boxes"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    save_file(shared, str(repo / "snapshots" / revision / "best.safetensors"))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    k = len(boxes_set.schema["classes"])
+    fetched = cfg.model_copy(update={"weights": "hub:someone/boxes"})
+    built = get_model(cfg.model, DETECTION).build(k, fetched).state_dict()
+    assert all(torch.equal(built[n], shared[n]) for n in shared)
+    with pytest.raises(ConfigError, match="could not be reached .offline.. and its"):
+        get_model(cfg.model, DETECTION).build(k, cfg.model_copy(update={"weights": "hub:someone/else"}))
+    with pytest.raises(ConfigError, match="holds no model.safetensors or best.safetensors"):
+        jobs.submit(cfg.model_copy(update={"weights": str(tmp_path)}))
+
+
 def test_segmentation_scores_count_each_class() -> None:
     matrix = torch.tensor([[8, 2, 0], [0, 4, 0], [0, 0, 0]])  # class 2 neither labelled nor predicted
     result = scores(matrix)
@@ -177,12 +208,20 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str) -> None:
     make = scenes.detection_zip if task == DETECTION else scenes.segmentation_zip
     ds = ingest_file(make(tmp_path / "set.zip", 24, size=96, seed=3), task=task)
-    run = jobs.submit(jobs.config_for(ds.id, image_size=64, epochs=1, batch_size=8))
-    claimed = jobs.claim("test")  # what a worker does before it runs the run in its child process
-    assert claimed is not None and claimed.id == run.id
-    assert execute_run(run.id) == 0
+    # Segmentation trains in two gloo processes (DistributedDataParallel) under a real worker,
+    # detection in this process.
+    processes = 2 if task == SEGMENTATION else 1
+    run = jobs.submit(jobs.config_for(ds.id, image_size=64, epochs=1, batch_size=8, processes=processes))
+    if processes == 1:
+        claimed = jobs.claim("test")  # what a worker does before it runs the run in its child
+        assert claimed is not None and claimed.id == run.id
+        assert execute_run(run.id) == 0
+    else:
+        Worker(poll_s=0.1, idle_exit_s=0.3).run()
     done = jobs.get_run(run.id)
     assert done.status == "succeeded", done.error
+    log = (jobs.run_dir(run.id) / "run.log").read_text()
+    assert ("in 2 processes (gloo)" in log) == (processes == 2), log[-2000:]
     key = "export_box_agreement" if task == DETECTION else "export_pixel_agreement"
     assert done.metrics[key] == 1.0
     files = {a.kind: Path(a.path) for a in jobs.artifacts(run.id)}
@@ -190,6 +229,20 @@ def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str)
     report = json.loads(files["report"].read_text())
     assert report["kind"] == ("detection" if task == DETECTION else "segmentation")
     assert [c["label"] for c in report["per_class"]] == ds.schema["classes"]
+
+    # Its weights start another model: named by its run folder (another installation's, say),
+    # the whole model loads; as a detector's start for a segmenter, the backbone alone.
+    best = load_file(str(jobs.run_dir(run.id) / BEST))
+    k = len(ds.schema["classes"])
+    again = jobs.config_for(ds.id, image_size=64, weights=str(jobs.run_dir(run.id)))
+    rebuilt = get_model(again.model, task).build(k, again).state_dict()
+    assert rebuilt.keys() == best.keys() and all(torch.equal(rebuilt[n], best[n]) for n in best)
+    other_task = SEGMENTATION if task == DETECTION else DETECTION
+    crossed = RunConfig(task=other_task, dataset_id=ds.id, image_size=64, weights=again.weights)
+    mixed = get_model("lraspp-mobilenet-v2" if task == DETECTION else "centernet-mobilenet-v2", other_task)
+    state = mixed.build(k, crossed.model_copy(update={"model": mixed.name})).state_dict()
+    shared = [n for n in best if n.startswith("backbone.")]
+    assert shared and all(torch.equal(state[n], best[n]) for n in shared)
 
     # The certificate: fp32 reproduces PyTorch exactly and scores what training measured on the
     # same validation images; int8 (detection) and fp16 (segmentation) are judged the same way.

@@ -19,22 +19,14 @@ from typing import Any
 
 from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import database, get_settings
-from core.data import audio, detection, images, layouts, segmentation, stages, tabular, text
+from core.data import TASKS, audio, detection, images, layouts, segmentation, stages, tabular, text
 from core.errors import ConfigError, DatasetError, NotFoundError
 from db import queries
 from db.models import NAME_MAX
 from db.queries import DatasetInfo, DatasetSummary
 from db.session import session_scope
 
-TASKS = (
-    "tabular-classification",
-    "tabular-regression",
-    "image-classification",
-    "text-classification",
-    "audio-classification",
-    layouts.DETECTION,
-    layouts.SEGMENTATION,
-)
+assert {layouts.DETECTION, layouts.SEGMENTATION} <= set(TASKS)  # TASKS: see core/data/__init__.py
 
 
 def sha256_file(path: Path) -> str:

@@ -11,15 +11,15 @@ them into boxes and masks, in PyTorch for metrics and inside the exported graph.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.config import RunConfig
+from core.config import WEIGHT_WORDS, RunConfig
 from core.errors import ConfigError
 from core.models import register_model
 from core.models.vision import IMAGENET_MEAN, IMAGENET_STD, load_matching, read_weights_file
@@ -77,17 +77,73 @@ def mobilenet_v2_file() -> Path:
     return path
 
 
-def _mobilenet_v2(cfg: RunConfig) -> Backbone:
+# What a folder or a Hugging Face repo named by --weights holds: a model's weights in safetensors
+# (an Ascent run folder holds best.safetensors).
+WEIGHT_FILES = ("model.safetensors", "best.safetensors")
+
+
+def weights_file(weights: str) -> Path:
+    """The file --weights names: a weights file, a folder holding one of WEIGHT_FILES (such as
+    another installation's run folder), or `hub:ORG/NAME`, a Hugging Face repo holding one
+    (downloaded once into the hub's cache; safetensors only, no pickled files)."""
+    if not weights.startswith("hub:"):
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            found = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+            if found is None:
+                raise ConfigError(f"folder {path} holds no {' or '.join(WEIGHT_FILES)}")
+            return found
+        if not path.is_file():
+            raise ConfigError(f"weights file {path} does not exist")
+        return path
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    repo = weights.removeprefix("hub:")
+    unreachable = False
+    for name in WEIGHT_FILES:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except LocalEntryNotFoundError:  # offline, and not in the local cache
+            unreachable = True
+            if not constants.is_offline_mode():
+                break  # the hub did not answer (after retries): the next file would wait as long
+        except EntryNotFoundError:  # the repo has no such file
+            continue
+        except Exception as exc:
+            raise ConfigError(
+                f"cannot fetch {repo} from the Hugging Face hub: no such repo, or it is private "
+                f"({type(exc).__name__})"
+            ) from exc
+    if unreachable:
+        raise ConfigError(
+            f"cannot fetch {repo}: the Hugging Face hub could not be reached (offline?) and its "
+            f"{' or '.join(WEIGHT_FILES)} is not in the local cache"
+        )
+    raise ConfigError(f"the Hugging Face repo {repo} holds no {' or '.join(WEIGHT_FILES)}")
+
+
+def given_weights(cfg: RunConfig) -> dict[str, torch.Tensor] | None:
+    """The tensors --weights names (None for the keywords)."""
+    return None if cfg.weights in WEIGHT_WORDS else read_weights_file(weights_file(cfg.weights))
+
+
+def whole_model(state: dict[str, torch.Tensor] | None) -> bool:
+    """Whether the weights are a whole detector's or segmenter's (an Ascent checkpoint), not a
+    backbone's."""
+    return state is not None and any(k.startswith("backbone.") for k in state)
+
+
+def _mobilenet_v2(cfg: RunConfig, state: dict[str, torch.Tensor] | None) -> Backbone:
+    """The backbone, from the shipped ImageNet weights, random ones, or `state` (a backbone's)."""
     from torchvision.models import mobilenet_v2
 
     net = mobilenet_v2(weights=None)
     pretrained = cfg.weights in ("default", "imagenet")
     if pretrained:
         load_matching(net, read_weights_file(mobilenet_v2_file()), source="MobileNetV2 ImageNet weights")
-    elif cfg.weights != "none":
-        load_matching(
-            net, read_weights_file(Path(cfg.weights).expanduser()), source=f"the weights for {cfg.model}"
-        )
+    elif state is not None:
+        load_matching(net, state, source=f"the weights for {cfg.model}")
         pretrained = True
     f = net.features
     # Stages end where the resolution halves next: strides 4, 8, 16, 32 (the last 1x1 conv dropped).
@@ -107,7 +163,8 @@ class _EfficientStem(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-def _efficientnet_lite0(cfg: RunConfig) -> Backbone:
+def _efficientnet_lite0(cfg: RunConfig, state: dict[str, torch.Tensor] | None) -> Backbone:
+    """The backbone, from the shipped ImageNet weights, random ones, or `state` (a backbone's)."""
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000, image_size=cfg.image_size)
@@ -120,10 +177,8 @@ def _efficientnet_lite0(cfg: RunConfig) -> Backbone:
 
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
         load_matching(net, read_weights_file(path), source=path.name)
-    elif cfg.weights != "none":
-        load_matching(
-            net, read_weights_file(Path(cfg.weights).expanduser()), source=f"the weights for {cfg.model}"
-        )
+    elif state is not None:
+        load_matching(net, state, source=f"the weights for {cfg.model}")
         pretrained = True
     blocks = list(net._blocks)
     stages = [
@@ -208,6 +263,29 @@ class LRASPP(nn.Module):
 
 DEFAULTS = {"image_size": 256, "lr": 2e-3, "batch_size": 16, "epochs": 30}
 
+Head = TypeVar("Head", CenterNet, LRASPP)
+
+
+def _build(
+    head: type[Head],
+    backbone: Callable[[RunConfig, dict[str, torch.Tensor] | None], Backbone],
+    num_classes: int,
+    cfg: RunConfig,
+) -> Head:
+    """A detector or segmenter on its backbone. --weights may name a backbone's weights or a whole
+    model's (a run's best.safetensors, here or shared through the hub): those load wherever
+    names and shapes match, a head of another task or class count starting fresh."""
+    state = given_weights(cfg)
+    whole = whole_model(state)
+    model = head(backbone(cfg, None if whole else state), num_classes)
+    if whole:
+        assert state is not None
+        fresh = load_matching(model, state, source=f"the weights for {cfg.model}")
+        model.backbone.pretrained = True
+        new = f"; {len(fresh)} tensors new ({', '.join(fresh[:3])}{', …' if len(fresh) > 3 else ''})"
+        print(f"started from {cfg.weights}" + (new if fresh else ""), flush=True)
+    return model
+
 
 @register_model(
     tasks=DETECTION,
@@ -216,7 +294,7 @@ DEFAULTS = {"image_size": 256, "lr": 2e-3, "batch_size": 16, "epochs": 30}
     defaults=DEFAULTS,
 )
 def centernet_mobilenet_v2(num_classes: int, cfg: RunConfig) -> CenterNet:
-    return CenterNet(_mobilenet_v2(cfg), num_classes)
+    return _build(CenterNet, _mobilenet_v2, num_classes, cfg)
 
 
 @register_model(
@@ -225,7 +303,7 @@ def centernet_mobilenet_v2(num_classes: int, cfg: RunConfig) -> CenterNet:
     defaults=DEFAULTS,
 )
 def centernet_efficientnet_lite0(num_classes: int, cfg: RunConfig) -> CenterNet:
-    return CenterNet(_efficientnet_lite0(cfg), num_classes)
+    return _build(CenterNet, _efficientnet_lite0, num_classes, cfg)
 
 
 @register_model(
@@ -235,7 +313,7 @@ def centernet_efficientnet_lite0(num_classes: int, cfg: RunConfig) -> CenterNet:
     defaults=DEFAULTS,
 )
 def lraspp_mobilenet_v2(num_classes: int, cfg: RunConfig) -> LRASPP:
-    return LRASPP(_mobilenet_v2(cfg), num_classes)
+    return _build(LRASPP, _mobilenet_v2, num_classes, cfg)
 
 
 @register_model(
@@ -244,4 +322,4 @@ def lraspp_mobilenet_v2(num_classes: int, cfg: RunConfig) -> LRASPP:
     defaults=DEFAULTS,
 )
 def lraspp_efficientnet_lite0(num_classes: int, cfg: RunConfig) -> LRASPP:
-    return LRASPP(_efficientnet_lite0(cfg), num_classes)
+    return _build(LRASPP, _efficientnet_lite0, num_classes, cfg)
