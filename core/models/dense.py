@@ -94,7 +94,8 @@ def weights_file(weights: str) -> Path:
                 raise ConfigError(f"folder {path} holds no {' or '.join(WEIGHT_FILES)}")
             return found
         if not path.is_file():
-            raise ConfigError(f"weights file {path} does not exist")
+            hub = "; for a Hugging Face repo write hub:" + weights if weights.count("/") == 1 else ""
+            raise ConfigError(f"weights file {path} does not exist{hub}")
         return path
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
