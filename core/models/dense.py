@@ -94,7 +94,8 @@ def weights_file(weights: str) -> Path:
                 raise ConfigError(f"folder {path} holds no {' or '.join(WEIGHT_FILES)}")
             return found
         if not path.is_file():
-            hub = "; for a Hugging Face repo write hub:" + weights if weights.count("/") == 1 else ""
+            like_hub = weights.count("/") == 1 and not weights.startswith(("/", ".", "~"))
+            hub = "; for a Hugging Face repo write hub:" + weights if like_hub else ""
             raise ConfigError(f"weights file {path} does not exist{hub}")
         return path
     from huggingface_hub import constants, hf_hub_download
