@@ -220,8 +220,9 @@ def test_a_run_from_scenes_to_predictions(home: Path, tmp_path: Path, task: str)
         Worker(poll_s=0.1, idle_exit_s=0.3).run()
     done = jobs.get_run(run.id)
     assert done.status == "succeeded", done.error
-    log = (jobs.run_dir(run.id) / "run.log").read_text()
-    assert ("in 2 processes (gloo)" in log) == (processes == 2), log[-2000:]
+    if processes == 2:  # the worker keeps the run's log
+        log = (jobs.run_dir(run.id) / "run.log").read_text()
+        assert "in 2 processes (gloo)" in log, log[-2000:]
     key = "export_box_agreement" if task == DETECTION else "export_pixel_agreement"
     assert done.metrics[key] == 1.0
     files = {a.kind: Path(a.path) for a in jobs.artifacts(run.id)}
