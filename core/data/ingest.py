@@ -1,5 +1,8 @@
 """Uploads become datasets here: checked, described, stored under ASCENT_HOME, recorded in SQL.
 
+Each modality's module (pandas, audio decoding) is imported where its upload is read: the
+CLI and the pages import this module for dataset lookups alone.
+
 A bad upload raises DatasetError and leaves nothing behind: files are staged in a temporary
 folder (zips are unpacked into it, entry by entry) and moved into place only in the same
 transaction that writes the `datasets` row.
@@ -19,7 +22,7 @@ from typing import Any
 
 from core.access import LOCAL, Action, Actor, check_name, require
 from core.config import database, get_settings
-from core.data import TASKS, audio, detection, images, layouts, segmentation, stages, tabular, text
+from core.data import TASKS, images, layouts, stages
 from core.errors import ConfigError, DatasetError, NotFoundError
 from db import queries
 from db.models import NAME_MAX
@@ -82,6 +85,8 @@ def _ingest(
     created_by: str | None,
 ) -> DatasetInfo:
     """ingest_file once the caller, the name and the size are checked."""
+    from core.data import tabular, text
+
     if task is not None and task not in TASKS:
         raise DatasetError(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
     suffix = path.suffix.lower()
@@ -146,11 +151,15 @@ def _ingest_images(path: Path, *, name: str, size: int, created_by: str | None) 
 
 
 def _ingest_audio(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
+    from core.data import audio
+
     return _ingest_zip(path, name, size, created_by, "audio-classification", audio.inspect_zip, "clips")
 
 
 def _ingest_annotated(path: Path, *, name: str, size: int, task: str, created_by: str | None) -> DatasetInfo:
     """A zip of images with boxes (COCO, YOLO, VOC) or masks, staged by its task's module."""
+    from core.data import detection, segmentation
+
     stage = detection.stage_zip if task == layouts.DETECTION else segmentation.stage_zip
     with _staging() as staging:
         schema, report = stage(path, _zip_limits(), staging)
@@ -179,6 +188,8 @@ def _ingest_zip(
             "index": "index.parquet",
         }
         if task == "audio-classification":
+            from core.data import audio
+
             schema["clip_seconds"] = audio.clip_seconds(report["seconds"]["p95"])
         stages.report(f"keeping {len(items)} {folder}")
         images.keep_files(staging, folder, files, [i.path for i in items])
@@ -209,6 +220,8 @@ def _ingest_texts(
 def _read_texts(
     path: Path, text_column: str | None, target: str | None, staging: Path
 ) -> tuple[Any, dict[str, Any], dict[str, Any], str]:
+    from core.data import text
+
     suffix = path.suffix.lower()
     if suffix == ".zip":
         frame = text.read_zip(path, _zip_limits(), staging / images.UNPACKED)
@@ -253,6 +266,8 @@ def _commit(
     created_by: str | None,
 ) -> DatasetInfo:
     """Move the staged files into place in the same transaction that writes the dataset row."""
+    from core.data import tabular
+
     settings = get_settings()
     stages.report("recording the dataset")
     tabular.check_size(schema, "schema", "")
@@ -364,6 +379,8 @@ def guess_upload(filename: str, data: bytes) -> UploadGuess:
 
 
 def _guess(safe: str, data: bytes) -> UploadGuess:
+    from core.data import tabular, text
+
     if safe.lower().endswith(".zip"):
         return UploadGuess(_zip_task(data, safe), [], None, None)
     with tempfile.TemporaryDirectory() as tmp:
