@@ -44,6 +44,8 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)
+    if cfg.weights.startswith("hub:") and not _hub_id(cfg.weights.removeprefix("hub:")):
+        raise ConfigError(f"'{cfg.weights}' names no Hugging Face repo; give hub:ORG/NAME")
     if cfg.task in DENSE and cfg.weights not in WEIGHT_WORDS and not cfg.weights.startswith("hub:"):
         from core.models.dense import weights_file
 
@@ -68,6 +70,11 @@ DENSE = ("object-detection", "semantic-segmentation")  # their models take --wei
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
 
 
+def _hub_id(text: str) -> bool:
+    """Whether `text` is a Hugging Face repo id (NAME or ORG/NAME)."""
+    return bool(_HUB_ID.fullmatch(text)) and ".." not in text
+
+
 def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
     """cfg, with weights that `actor` may name: anything for admins and the command line; for
     others a keyword, or a Hugging Face hub id that is fetched from the hub ("hub:ID") and never
@@ -76,7 +83,7 @@ def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
         return cfg
     if cfg.task in ("text-classification", *DENSE):  # these load weights from the Hugging Face hub
         hub = cfg.weights.removeprefix("hub:")
-        if _HUB_ID.fullmatch(hub) and ".." not in hub:
+        if _hub_id(hub):
             return cfg.model_copy(update={"weights": f"hub:{hub}"})
         raise AccessError(
             f"'{cfg.weights}' is no Hugging Face hub id (such as distilbert-base-uncased); "

@@ -143,11 +143,20 @@ with st.container(border=True):
                 step=32,
                 help=(fitted["image_size"].why if "image_size" in fitted else None),
             )
-            options["weights"] = c8.selectbox(
+            start = c8.selectbox(
                 "Initial weights",
                 ["default", "none"],
                 help="default: the backbone's ImageNet weights, shipped on disk; none: random.",
             )
+            repo = c8.text_input(
+                "Or from a Hugging Face repo",
+                placeholder="ORG/NAME",
+                help=(
+                    "A repo holding model.safetensors or best.safetensors: a whole detector's or "
+                    "segmenter's (an Ascent run's), or a backbone's; downloaded once."
+                ),
+            ).strip()
+            options["weights"] = f"hub:{repo}" if repo else start
             options["augment"] = c9.checkbox(
                 "Augment (random crops, colour jitter)",
                 value=True,

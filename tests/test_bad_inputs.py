@@ -464,6 +464,10 @@ CASES: dict[str, Case] = {
         ["train", "--dataset", "{ds:masks}", "--weights", "/"],
         "folder / holds no model.safetensors or best.safetensors",
     ),
+    "start a segmenter from a malformed hub id": Case(
+        ["train", "--dataset", "{ds:masks}", "--weights", "hub:../x"],
+        "'hub:../x' names no Hugging Face repo; give hub:ORG/NAME",
+    ),
     "predict masks without --out": Case(["predict", "--run", "{run:masks}", "{tiny.png}"], "give --out DIR"),
     "predict masks into a file": Case(
         ["predict", "--run", "{run:masks}", "{tiny.png}", "--out", "{wine.csv}"], "is a file; give a folder"

@@ -108,3 +108,22 @@ def test_a_sweep_from_the_form_queues_its_first_trials(home: Path, data_dir: Pat
     runs = jobs.list_runs()
     assert len(runs) == 2 and all(r.tags == ["sweep:1"] and r.config["epochs"] == 2 for r in runs)
     assert all(r.dataset_id == wine.id and 1e-3 <= r.config["lr"] <= 1e-2 for r in runs)
+
+
+def test_a_detector_starts_from_a_hugging_face_repo(home: Path, tmp_path: Path) -> None:
+    from core.data import scenes
+
+    ingest_file(scenes.detection_zip(tmp_path / "boxes.zip", 12, size=64, seed=4))
+    at = _train_page()
+    weights = next(s for s in at.selectbox if s.label == "Initial weights")
+    assert weights.options == ["default", "none"]
+    _box(at, "Epochs").set_value(1)
+    _box(at, "Or from a Hugging Face repo").set_value("../boxes")
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert "'hub:../boxes' names no Hugging Face repo; give hub:ORG/NAME" in _plain(at.error[0].value)
+    assert not jobs.list_runs()
+    _box(at, "Or from a Hugging Face repo").set_value(" someone/boxes ")
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert not at.exception and "queued" in at.success[0].value
+    (run,) = jobs.list_runs()
+    assert run.config["weights"] == "hub:someone/boxes" and run.task == "object-detection"
