@@ -288,6 +288,11 @@ def cmd_train(a: argparse.Namespace) -> tuple[Any, str]:
         sample_rate=a.sample_rate,
         clip_seconds=a.clip_seconds,
         n_mels=a.n_mels,
+        finetune=a.finetune,
+        lora_rank=a.lora_rank,
+        lora_alpha=a.lora_alpha,
+        lora_dropout=a.lora_dropout,
+        lora_targets=a.lora_targets,
     )
     run = jobs.submit(cfg)
     if a.wait:
@@ -474,6 +479,12 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     if onnx_path is None or not Path(onnx_path).exists():
         raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
     predictor = Predictor(onnx_path)
+    if predictor.task == "text-generation":
+        return _generate(predictor, a)
+    if a.max_new_tokens is not None or a.temperature is not None or a.top_p is not None:
+        raise PredictError(
+            f"run {a.run} is {predictor.task}; --max-new-tokens, --temperature and --top-p are for text generation"
+        )
     if predictor.task == "text-classification":
         return _predict_texts(predictor, a)
     if a.text or a.text_file:
@@ -612,6 +623,42 @@ def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
         "predictions": results,
     }
     return doc, "\n".join([*lines, f"({predictor.provider}, {predictor.last_latency_ms:.1f} ms)"])
+
+
+def _generate(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    """A generator's answer to each --text; streamed to the terminal unless --json."""
+    from core.runtime import Generation, Generator, RuntimeInputError
+
+    if a.files or a.text_file:
+        raise PredictError("a text generator takes --text PROMPT, not files")
+    if not a.text:
+        raise PredictError('give the prompt with --text "..."')
+    generator = Generator(predictor.path, session=predictor.session)
+    results, lines = [], []
+    for prompt in a.text:
+        result = Generation("", [], 0, 0.0, 0.0, "length")
+        try:
+            for token in generator.stream(
+                prompt,
+                max_new_tokens=a.max_new_tokens,
+                temperature=a.temperature,
+                top_p=a.top_p,
+                result=result,
+            ):
+                if not a.json:
+                    sys.stdout.write(token.text)
+                    sys.stdout.flush()
+        except RuntimeInputError as exc:
+            raise PredictError(str(exc)) from exc
+        if not a.json:
+            sys.stdout.write("\n")
+        results.append({"prompt": prompt, **to_jsonable(result)})
+        lines.append(
+            f"({len(result.tokens)} tokens, first after {result.first_token_ms:.0f} ms, "
+            f"{result.ms_per_token:.1f} ms/token, ended: {result.stopped}; {generator.provider})"
+        )
+    doc = {"run": a.run, "provider": generator.provider, "generations": results}
+    return doc, "\n".join(lines)
 
 
 def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
@@ -907,6 +954,14 @@ def build_parser() -> argparse.ArgumentParser:
     texts.add_argument("--max-length", type=int, help="tokens per text (default: the data's 95th percentile)")
     texts.add_argument("--freeze-layers", type=int, help="freeze the embeddings and this many lower layers")
     texts.add_argument("--grad-accum", type=int, help="an optimiser step every this many batches")
+    gen = p.add_argument_group("text generation")
+    gen.add_argument("--finetune", choices=["lora", "full"], help="LoRA adapters (default) or every weight")
+    gen.add_argument("--lora-rank", type=int, help="rank of the adapters (default 16)")
+    gen.add_argument("--lora-alpha", type=int, help="adapter scale numerator (default: twice the rank)")
+    gen.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input (default 0.05)")
+    gen.add_argument(
+        "--lora-targets", help="all-linear (default) or layer names separated by commas (q_proj,v_proj)"
+    )
     sounds = p.add_argument_group("audio")
     sounds.add_argument("--sample-rate", type=int, help="resample clips to this rate (default 16000)")
     sounds.add_argument(
@@ -934,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--top-k", type=_positive, default=5, help="images, text and audio: how many classes to show"
     )
-    p.add_argument("--text", action="append", help="text models: a text to classify (repeatable)")
+    p.add_argument("--text", action="append", help="text models: a text to classify or a prompt (repeatable)")
     p.add_argument("--text-file", help="text models: a file with one text per line")
     p.add_argument(
         "--threshold",
@@ -943,6 +998,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"detection: the lowest score of a box to report (default {DEFAULT_THRESHOLD:g})",
     )
     p.add_argument("--out", help="segmentation: the folder the masks are written to (palette PNGs)")
+    p.add_argument("--max-new-tokens", type=int, help="text generation: the longest answer (default 256)")
+    p.add_argument("--temperature", type=float, help="text generation: 0 (default) picks the likeliest token")
+    p.add_argument("--top-p", type=float, help="text generation: sample from the smallest set this likely")
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
 
     p = add(sub, "export", cmd_export, "the export certificate: variants measured for fidelity, speed, size")

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     # Datasets, run folders and the default SQLite database live here.
     home: Path = Path.home() / ".ascent"
+    # Pretrained models converted once for every installation on this machine (the offline
+    # language model's Hugging Face folder).
+    model_cache: Path = Path.home() / ".cache" / "ascent"
     # Any SQLAlchemy URL; empty means SQLite at $ASCENT_HOME/ascent.db.
     database_url: str = ""
     # "auto" picks CUDA when present, else CPU; "cpu" or "cuda" force one.
@@ -197,6 +200,16 @@ class RunConfig(BaseModel):
     # Optimiser step every this many batches (a larger effective batch in the same memory).
     grad_accum: int = Field(1, ge=1, le=1024)
 
+    # --- text generation ------------------------------------------------------------------
+    # "lora": low-rank adapters on the frozen model (peft); "full": every weight (small models).
+    finetune: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(16, ge=1, le=512)
+    # The adapters' scale is lora_alpha / lora_rank; None: twice the rank.
+    lora_alpha: int | None = Field(None, ge=1, le=4096)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    # Layers that get adapters: "all-linear", or module names separated by commas (q_proj,v_proj).
+    lora_targets: str = "all-linear"
+
     # --- audio --------------------------------------------------------------------------
     # Clips are resampled to this rate and mixed to mono.
     sample_rate: int = Field(16_000, ge=4_000, le=48_000)
@@ -226,6 +239,18 @@ class RunConfig(BaseModel):
                 "a time budget under 10 s leaves no time to train; give 10 or more, or 0 for none"
             )
         return value or None
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _target_names(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",")]
+        if value.strip() == "all-linear":
+            return "all-linear"
+        if not all(re.fullmatch(r"[A-Za-z_][\w.]*", n) for n in names):
+            raise ValueError(
+                f"'{value}' names no layers; give all-linear or module names separated by commas (q_proj,v_proj)"
+            )
+        return ",".join(names)
 
     @field_validator("device")
     @classmethod

@@ -73,22 +73,7 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
         for extra in path.parent.glob(tmp.name + "*.data"):
             extra.unlink()
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value)
-    large = model.ByteSize() > TWO_GB
-    atomic.write_with(
-        path,
-        lambda tmp: onnx.save_model(
-            model, str(tmp), save_as_external_data=large, location=path.name + ".data" if large else None
-        ),
-    )
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
+    _save_with_metadata(model, path, metadata)
 
 
 # Hugging Face model types whose encoder ONNX Runtime's transformer optimizer fuses (as "bert").
@@ -216,3 +201,82 @@ def check_parity(
     if top1 is not None and top1 < cfg.min_top1_agreement:
         raise ExportError(f"ONNX Runtime agrees with PyTorch on only {top1:.1%} of top-1 classes")
     return check
+
+
+def export_generator(
+    step: torch.nn.Module,
+    cache: tuple[int, int, int],
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    metadata: dict[str, Any],
+    opset: int = 18,
+) -> None:
+    """Write a generator's step (core.tasks.generation.Step) to `path`: one graph whose batch,
+    new tokens, cached tokens (from zero) and attention mask are dynamic axes, with `ascent.*`
+    metadata; external data beside it only past 2 GB."""
+    import onnx
+
+    layers, heads, dim = cache
+    step = step.eval().to("cpu")
+    batch, new, total = (torch.export.Dim(n, min=1, max=1 << 16) for n in ("batch", "sequence", "total"))
+    cached = torch.export.Dim("past", min=0, max=1 << 16)
+    example = (
+        torch.randint(0, 100, (2, 3)),
+        torch.ones(2, 5, dtype=torch.long),
+        *(torch.randn(2, heads, 2, dim) for _ in range(2 * layers)),
+    )
+    dynamic_shapes = (
+        {0: batch, 1: new},
+        {0: batch, 1: total},
+        tuple({0: batch, 2: cached} for _ in range(2 * layers)),
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                step,
+                example,
+                dynamo=True,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                verbose=False,
+            )
+        if program is None:
+            raise ExportError("torch.onnx.export returned no program")
+        program.save(str(tmp), external_data=True)
+        model = onnx.load(str(tmp))
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export of the generator failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+        for extra in path.parent.glob(tmp.name + "*.data"):
+            extra.unlink()
+    _save_with_metadata(model, path, metadata)
+
+
+def _save_with_metadata(model: Any, path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    large = model.ByteSize() > TWO_GB
+    atomic.write_with(
+        path,
+        lambda tmp: onnx.save_model(
+            model, str(tmp), save_as_external_data=large, location=path.name + ".data" if large else None
+        ),
+    )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc

@@ -41,6 +41,11 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
             "hf-transformer needs the Hugging Face model to fine-tune: a hub id such as "
             "distilbert-base-uncased (--weights on the command line)"
         )
+    if cfg.model == "hf-causal-lm" and cfg.weights in WEIGHT_WORDS:
+        raise ConfigError(
+            "hf-causal-lm needs the chat model to fine-tune: a folder or a hub id such as "
+            "HuggingFaceTB/SmolLM2-360M-Instruct (--weights on the command line)"
+        )
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)
@@ -81,7 +86,7 @@ def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
     read from a server folder of the same name."""
     if cfg.weights in WEIGHT_WORDS or can(actor, Action.SERVER_FILES):
         return cfg
-    if cfg.task in ("text-classification", *DENSE):  # these load weights from the Hugging Face hub
+    if cfg.task in ("text-classification", "text-generation", *DENSE):  # these load from the hub
         hub = cfg.weights.removeprefix("hub:")
         if _hub_id(hub):
             return cfg.model_copy(update={"weights": f"hub:{hub}"})

@@ -496,3 +496,219 @@ def _to_codes(values: Sequence[Any], categories: Sequence[str]) -> np.ndarray:
     """Code 0 is missing or unseen; category i has code i + 1."""
     table = {c: i + 1 for i, c in enumerate(categories)}
     return np.array([table.get(as_category(v) or "", 0) for v in values], dtype=np.int64)
+
+
+# --- text generation -------------------------------------------------------------------------
+# A generator file is one graph with a KV cache (core.tasks.generation.Step): called once with
+# an empty cache on the prompt, then once for each new token with the cache it returned.
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token as it streams: its id, the text it adds, when it came."""
+
+    id: int
+    text: str
+    ms: float  # since the call began
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    first_token_ms: float  # the prompt read and the first token chosen
+    ms_per_token: float  # each token after the first, on average
+    stopped: str  # "end" (the model ended its answer), "stop" (a stop string), "length"
+
+
+def render_chat(settings: Mapping[str, Any], messages: Sequence[Mapping[str, str]]) -> str:
+    """The prompt text of a conversation with the assistant's turn opened, by the model's chat
+    template (a sandboxed Jinja environment, as transformers renders it)."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise RuntimeInputError(f"the chat template refuses the conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    template = env.from_string(str(settings["chat_template"]))
+    return template.render(
+        messages=[dict(m) for m in messages],
+        add_generation_prompt=True,
+        bos_token=settings.get("bos_token", ""),
+        eos_token=settings.get("eos_token", ""),
+    )
+
+
+class Decoder:
+    """A generator graph stepped with its cache, batch 1: `start(prompt ids)` and then
+    `advance(token)` each return the next token's logits (float32 [vocab])."""
+
+    def __init__(self, session: Any, settings: Mapping[str, Any]) -> None:
+        shape = settings["cache"]
+        self.session = session
+        self.heads, self.dim = int(shape["heads"]), int(shape["dim"])
+        self.past = [f"past.{i}.{kv}" for i in range(int(shape["layers"])) for kv in ("key", "value")]
+        types = {i.name: i.type for i in session.get_inputs()} if hasattr(session, "get_inputs") else {}
+        self.dtype = np.float16 if types.get(self.past[0]) == "tensor(float16)" else np.float32
+        self.mask = np.zeros((1, 0), dtype=np.int64)
+        self.cache: list[np.ndarray] = []
+
+    def _run(self, ids: np.ndarray, cache: list[np.ndarray]) -> np.ndarray:
+        self.mask = np.ones((1, self.mask.shape[1] + ids.shape[1]), dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": self.mask, **dict(zip(self.past, cache, strict=True))}
+        out = self.session.run(None, feeds)
+        self.cache = list(out[1:])
+        return np.asarray(out[0][0, -1], dtype=np.float32)
+
+    def start(self, ids: Sequence[int]) -> np.ndarray:
+        self.mask = np.zeros((1, 0), dtype=np.int64)
+        empty = np.zeros((1, self.heads, 0, self.dim), dtype=self.dtype)
+        return self._run(np.asarray([list(ids)], dtype=np.int64), [empty] * len(self.past))
+
+    def advance(self, token: int) -> np.ndarray:
+        return self._run(np.asarray([[token]], dtype=np.int64), self.cache)
+
+
+def choose_token(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; else sampled from the softmax at that temperature, kept to the
+    smallest set of tokens whose probabilities add up to top_p."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+def greedy_tokens(
+    session: Any, settings: Mapping[str, Any], ids: Sequence[int], n: int
+) -> tuple[list[int], np.ndarray]:
+    """Up to `n` greedy tokens after `ids` (ending at an end-of-answer token), and the logits
+    the first one was chosen from."""
+    decoder = Decoder(session, settings)
+    ends = {int(t) for t in settings.get("eos_token_ids", [])}
+    logits = first = decoder.start(ids)
+    tokens: list[int] = []
+    while len(tokens) < n:
+        token = int(np.argmax(logits))
+        tokens.append(token)
+        if token in ends or len(tokens) == n:
+            break
+        logits = decoder.advance(token)
+    return tokens, first
+
+
+class Generator:
+    """An exported Ascent text generator (task text-generation), ready to answer."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, session: Any = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        self.session = session if session is not None else create_session(self.path, providers)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.task: str = meta.get("ascent.task", "")
+        if self.task != "text-generation":
+            raise RuntimeInputError(
+                f"{self.path.name} is a {self.task or 'non-Ascent'} model, not a text generator"
+            )
+        self.settings: dict[str, Any] = json.loads(meta["ascent.generation"])
+        self.run: dict[str, Any] = json.loads(meta.get("ascent.run", "{}"))
+        spec = json.loads(meta.get("ascent.tokenizer", "{}"))
+        file = self.path.parent / spec.get("file", "tokenizer.json")
+        if not file.is_file():
+            raise RuntimeInputError(f"{file.name} is missing beside {self.path.name}; copy both files")
+        self.tokenizer = Tokenizer.from_file(str(file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def prompt_ids(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a user's message (or a whole conversation) with the chat template."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if not messages or any(not str(m.get("content", "")).strip() for m in messages):
+            raise RuntimeInputError("the prompt is empty; write a question or an instruction")
+        text = render_chat(self.settings, messages)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def stream(
+        self,
+        prompt: str | Sequence[Mapping[str, str]],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+        result: Generation | None = None,
+    ) -> Iterator[Token]:
+        """The answer token by token as it is generated; `result` (when given) is filled in
+        with the whole generation once it ends."""
+        settings = self.settings
+        limit = int(max_new_tokens if max_new_tokens is not None else settings["max_new_tokens"])
+        temp = float(temperature if temperature is not None else settings["temperature"])
+        nucleus = float(top_p if top_p is not None else settings["top_p"])
+        if limit < 1:
+            raise RuntimeInputError("max new tokens must be 1 or more")
+        if temp < 0 or not 0 < nucleus <= 1:
+            raise RuntimeInputError("temperature must be 0 or more and top-p in (0, 1]")
+        ids = self.prompt_ids(prompt)
+        context = int(settings["context"])
+        if len(ids) >= context:
+            raise RuntimeInputError(
+                f"the prompt is {len(ids)} tokens, over the model's context of {context}; shorten it"
+            )
+        limit = min(limit, context - len(ids))
+        ends = {int(t) for t in settings.get("eos_token_ids", [])}
+        rng = np.random.default_rng(seed)
+        decoder = Decoder(self.session, settings)
+        began = time.perf_counter()
+        logits = decoder.start(ids)
+        tokens: list[int] = []
+        shown = answer = ""
+        stopped, first_ms = "length", 0.0
+        while len(tokens) < limit:
+            token = choose_token(logits, temp, nucleus, rng)
+            now = (time.perf_counter() - began) * 1000
+            if not tokens:
+                first_ms = now
+            if token in ends:
+                stopped = "end"
+                break
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            hit = min((text.find(s) for s in stop if s and s in text), default=-1)
+            if hit >= 0:
+                text, stopped = text[:hit], "stop"
+            answer = text
+            if len(text) > len(shown) and text.startswith(shown):
+                yield Token(token, text[len(shown) :], now)
+                shown = text
+            if stopped == "stop" or len(tokens) == limit:
+                break
+            logits = decoder.advance(token)
+        total = (time.perf_counter() - began) * 1000
+        if result is not None:
+            result.text, result.tokens, result.prompt_tokens = answer, tokens, len(ids)
+            result.first_token_ms = first_ms
+            result.ms_per_token = (total - first_ms) / max(1, len(tokens) - 1) if len(tokens) > 1 else 0.0
+            result.stopped = stopped
+
+    def generate(self, prompt: str | Sequence[Mapping[str, str]], **options: Any) -> Generation:
+        """The whole answer at once (see `stream` for the options)."""
+        result = Generation("", [], 0, 0.0, 0.0, "length")
+        for _ in self.stream(prompt, result=result, **options):
+            pass
+        return result

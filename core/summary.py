@@ -24,6 +24,7 @@ MAIN_METRIC = {
     "audio-classification": "val_f1_macro",
     "object-detection": "val_map50",
     "semantic-segmentation": "val_miou",
+    "text-generation": "val_loss",
 }
 
 
@@ -40,12 +41,14 @@ METRIC_NAMES = {
     "val_map": "validation mAP@0.5:0.95",
     "val_miou": "validation mean IoU",
     "val_pixel_accuracy": "validation pixel accuracy",
+    "val_perplexity": "validation perplexity",
     "samples_per_sec": "samples/s",
     "lr": "learning rate",
     "export_max_abs_diff": "ONNX max |diff| from PyTorch",
     "export_top1_agreement": "ONNX top-1 agreement",
     "export_box_agreement": "ONNX boxes found alike",
     "export_pixel_agreement": "ONNX pixels alike",
+    "export_token_agreement": "ONNX greedy tokens alike",
     "export_n_samples": "ONNX samples checked",
     "accuracy": "accuracy",  # the certificate's, on the whole validation split
     "rmse": "RMSE",
@@ -53,7 +56,11 @@ METRIC_NAMES = {
     "miou": "mean IoU",
 }
 # What a certificate's agreement column measures, by task (top-1 classes elsewhere).
-AGREEMENT_WORDS = {"object-detection": "box agreement", "semantic-segmentation": "pixel agreement"}
+AGREEMENT_WORDS = {
+    "object-detection": "box agreement",
+    "semantic-segmentation": "pixel agreement",
+    "text-generation": "token agreement",
+}
 # Metrics whose best value means nothing (a schedule, a speed, a count): only their last counts.
 NO_BEST = frozenset({"lr", "samples_per_sec", "export_n_samples"})
 
@@ -313,6 +320,38 @@ def downloads(run_id: int, offered: Iterable[str | Path] = ()) -> list[tuple[str
             continue
         seen.add(path.resolve())
         out.append((f"{kind} ({file_size(path.stat().st_size)})", path))
+    return out
+
+
+def generations(run_id: int) -> dict[int, list[dict[str, str]]]:
+    """A generator run's answers to its fixed validation prompts, by epoch (0: before training);
+    the last record of an epoch counts (a resumed run may have answered it twice)."""
+    path = jobs.run_dir(run_id) / "samples.jsonl"
+    if not path.is_file():
+        return {}
+    found: dict[int, list[dict[str, str]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            found[int(record["epoch"])] = list(record["samples"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a process that died while writing it
+    return dict(sorted(found.items()))
+
+
+def answers_by_prompt(found: dict[int, list[dict[str, str]]]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(prompt, expected answer, a table of the answer after each epoch) per fixed prompt."""
+    if not found:
+        return []
+    out = []
+    first = found[min(found)]
+    for i, sample in enumerate(first):
+        rows = [
+            {"epoch": epoch, "answer": samples[i]["answer"]}
+            for epoch, samples in found.items()
+            if i < len(samples)
+        ]
+        out.append((sample["prompt"], sample["expected"], pd.DataFrame(rows)))
     return out
 
 

@@ -7,6 +7,7 @@ metric, the best weights and a resumable training state written as safetensors e
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -26,6 +27,7 @@ from core.tasks import DeviceLoader, TaskData, TensorBatches
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"
+SAMPLES = "samples.jsonl"  # one line an epoch: {"epoch", "samples": TaskData.samples()}
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,13 @@ def train(
         if on_epoch is not None and main:
             on_epoch(result)
 
+    def record_samples(epoch: int) -> None:
+        if data.samples is None or not main:
+            return
+        line = json.dumps({"epoch": epoch, "samples": data.samples()}, ensure_ascii=False)
+        with (run_dir / SAMPLES).open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
     def agreed(*flags: bool) -> list[bool]:
         return any_rank(list(flags), ranks, device)
 
@@ -330,6 +339,8 @@ def train(
         state["stale"] = 0  # patience counts the fine-tuning epochs
         report(EpochResult(0, 0, metrics, improved))
 
+    if not resumed:
+        record_samples(0)
     epochs = cfg.epochs
     plan_at = min(steps_per_epoch, 8)  # steps timed before a deadline's plan
     step_times: list[float] = []
@@ -424,6 +435,7 @@ def train(
             "samples_per_sec": seen_total / max(seconds, 1e-9),
             "lr": max(group["lr"] for group in optimizer.param_groups),
         }
+        record_samples(epoch + 1)
         val_s = time.perf_counter() - began
         improved = keep_if_better(epoch + 1, metrics)
         state["epoch"] = epoch + 1

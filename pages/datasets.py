@@ -30,6 +30,7 @@ TASK_CHOICES = {
     "table: classification": "tabular-classification",
     "table: regression": "tabular-regression",
     "text classification": "text-classification",
+    "text generation (instructions)": "text-generation",
 }
 _UPLOADER = "datasets-upload-round"  # bumped after an add, so the uploader empties
 
@@ -77,7 +78,12 @@ def add_form() -> None:
             choice = st.radio("Task", labels, index=labels.index(current), horizontal=True)
             options["task"] = TASK_CHOICES[choice]
             columns = guess.columns
-            if options["task"] == "text-classification":
+            if options["task"] == "text-generation":
+                st.caption(
+                    "Instructions: prompt and response columns, a messages column of chat turns, "
+                    "or one text column."
+                )
+            elif options["task"] == "text-classification":
                 left, right = st.columns(2)
                 text_guess = guess.text_column or columns[0]
                 options["text_column"] = left.selectbox(
@@ -176,6 +182,9 @@ elif ds.task in ("object-detection", "semantic-segmentation"):
     for label, pictures in overlays.scene_preview(ds).items():
         st.markdown(f"**{summary.md(label)}**")
         st.image(pictures, width=160)
+elif ds.task == "text-generation":
+    st.caption(f"Layout: {summary.md(report['layout'])}; the first examples as the model learns them.")
+    st.dataframe(pd.DataFrame(report["examples_shown"]), hide_index=True, width="stretch")
 elif ds.task == "text-classification":
     st.caption(
         f"Text column '{summary.md(ds.schema['text_column'])}', "
@@ -217,6 +226,21 @@ elif ds.task == "semantic-segmentation":
             "unreadable (left out)": report["unreadable"],
             "width": report["width"],
             "height": report["height"],
+        }
+    )
+elif ds.task == "text-generation":
+    left, right = st.columns(2)
+    left.markdown(f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})")
+    left.bar_chart(summary.length_histogram(report))
+    right.write(
+        {
+            "examples": report["examples"],
+            "left out": report["left_out"] or "none",
+            "exact duplicates": report["duplicate_examples"],
+            "turns per example": report["turns"],
+            f"over {report['context']} tokens (left out of a run unless its context is raised)": report[
+                "over_context"
+            ],
         }
     )
 elif "class_counts" in report:

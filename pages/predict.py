@@ -9,12 +9,20 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import jobs, overlays, summary
+from core import jobs, overlays, playground, summary
 from core.data.ingest import get_dataset
 from core.errors import AscentError
 from core.explain import TextExplainer
 from core.models.audio import log_mel
-from core.runtime import DEFAULT_THRESHOLD, Predictor, RuntimeInputError, load_original, prepare_clip
+from core.runtime import (
+    DEFAULT_THRESHOLD,
+    Generation,
+    Generator,
+    Predictor,
+    RuntimeInputError,
+    load_original,
+    prepare_clip,
+)
 from pages.studio.session import page_actor
 
 actor = page_actor()  # every role may predict
@@ -25,6 +33,118 @@ IMAGES_PER_ROW = 3
 def predictor(path: str, mtime: float) -> Predictor:
     """One ONNX Runtime session per exported file (and version of it)."""
     return Predictor(path)
+
+
+@st.cache_resource(max_entries=4)
+def generator(path: str, mtime: float) -> Generator:
+    """A generator file's tokenizer and settings around the Predict page's session of it."""
+    return Generator(path, session=predictor(path, mtime).session)
+
+
+BASE = "base"  # the playground's key for the base model a run started from
+
+
+@st.fragment(run_every=3)
+def wait_for_base(source: str) -> None:
+    """The base model's export, polled until it is ready; then the page runs again."""
+    path, status = playground.base_status(source)
+    if path is not None:
+        st.rerun()
+    st.info(f"Base model: {summary.md(status)}.", icon=":material/hourglass_top:")
+
+
+def chat(run: Any, path: Path, finished: list[Any]) -> None:
+    """A conversation with the run's generator, answered side by side by the base model it
+    started from and other generator runs when chosen; tokens stream in as they come."""
+    others = [r for r in finished if r.task == "text-generation" and r.id != run.id]
+    labels = {BASE: "the base model", **{r.id: f"run {r.id} · {summary.plain(r.name)}" for r in others}}
+    left, right = st.columns([3, 2])
+    beside = left.multiselect(
+        "Answer beside it",
+        list(labels),
+        max_selections=2,
+        format_func=labels.__getitem__,
+        help="The same conversation, answered by the model this run started from or by other runs.",
+    )
+    with right.popover("Generation settings", icon=":material/tune:"):
+        max_new = st.number_input("Max new tokens", 1, 2048, 128)
+        temperature = st.slider(
+            "Temperature", 0.0, 2.0, 0.0, 0.05, help="0 always picks the likeliest token."
+        )
+        top_p = st.slider(
+            "Top-p", 0.05, 1.0, 1.0, 0.05, help="Sample from the smallest set of tokens this likely."
+        )
+        stops = st.text_input(
+            "Stop strings", placeholder="comma-separated", help="The answer ends before any of them."
+        )
+    models: dict[Any, Generator] = {run.id: generator(str(path), path.stat().st_mtime)}
+    for key in beside:
+        if key == BASE:
+            try:
+                source = playground.base_source(run.id)
+            except AscentError as exc:
+                st.warning(summary.md(exc))
+                continue
+            base_file, _ = playground.base_status(source)
+            if base_file is None:
+                playground.prepare_base(source)
+                wait_for_base(source)
+                continue
+            models[BASE] = generator(str(base_file), base_file.stat().st_mtime)
+        else:
+            other = summary.artifact_paths(int(key))["onnx"]
+            models[key] = generator(str(other), Path(other).stat().st_mtime)
+    names = {run.id: f"run {run.id}", **labels}
+    history: list[dict[str, Any]] = st.session_state.setdefault(f"chat-{run.id}", [])
+    for turn in history:
+        st.chat_message("user").write(turn["prompt"])
+        columns = st.columns(len(turn["answers"]))
+        for column, (key, answer) in zip(columns, turn["answers"].items(), strict=True):
+            with column.chat_message("assistant"):
+                st.caption(names.get(key, str(key)))
+                st.write(answer["text"])
+                st.caption(answer["timing"])
+    prompt = st.chat_input("Ask the model")
+    if history and st.button("Clear the conversation", icon=":material/delete_sweep:"):
+        history.clear()
+        st.rerun()
+    if not prompt:
+        return
+    st.chat_message("user").write(prompt)
+    answers: dict[Any, dict[str, str]] = {}
+    for column, (key, model) in zip(st.columns(len(models)), models.items(), strict=True):
+        messages = []
+        for turn in history:  # each model sees its own earlier answers
+            if key in turn["answers"]:
+                messages += [
+                    {"role": "user", "content": turn["prompt"]},
+                    {"role": "assistant", "content": turn["answers"][key]["text"]},
+                ]
+        messages.append({"role": "user", "content": prompt})
+        result = Generation("", [], 0, 0.0, 0.0, "length")
+        with column.chat_message("assistant"):
+            st.caption(names.get(key, str(key)))
+            try:
+                stream = model.stream(
+                    messages,
+                    max_new_tokens=int(max_new),
+                    temperature=float(temperature),
+                    top_p=float(top_p),
+                    stop=[s.strip() for s in stops.split(",") if s.strip()],
+                    result=result,
+                )
+                st.write_stream(token.text for token in stream)
+            except RuntimeInputError as exc:
+                st.error(summary.md(exc))
+                continue
+            timing = (
+                f"{len(result.tokens)} tokens · first after {result.first_token_ms:.0f} ms · "
+                f"{result.ms_per_token:.1f} ms/token · {model.provider}"
+            )
+            st.caption(timing)
+        answers[key] = {"text": result.text, "timing": timing}
+    if answers:
+        history.append({"prompt": prompt, "answers": answers})
 
 
 @st.cache_resource(max_entries=2)
@@ -155,7 +275,9 @@ run = st.selectbox(
 path = summary.artifact_paths(run.id)["onnx"]
 model = predictor(str(path), Path(path).stat().st_mtime)
 
-if model.task == "text-classification":
+if model.task == "text-generation":
+    chat(run, Path(path), finished)
+elif model.task == "text-classification":
     st.caption(
         f"{len(model.labels)} classes; texts are cut at {model.tokenizer_spec.get('max_length')} tokens."
     )

@@ -305,6 +305,7 @@ if len(selected) >= 2:
             "export_top1_agreement",
             "export_box_agreement",
             "export_pixel_agreement",
+            "export_token_agreement",
         },
         key=summary.metric_label,
     )
@@ -443,6 +444,14 @@ elif report and report["kind"] == "segmentation":
         st.image(
             pictures, caption=[f"true (mean IoU {item['miou']:.0%})", "predicted"][: len(pictures)], width=220
         )
+elif report and report["kind"] == "generation":
+    st.subheader("Answers to fixed validation prompts, epoch by epoch")
+    st.caption("Greedy answers; epoch 0 is the base model before training.")
+    for prompt, expected, answers in summary.answers_by_prompt(summary.generations(run.id)):
+        st.markdown(f"**{summary.md(prompt)}**  \nexpected: {summary.md(expected)}")
+        st.dataframe(answers, hide_index=True, width="stretch")
+    st.subheader("Hardest validation examples (highest loss per token)")
+    st.dataframe(numbers(pd.DataFrame(report["hardest"])), hide_index=True, width="stretch")
 elif report:
     st.subheader("Predicted against true (validation split)")
     st.scatter_chart(pd.DataFrame(report["points"], columns=["true", "predicted"]), x="true", y="predicted")
@@ -459,6 +468,7 @@ if "export_max_abs_diff" in run.metrics:
         "export_top1_agreement": "top-1 agreement",
         "export_box_agreement": "boxes found alike (IoU ≥ 0.9)",
         "export_pixel_agreement": "pixels alike",
+        "export_token_agreement": "greedy tokens alike",
     }
     for key, words in agreements.items():
         if key in run.metrics:
@@ -466,7 +476,7 @@ if "export_max_abs_diff" in run.metrics:
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
 
 offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
-if run.status == "succeeded":
+if run.status == "succeeded" and run.task != "text-generation":  # generators: not measured yet
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
     agreement = summary.AGREEMENT_WORDS.get(run.task, "top-1 agreement")
@@ -507,7 +517,7 @@ if run.status == "succeeded":
                 offered.append(path)
                 buttons.download_button(
                     f"{r.variant} ({summary.file_size(r.bytes)})",
-                    path.read_bytes(),
+                    path.read_bytes,  # read when clicked: a generator is hundreds of MB
                     file_name=path.name,
                     help=f"{path.name}: the file measured as {r.variant}",
                     icon=":material/download:",
@@ -543,7 +553,7 @@ if files:
     for label, path in files:
         buttons.download_button(
             label,
-            path.read_bytes(),
+            path.read_bytes,  # read when clicked: a generator is hundreds of MB
             file_name=path.name,
             help=path.name,
             icon=":material/download:",

@@ -231,6 +231,55 @@ with st.container(border=True):
                     )
                     or None
                 )
+        if ds.task == "text-generation":
+            c7, c8, c9 = st.columns(3)
+            full = c7.selectbox(
+                "Fine-tuning",
+                ["LoRA adapters", "every weight"],
+                help=(
+                    "LoRA trains small low-rank adapters beside the frozen model (a few MB a run); "
+                    "every weight suits small models and needs much more memory."
+                ),
+            )
+            options["finetune"] = "full" if full == "every weight" else "lora"
+            options["lora_rank"] = c8.number_input(
+                "LoRA rank", 1, 512, 16, help="Larger adapters learn more and cost more memory."
+            )
+            options["lora_targets"] = c9.text_input(
+                "Layers with adapters",
+                value="all-linear",
+                help="all-linear, or layer names separated by commas, such as q_proj,v_proj.",
+            )
+            longest = ds.schema.get("max_tokens")
+            options["max_length"] = c7.number_input(
+                "Context (tokens)",
+                8,
+                4096,
+                value=None,
+                placeholder=f"from the data (longest {longest})" if longest else "from the data",
+                help="Examples longer than this are left out. Empty: the longest example, at most 512.",
+            )
+            options["lora_alpha"] = c8.number_input(
+                "LoRA alpha",
+                1,
+                4096,
+                value=None,
+                placeholder="twice the rank",
+                help="The adapters' scale is alpha / rank.",
+            )
+            options["lora_dropout"] = c9.number_input("LoRA dropout", 0.0, 0.9, 0.05)
+            if spec.name == "hf-causal-lm":
+                options["weights"] = (
+                    st.text_input(
+                        "Chat model",
+                        placeholder=(
+                            "a local folder, or a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct"
+                            if can(actor, Action.SERVER_FILES)
+                            else "a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct"
+                        ),
+                    )
+                    or None
+                )
         name = st.text_input("Run name (optional)")
         launch = st.form_submit_button(
             "Launch", type="primary", icon=":material/play_arrow:", disabled=not can(actor, Action.TRAIN)
@@ -243,6 +292,10 @@ with st.container(border=True):
                 options["image_size"] = None  # left as fitted: a time budget may lower it
             if spec.name == "hf-transformer" and not options.get("weights"):
                 raise ConfigError("give the Hugging Face model to fine-tune, e.g. distilbert-base-uncased")
+            if spec.name == "hf-causal-lm" and not options.get("weights"):
+                raise ConfigError(
+                    "give the chat model to fine-tune, e.g. HuggingFaceTB/SmolLM2-360M-Instruct"
+                )
             cfg = jobs.config_for(
                 ds.id,
                 model=spec.name,

@@ -178,6 +178,32 @@ def big_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def tiny_llama(folder: Path) -> Path:
+    """A two-layer Llama with SmolLM2's tokenizer and chat template and random weights, saved
+    in `folder` as --weights takes a model folder: small enough to train and export in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from core.models.llm import smollm2_folder
+
+    base = smollm2_folder()
+    config = AutoConfig.from_pretrained(base)
+    config.update(
+        {
+            "num_hidden_layers": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+        }
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
 def train_here(*run_ids: int) -> None:
     """Train, export and close these queued runs in this process, in order, as a worker's child
     would: for tests about what a run leaves, not about the worker (a Worker starts a Python

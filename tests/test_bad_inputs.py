@@ -130,6 +130,8 @@ def _files(d: Path) -> dict[str, Path]:
         "".join(json.dumps({"text": {"nested": i}, "label": i % 2}) + "\n" for i in range(6)),
     )
     f["empty.jsonl"] = _text(d / "empty.jsonl", "   \n")
+    f["no-instructions.jsonl"] = _text(d / "no-instructions.jsonl", '{"a": 1, "b": 2}\n' * 3)
+    f["no-answers.jsonl"] = _text(d / "no-answers.jsonl", '{"prompt": "why?", "response": ""}\n' * 3)
     news = "".join(
         f"story number {i} about the markets and the vote today,{'a' if i % 2 else 'b'}\n" for i in range(20)
     )
@@ -417,6 +419,20 @@ CASES: dict[str, Case] = {
     "hf-transformer without a model to fine-tune": Case(
         ["train", "--dataset", "{ds:text}", "--model", "hf-transformer"], "needs the Hugging Face model"
     ),
+    "generation data without instruction columns": Case(
+        ["datasets", "add", "{no-instructions.jsonl}", "--task", "text-generation"],
+        "has no instruction columns",
+    ),
+    "instructions without one answer": Case(
+        ["datasets", "add", "{no-answers.jsonl}"], "no usable example", postgres=True
+    ),
+    "LoRA on layers named with semicolons": Case(
+        ["train", "--dataset", "{ds:chat}", "--lora-targets", "q_proj;v_proj"], "names no layers"
+    ),
+    "a LoRA rank of 0": Case(["train", "--dataset", "{ds:chat}", "--lora-rank", "0"], "lora_rank"),
+    "hf-causal-lm without a model to fine-tune": Case(
+        ["train", "--dataset", "{ds:chat}", "--model", "hf-causal-lm"], "hf-causal-lm needs the chat model"
+    ),
     # runs
     "show a run that is not there": Case(["runs", "show", "999"], "no run with id 999", postgres=True),
     "cancel a run that is not there": Case(["runs", "cancel", "999"], "no run with id 999"),
@@ -455,6 +471,23 @@ CASES: dict[str, Case] = {
     ),
     "predict with --threshold 2": Case(
         ["predict", "--run", "{run:image}", "{tiny.png}", "--threshold", "2"], "is not between 0 and 1"
+    ),
+    "ask a generator nothing": Case(["predict", "--run", "{run:chat}"], "give the prompt with --text"),
+    "ask a generator for no tokens": Case(
+        ["predict", "--run", "{run:chat}", "--text", "hi", "--max-new-tokens", "0"],
+        "max new tokens must be 1",
+    ),
+    "ask a generator with a top-p of 2": Case(
+        ["predict", "--run", "{run:chat}", "--text", "hi", "--top-p", "2"], "top-p in (0, 1]"
+    ),
+    "ask a generator about a file": Case(
+        ["predict", "--run", "{run:chat}", "{wine.csv}"], "takes --text PROMPT, not files"
+    ),
+    "ask a generator a blank prompt": Case(
+        ["predict", "--run", "{run:chat}", "--text", " "], "the prompt is empty"
+    ),
+    "sampling settings for a classifier": Case(
+        ["predict", "--run", "{run:text}", "--text", "hi", "--temperature", "1"], "are for text generation"
     ),
     "start a segmenter from a missing weights file": Case(
         ["train", "--dataset", "{ds:masks}", "--weights", "/nonexistent/boxes.safetensors"],
@@ -553,7 +586,8 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
     """Datasets and runs of every modality (tables only when not `full`), trained by a real
     worker; a queued run; a run whose dataset was deleted; one admin user."""
     from core.data import scenes
-    from core.data.samples import fashion_mnist_zip, spoken_words_zip
+    from core.data.samples import HELPDESK_FILE, fashion_mnist_zip, spoken_words_zip
+    from tests.conftest import tiny_llama
 
     env = {
         **os.environ,
@@ -588,6 +622,22 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         home.ids["run:masks"] = _ok(
             home, ["train", "--dataset", str(ds), "--epochs", "1", "--image-size", "64", "--batch-size", "8"]
         )["id"]
+        ds = home.ids["ds:chat"] = _ok(home, ["datasets", "add", str(HELPDESK_FILE)])["id"]
+        tiny = tiny_llama(root.parent / "tiny-llama")
+        home.ids["run:chat"] = _ok(
+            home,
+            [
+                "train",
+                "--dataset",
+                str(ds),
+                "--model",
+                "hf-causal-lm",
+                "--weights",
+                str(tiny),
+                "--epochs",
+                "1",
+            ],
+        )["id"]
         orphan_ds = _ok(home, ["datasets", "add", str(files["wine.csv"]), "--name", "gone"])["id"]
         home.ids["run:orphan"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--epochs", "1"])["id"]
         home.ids["run:stopped"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--name", "stopped"])["id"]
@@ -605,7 +655,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         for _ in range(2 if full else 1)
     ]
     logs = [w.communicate(timeout=900)[0] for w in workers]
-    for kind in ("table", "image", "text", "audio", "masks", "orphan"):
+    for kind in ("table", "image", "text", "audio", "masks", "chat", "orphan"):
         if f"run:{kind}" in home.ids:
             run = _ok(home, ["runs", "show", str(home.ids[f"run:{kind}"])])
             assert run["status"] == "succeeded", (kind, run["error"], [log[-1000:] for log in logs])

@@ -131,7 +131,12 @@ def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path)
 
 @pytest.mark.parametrize(
     ("key", "task"),
-    [("wine", "tabular-classification"), ("bbc", "text-classification"), ("words", "audio-classification")],
+    [
+        ("wine", "tabular-classification"),
+        ("bbc", "text-classification"),
+        ("words", "audio-classification"),
+        ("helpdesk", "text-generation"),
+    ],
 )
 def test_home_sample_adds_data_and_queues_a_run(home: Path, key: str, task: str) -> None:
     from core.data.samples import SAMPLES

@@ -10,4 +10,5 @@ TASKS = (
     "audio-classification",
     "object-detection",
     "semantic-segmentation",
+    "text-generation",
 )

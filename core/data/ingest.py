@@ -94,6 +94,8 @@ def _ingest(
         task = "text-classification"
     if task is None and suffix == ".zip":
         task = _zip_task(path, path.name)
+    elif task is None and suffix in text.TEXT_SUFFIXES and _instruction_columns(path):
+        task = "text-generation"  # prompt and response columns, or chat messages
     elif (
         task is None
         and suffix in text.TEXT_SUFFIXES
@@ -110,6 +112,8 @@ def _ingest(
                 "audio-classification takes a zip with one folder per class of WAV or FLAC clips"
             )
         return _ingest_audio(path, name=name, size=size, created_by=created_by)
+    if task == "text-generation":
+        return _ingest_instructions(path, name=name, size=size, created_by=created_by)
     if task == "text-classification":
         return _ingest_texts(
             path, name=name, size=size, text_column=text_column, target=target, created_by=created_by
@@ -214,6 +218,36 @@ def _ingest_texts(
         shutil.rmtree(staging / images.UNPACKED, ignore_errors=True)
         return _commit(
             staging, path, name, "text-classification", fmt, size, len(data), schema, report, created_by
+        )
+
+
+def _instruction_columns(path: Path) -> bool:
+    """Whether a table's columns are instructions (prompt and response, or chat messages)."""
+    from core.data import instructions, text
+
+    found = instructions.layout(
+        [
+            str(c)
+            for c in text.read_table(path, GUESS_ROWS, fields=1, nested=instructions.MESSAGES_NAMES).columns
+        ]
+    )
+    return found is not None and found[0] != "text"
+
+
+def _ingest_instructions(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
+    from core.data import instructions
+
+    stages.report("reading the examples")
+    frame, kind, columns = instructions.read(path)
+    stages.report(f"checking {len(frame):,} examples")
+    data, schema, report = instructions.inspect(frame, kind, columns, path.name)
+    fmt = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+        path.suffix.lower(), "csv"
+    )
+    with _staging() as staging:
+        data.to_parquet(staging / "data.parquet", index=False)
+        return _commit(
+            staging, path, name, "text-generation", fmt, size, len(data), schema, report, created_by
         )
 
 
@@ -379,15 +413,18 @@ def guess_upload(filename: str, data: bytes) -> UploadGuess:
 
 
 def _guess(safe: str, data: bytes) -> UploadGuess:
-    from core.data import tabular, text
+    from core.data import instructions, tabular, text
 
     if safe.lower().endswith(".zip"):
         return UploadGuess(_zip_task(data, safe), [], None, None)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / safe
         path.write_bytes(data)
-        df = text.read_table(path, nrows=GUESS_ROWS)
+        df = text.read_table(path, nrows=GUESS_ROWS, fields=1, nested=instructions.MESSAGES_NAMES)
     columns = [str(c) for c in df.columns]
+    found = instructions.layout(columns)
+    if found is not None and found[0] != "text":
+        return UploadGuess("text-generation", columns, None, None)
     text_column = text.text_column_guess(df)
     if text_column is not None:
         _, label = text.choose_columns(df, text_column, None)

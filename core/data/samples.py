@@ -179,6 +179,9 @@ def spoken_words_zip(
 
 
 SCENES = 300  # images in each synthetic scenes sample
+# Questions and answers of a made-up product's help desk, written for Ascent: facts the base
+# language model cannot know (a 27-month warranty, error E14, ...), so fine-tuning shows.
+HELPDESK_FILE = Path(__file__).parent / "sample_files" / "orbly-helpdesk.jsonl"
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,12 @@ SAMPLES = {
             "Segmentation: 300 synthetic scenes, 4 kinds of clothing pasted on pictures; exact masks",
             {"model": "lraspp-mobilenet-v2", "image_size": 128, "epochs": 12},
         ),
+        Sample(
+            "helpdesk",
+            "Orbly help desk",
+            "Instructions: 50 questions and answers of a made-up kettle's help desk, to teach SmolLM2",
+            {"model": "smollm2-135m", "epochs": 3},
+        ),
     )
 }
 
@@ -261,6 +270,8 @@ def add_sample(key: str, *, actor: Actor = LOCAL) -> DatasetInfo:
             path = make(Path(tmp) / f"{key}.zip", SCENES)
             task = "object-detection" if boxes else "semantic-segmentation"
             return ingest_file(path, name=sample.title, task=task, actor=actor)
+        elif key == "helpdesk":
+            return ingest_file(HELPDESK_FILE, name=sample.title, task="text-generation", actor=actor)
         elif key == "bbc":
             path = bbc_news_csv(Path(tmp) / "bbc-news.csv", per_class=60, chars=300)
             return ingest_file(path, name=sample.title, task="text-classification", actor=actor)

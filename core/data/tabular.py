@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,14 @@ def check_columns(names: list[str], source: str) -> list[str]:
     return clean
 
 
-def check_cells(df: pd.DataFrame, source: str) -> None:
-    """No text cell longer than ASCENT_MAX_CELL_CHARS, and no lists or objects in cells."""
+def check_cells(df: pd.DataFrame, source: str, lists: Collection[str] = ()) -> None:
+    """No text cell longer than ASCENT_MAX_CELL_CHARS, and no lists or objects in cells (but in
+    the columns named in `lists`, whose items their reader checks)."""
     limit = get_settings().max_cell_chars
     for column in df.columns:
         values = df[column]
+        if str(column).lower() in lists:
+            continue
         if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)):
             continue
         nested = values.map(lambda v: isinstance(v, (list, dict, tuple, set)) or hasattr(v, "__array__"))
@@ -96,9 +100,9 @@ def _parquet_columns(path: Path) -> list[str]:
     return names
 
 
-def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
+def read_table(path: Path, nrows: int | None = None, *, fields: int = 2) -> pd.DataFrame:
     """Read a table (its first `nrows` rows when given), turning every way a file can fail to
-    be one into a DatasetError."""
+    be one into a DatasetError. It needs `fields` columns (a target and a feature)."""
     suffix = path.suffix.lower()
     if suffix in {".parquet", ".pq"}:
         names = _parquet_columns(path)
@@ -113,7 +117,7 @@ def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
     else:
         df = _read_text_table(path, "\t" if suffix == ".tsv" else None, nrows)
     check_cells(df, path.name)
-    if len(df.columns) < 2:
+    if len(df.columns) < fields:
         raise DatasetError(
             f"{path.name} has {len(df.columns)} column; a table needs a target column and at "
             "least one feature column (is the separator a comma?)"

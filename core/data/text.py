@@ -39,12 +39,15 @@ def decode(data: bytes, name: str) -> str:
         ) from exc
 
 
-def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, nrows: int | None = None, *, fields: int = 2, nested: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """CSV, TSV, Parquet or JSON Lines (the first `nrows` rows when given) as a DataFrame;
-    every failure is a DatasetError."""
+    every failure is a DatasetError. JSON Lines need `fields` fields (a text and a label); the
+    fields named in `nested` may hold lists (chat turns)."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson"):
-        return tabular.read_table(path, nrows)
+        return tabular.read_table(path, nrows, fields=fields)
     text = decode(path.read_bytes(), path.name)
     if not text.strip():
         raise DatasetError(f"{path.name} is empty; upload one JSON object per line")
@@ -53,8 +56,8 @@ def read_table(path: Path, nrows: int | None = None) -> pd.DataFrame:
     except ValueError as exc:
         raise DatasetError(f"{path.name} is not JSON Lines (one JSON object per line): {exc}") from exc
     df.columns = tabular.check_columns([str(c) for c in df.columns], path.name)
-    tabular.check_cells(df, path.name)
-    if len(df.columns) < 2:
+    tabular.check_cells(df, path.name, nested)
+    if len(df.columns) < fields:
         raise DatasetError(f"{path.name} needs a text field and a label field in every line")
     return df
 

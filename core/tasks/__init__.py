@@ -165,6 +165,9 @@ class TaskData:
     # The run report from the best model's validation outputs and targets, where the task's
     # differs from the classification/regression one (core.report.build_report).
     report: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+    # What the model now makes of a few fixed validation inputs (a generator's answers to its
+    # prompts): called before training and after each validation, kept in the run's folder.
+    samples: Callable[[], list[dict[str, str]]] | None = None
 
 
 class Probabilities(torch.nn.Module):
@@ -331,10 +334,10 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import audio, detection, image, segmentation, tabular, text
+    from core.tasks import audio, detection, generation, image, segmentation, tabular, text
 
     modules: dict[str, Task] = {
-        t: m for m in (tabular, image, text, audio, detection, segmentation) for t in m.TASKS
+        t: m for m in (tabular, image, text, audio, detection, segmentation, generation) for t in m.TASKS
     }
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")

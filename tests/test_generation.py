@@ -1,0 +1,241 @@
+"""Text generation: instruction uploads in their three layouts, LoRA fine-tuning that teaches
+SmolLM2-135M-Instruct a made-up help desk's answers (adapters alone change), and the exported
+generator: one ONNX graph with a KV cache whose greedy tokens are PyTorch's, run by the numpy
+loop in core.runtime from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core import jobs
+from core.data.ingest import ingest_file
+from core.data.samples import HELPDESK_FILE
+from core.errors import ConfigError, DatasetError
+from core.models import models_for
+from core.models.llm import smollm2_folder
+from core.runtime import Generator, render_chat
+from core.tasks import get_task
+from core.tasks.generation import CausalLoss, answers, prompt_of
+from core.train import BEST, train
+from tests.conftest import tiny_llama, train_here
+
+TASK = "text-generation"
+# A question the base model cannot answer: the warranty is made up for the sample.
+QUESTION = "How many months is the warranty of the Orbly K7 kettle?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_the_three_layouts_are_read_and_bad_rows_counted(home: Path, tmp_path: Path) -> None:
+    assert [m.name for m in models_for(TASK)] == ["smollm2-135m", "hf-causal-lm"]
+    pairs = ingest_file(HELPDESK_FILE)
+    assert pairs.task == TASK and pairs.n_items == 50  # found by its prompt and response columns
+    assert pairs.report["layout"] == "pairs" and pairs.report["length_unit"] == "SmolLM2 tokens"
+    assert 50 < pairs.report["length_tokens"]["median"] < 90 and pairs.report["over_context"] == 0
+
+    chats = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+        {"conversations": None},
+        {"messages": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+        {"messages": [{"role": "user", "content": "no answer"}]},
+        {"messages": [{"role": "wizard", "content": "?"}, {"role": "assistant", "content": "!"}]},
+    ]
+    ds = ingest_file(_jsonl(tmp_path / "chat.jsonl", chats))
+    assert ds.task == TASK and ds.n_items == 2 and ds.report["layout"] == "chat"
+    assert ds.report["left_out"] == {
+        "messages that are not a list of turns": 1,
+        "no assistant turn to learn": 1,
+        "a turn whose role is not system, user or assistant": 1,
+    }
+    # A CSV cell may hold the turns as a JSON string.
+    csv = tmp_path / "chat.csv"
+    csv.write_text(
+        'messages\n"[{""role"": ""user"", ""content"": ""a""}, {""role"": ""assistant"", ""content"": ""b""}]"\n'
+        * 3
+    )
+    assert ingest_file(csv).n_items == 3
+
+    plain = ingest_file(_jsonl(tmp_path / "plain.jsonl", [{"text": "one line"}, {"text": "two"}]), task=TASK)
+    assert plain.report["layout"] == "text" and plain.n_items == 2
+
+    with pytest.raises(DatasetError, match="no instruction columns"):
+        ingest_file(_jsonl(tmp_path / "other.jsonl", [{"a": 1, "b": 2}] * 3), task=TASK)
+    with pytest.raises(DatasetError, match="no usable example.*3 with an empty prompt or response"):
+        ingest_file(_jsonl(tmp_path / "empty.jsonl", [{"prompt": "q", "response": " "}] * 3))
+    assert [d.name for d in jobs.list_runs()] == []
+
+
+def test_lora_teaches_smollm2_the_help_desk_and_changes_adapters_alone(home: Path, tmp_path: Path) -> None:
+    """The sample's defaults (rank 16 on every linear layer, lr 1e-3, 3 epochs) make the base
+    model answer a new phrasing of a made-up fact it got wrong; its own weights stay as they were."""
+    ds = ingest_file(HELPDESK_FILE)
+    cfg = jobs.config_for(ds.id)
+    assert (cfg.model, cfg.finetune, cfg.lora_rank, cfg.lora_targets, cfg.epochs) == (
+        "smollm2-135m", "lora", 16, "all-linear", 3
+    )  # fmt: skip
+    data = get_task(TASK).prepare(ds, cfg, "cpu")
+    model = data.model
+    assert isinstance(model, CausalLoss)
+    ask = [([{"role": "user", "content": QUESTION}], "")]
+    before = answers(model, model.tokenizer, ask)[0]["answer"]
+    assert "27" not in before, before
+    base = load_file(str(smollm2_folder() / "model.safetensors"))
+
+    losses: list[float] = []
+    train(cfg, data, device="cpu", run_dir=tmp_path, on_epoch=lambda r: losses.append(r.metrics["val_loss"]))
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2], losses
+
+    saved = load_file(str(tmp_path / BEST))
+    assert saved and all("lora_" in k for k in saved)  # the checkpoint holds the adapters alone
+    for name, tensor in model.lm.named_parameters():
+        if "lora_" not in name:
+            plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            assert torch.equal(tensor, base[plain]), name
+    after = answers(model, model.tokenizer, ask)[0]["answer"]
+    assert "27-month" in after or "27 months" in after, after
+    # Every epoch's answers to the fixed validation prompts are kept, before training first.
+    lines = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2, 3] and len(lines[3]["samples"]) == 3
+
+
+def test_exported_generator_is_one_cached_graph_that_answers_as_pytorch_does(
+    home: Path, tmp_path: Path, tiny: Path
+) -> None:
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    ds = ingest_file(HELPDESK_FILE)
+    run = jobs.submit(jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), epochs=1))
+    train_here(run.id)
+    done = jobs.get_run(run.id)
+    assert done.metrics["export_token_agreement"] == 1.0 and done.metrics["export_max_abs_diff"] < 1e-4
+    folder = jobs.run_dir(run.id)
+    assert sorted(p.name for p in folder.glob("model.onnx*")) == ["model.onnx"]  # weights once, in one file
+
+    # Plain ONNX Runtime takes the file: a dynamic batch, new tokens and cache length.
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert isinstance(shapes["input_ids"][0], str) and isinstance(shapes["past.0.key"][2], str)
+
+    generator = Generator(folder / "model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    messages = [{"role": "user", "content": QUESTION}]
+    assert render_chat(generator.settings, messages) == tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    # Greedy tokens equal transformers' generate on the merged PyTorch model.
+    from core.tasks.generation import merged
+
+    cfg = jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), epochs=1)
+    data = get_task(TASK).prepare(ds, cfg, "cpu")
+    data.model.load_state_dict(load_file(str(folder / BEST)))
+    lm = merged(data)
+    ids = generator.prompt_ids(QUESTION)
+    expected = lm.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    got = generator.generate(QUESTION, max_new_tokens=12)
+    assert got.tokens == expected[0, len(ids) :].tolist() and got.stopped == "length"
+    assert got.first_token_ms > 0 and got.ms_per_token > 0 and got.prompt_tokens == len(ids)
+    streamed = "".join(t.text for t in generator.stream(QUESTION, max_new_tokens=12))
+    assert streamed == got.text
+    # Sampling: seeded, and a tiny top-p keeps the likeliest token alone (greedy again).
+    hot = generator.generate(QUESTION, max_new_tokens=8, temperature=1.5, seed=3)
+    assert hot.tokens == generator.generate(QUESTION, max_new_tokens=8, temperature=1.5, seed=3).tokens
+    assert (
+        generator.generate(QUESTION, max_new_tokens=8, temperature=1.0, top_p=1e-6).tokens == got.tokens[:8]
+    )
+    # A stop string ends the answer before it.
+    cut = got.text[len(got.text) // 2 :][:3]
+    if cut.strip():
+        stopped = generator.generate(QUESTION, max_new_tokens=12, stop=[cut])
+        assert stopped.stopped == "stop" and cut not in stopped.text
+
+    cli = [sys.executable, "-m", "core", "predict", "--run", str(run.id)]
+    out = subprocess.run(
+        [*cli, "--text", QUESTION, "--max-new-tokens", "5", "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    (answer,) = json.loads(out.stdout)["generations"]
+    assert (
+        answer["tokens"] == got.tokens[:5] and answer["first_token_ms"] > 0 and answer["prompt"] == QUESTION
+    )
+    del lm, data
+
+
+def test_lora_options_are_checked(home: Path, tiny: Path) -> None:
+    ds = ingest_file(HELPDESK_FILE)
+    with pytest.raises(ConfigError, match="no layer of the model is named nope; its linear layers are: "):
+        cfg = jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), lora_targets="nope")
+        get_task(TASK).prepare(ds, cfg, "cpu")
+    with pytest.raises(ValueError, match="names no layers"):
+        jobs.config_for(ds.id, lora_targets="q_proj;v_proj")
+    with pytest.raises(ConfigError, match="hf-causal-lm needs --weights"):
+        get_task(TASK).prepare(ds, jobs.config_for(ds.id, model="hf-causal-lm"), "cpu")
+    # Full fine-tuning trains every weight and keeps a tied output layer once.
+    cfg = jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), finetune="full")
+    data = get_task(TASK).prepare(ds, cfg, "cpu")
+    state = data.model.state_dict()
+    assert "lm.model.embed_tokens.weight" in state and "lm.lm_head.weight" not in state
+    assert all(p.requires_grad for p in data.model.parameters())
+    assert prompt_of("plain text") is None
+    assert np.isfinite(float(data.loss_fn(torch.tensor([[2.0, 1.0]]), torch.zeros(1))))
+
+
+def test_studio_trains_and_chats_side_by_side_with_the_base_model(home: Path, tiny: Path) -> None:
+    """The Train page offers the LoRA options; the run's page shows its answers epoch by epoch;
+    the Predict page streams the run's answer beside the base model's (exported once, in the
+    background, to the model cache)."""
+    from streamlit.testing.v1 import AppTest
+
+    from core import playground
+
+    root = Path(__file__).resolve().parents[1]
+    ds = ingest_file(HELPDESK_FILE)
+    at = AppTest.from_file(str(root / "pages" / "train.py"), default_timeout=60).run()
+    assert not at.exception
+    assert [s.label for s in at.selectbox if s.label == "Fine-tuning"] == ["Fine-tuning"]
+    assert any(n.label == "LoRA rank" for n in at.number_input)
+
+    run = jobs.submit(jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), epochs=1, name="chat"))
+    train_here(run.id)
+    at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
+    at.multiselect[0].set_value([run.id]).run()
+    assert not at.exception and not at.error
+    assert any("Answers to fixed validation prompts" in h.value for h in at.subheader)
+    assert any(c.value.startswith("Greedy answers; epoch 0 is the base model") for c in at.caption)
+
+    source = playground.base_source(run.id)
+    assert source == str(tiny)
+    assert playground.base_status(source)[0] is None
+    playground.export_base(source)  # what the page starts in the background
+    assert playground.base_status(source)[1] == "ready"
+
+    at = AppTest.from_file(str(root / "pages" / "predict.py"), default_timeout=120).run()
+    assert not at.exception
+    at.multiselect[0].set_value(["base"]).run()
+    at.chat_input[0].set_value(QUESTION).run()
+    assert not at.exception, at.exception
+    captions = [c.value for c in at.caption]
+    assert "run 1" in captions and "the base model" in captions
+    timings = [c for c in captions if "ms/token" in c and "CPUExecutionProvider" in c]
+    assert len(timings) == 2 and all(c.split(" tokens")[0].isdigit() for c in timings), captions
+    # The conversation stays: the next question is asked after the first answers.
+    at.chat_input[0].set_value("And the reset?").run()
+    assert not at.exception
+    assert [m.name for m in at.chat_message].count("user") == 2
