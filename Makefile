@@ -38,6 +38,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/runs_table.py
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py --certificate
+	$(PY) bench/inference.py --generation
 	$(PY) bench/reliability.py
 
 clean:

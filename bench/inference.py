@@ -31,6 +31,17 @@ image model, a naive static int8 (ONNX Runtime's defaults: every op, per-tensor 
 calibration images) is measured beside it for comparison.
 
     python bench/inference.py --certificate [--samples wine,fashion,bbc,words]
+
+Text generation (`--generation`): SmolLM2-135M-Instruct (the offline default; fine-tuned adapters
+are merged into the same weights, so a run's generator runs at the same speed) exported as runs
+export it, one graph with a KV cache, then timed at batch 1 on the help-desk prompt rendered with
+its chat template: the time to the first token (reading the prompt and choosing the token) and
+the ms per token after it, over `--new-tokens` greedy tokens (end tokens ignored, so both make
+as many). PyTorch eager runs the same loop with transformers' cache (its default attention);
+ONNX Runtime runs core.runtime's Decoder. Each side runs in fresh processes, one warm-up
+generation then three timed ones (median), `--repeats` processes (median).
+
+    python bench/inference.py --generation [--repeats 3] [--threads 2] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -588,6 +599,107 @@ def _certificate_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+GENERATION_PROMPT = "How many months is the warranty of the Orbly K7 kettle?"
+
+
+def _generation_child(mode: str, path: Path, threads: int, new_tokens: int) -> dict[str, float]:
+    """(ms to the first token, ms per token after it), medians of three timed generations."""
+    import numpy as np
+    import torch
+
+    from core.runtime import Decoder, Generator, create_session
+
+    torch.set_num_threads(threads)
+    generator = Generator(path, session=_session(path, threads) if mode == "ort" else create_session(path))
+    ids = generator.prompt_ids(GENERATION_PROMPT)
+    if mode == "ort":
+        decoder = Decoder(generator.session, generator.settings)
+        start, advance = decoder.start, decoder.advance
+    else:
+        from transformers import AutoModelForCausalLM
+        from transformers.cache_utils import DynamicCache
+
+        from core.models.llm import smollm2_folder
+
+        lm = AutoModelForCausalLM.from_pretrained(str(smollm2_folder()), dtype=torch.float32).eval()
+        state: dict[str, Any] = {}
+
+        @torch.no_grad()
+        def start(prompt: list[int]) -> Any:
+            state["cache"] = DynamicCache(config=lm.config)
+            out = lm(input_ids=torch.tensor([prompt]), cache=state["cache"], use_cache=True)
+            return out.logits[0, -1].numpy()
+
+        @torch.no_grad()
+        def advance(token: int) -> Any:
+            out = lm(input_ids=torch.tensor([[token]]), cache=state["cache"], use_cache=True)
+            return out.logits[0, -1].numpy()
+
+    def once() -> tuple[float, float]:
+        began = time.perf_counter()
+        token = int(np.argmax(start(ids)))
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            token = int(np.argmax(advance(token)))
+        end = time.perf_counter()
+        return (first - began) * 1000, (end - first) * 1000 / (new_tokens - 1)
+
+    once()
+    timed = [once() for _ in range(3)]
+    return {
+        "ttft_ms": statistics.median(t[0] for t in timed),
+        "ms_per_token": statistics.median(t[1] for t in timed),
+        "prompt_tokens": len(ids),
+    }
+
+
+def _generation(args: argparse.Namespace) -> None:
+    from core.models.llm import smollm2_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ASCENT_HOME"] = tmp
+        from core.playground import export_base
+
+        began = time.perf_counter()
+        path = export_base(str(smollm2_folder()))
+        exported = time.perf_counter() - began
+        rows = {}
+        for mode in ("torch", "ort"):
+            runs = []
+            for _ in range(args.repeats):
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--gen-child",
+                        mode,
+                        str(path),
+                        str(args.new_tokens),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            rows[mode] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        size = sum(f.stat().st_size for f in path.parent.glob("model.onnx*"))
+    print(
+        f"SmolLM2-135M-Instruct, batch 1, {int(rows['ort']['prompt_tokens'])} prompt tokens, {args.new_tokens} new"
+    )
+    print("| runtime | time to first token (ms) | ms per token | per token vs PyTorch |")
+    print("|---|---|---|---|")
+    for mode, name in (("torch", "PyTorch eager"), ("ort", "ONNX Runtime")):
+        ratio = rows[mode]["ms_per_token"] / rows["torch"]["ms_per_token"]
+        print(f"| {name} | {rows[mode]['ttft_ms']:.1f} | {rows[mode]['ms_per_token']:.1f} | {ratio:.2f}x |")
+    print(
+        f"export {exported:.0f} s, {size / 1e6:.0f} MB; {args.threads} threads each side; {os.cpu_count()} CPUs; "
+        f"1-minute load average at the end {os.getloadavg()[0]:.2f}"
+    )
+    print(json.dumps(rows))
+
+
 def _default_models() -> str:
     from core.models import models_for
 
@@ -608,7 +720,19 @@ def main() -> None:
     )
     parser.add_argument("--samples", default=",".join(CERTIFIED), help="with --certificate")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--generation", action="store_true", help="time to first token and ms/token of the text generator"
+    )
+    parser.add_argument("--new-tokens", type=int, default=64, help="with --generation")
+    parser.add_argument("--gen-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gen_child:
+        mode, path, new_tokens = args.gen_child
+        print(json.dumps(_generation_child(mode, Path(path), args.threads, int(new_tokens))))
+        return
+    if args.generation:
+        _generation(args)
+        return
     if args.certificate:
         rows = _certificates(args.samples.split(","))
         print(_certificate_table(rows))

@@ -126,6 +126,16 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
         )
         if rep["unreadable"]:
             text += f"\nunreadable, left out: {', '.join(rep['unreadable'])}"
+    elif ds.task == "text-generation":
+        lengths = rep["length_tokens"]
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task} ({rep['layout']}), {ds.n_items} examples; length in "
+            f"{rep['length_unit']}: median {lengths['median']:g}, longest {lengths['max']}"
+        )
+        if rep["over_context"]:
+            text += f"; {rep['over_context']} over {rep['context']} tokens (raise --max-length to learn them)"
+        if rep["left_out"]:
+            text += "\nleft out: " + "; ".join(f"{n} with {why}" for why, n in rep["left_out"].items())
     else:
         text = (
             f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} rows, target '{ds.schema['target']}'\n"

@@ -42,8 +42,16 @@ def _jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-def test_the_three_layouts_are_read_and_bad_rows_counted(home: Path, tmp_path: Path) -> None:
+def test_the_three_layouts_are_read_and_bad_rows_counted(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.__main__ import main
+
     assert [m.name for m in models_for(TASK)] == ["smollm2-135m", "hf-causal-lm"]
+    assert main(["datasets", "add", str(HELPDESK_FILE)]) == 0
+    assert capsys.readouterr().out.startswith(
+        "dataset 1 'orbly-helpdesk': text-generation (pairs), 50 examples; length in SmolLM2 tokens: median"
+    )
     pairs = ingest_file(HELPDESK_FILE)
     assert pairs.task == TASK and pairs.n_items == 50  # found by its prompt and response columns
     assert pairs.report["layout"] == "pairs" and pairs.report["length_unit"] == "SmolLM2 tokens"
