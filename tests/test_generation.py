@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -247,3 +248,61 @@ def test_studio_trains_and_chats_side_by_side_with_the_base_model(home: Path, ti
     at.chat_input[0].set_value("And the reset?").run()
     assert not at.exception
     assert [m.name for m in at.chat_message].count("user") == 2
+
+
+def _toy_batch(model: torch.nn.Module, rows: slice) -> torch.Tensor:
+    """A causal LM's [summed NLL, learnt tokens] per example, from a linear "model" on fixed
+    inputs whose examples learn 1, 6, 2 and 9 tokens."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 9, 8, generator=gen)
+    targets = torch.randint(0, 5, (4, 9), generator=gen)
+    learnt = torch.arange(9)[None, :] < torch.tensor([1, 6, 2, 9])[:, None]
+    nll = torch.nn.functional.cross_entropy(model(x[rows]).transpose(1, 2), targets[rows], reduction="none")
+    mask = learnt[rows].float()
+    return torch.stack([(nll * mask).sum(1), mask.sum(1)], dim=1)
+
+
+def _ddp_gradient(rank: int, port: int, found: Any) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from core.tasks.generation import token_loss
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 5)
+    ddp = DistributedDataParallel(model)  # kept alive: its hooks average the gradients in backward
+    token_loss(_toy_batch(ddp, slice(2 * rank, 2 * rank + 2)), torch.zeros(2)).backward()
+    found.put((rank, model.weight.grad.tolist()))  # plain lists: tensors would be shared memory
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_the_loss_over_two_processes_is_the_loss_over_the_whole_batch() -> None:
+    """Two DistributedDataParallel processes, each half of a batch whose examples learn 1, 6, 2
+    and 9 tokens: the averaged gradient is one process's on the whole batch (each process
+    divides by the whole batch's token count, not its own)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from core.tasks.generation import token_loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 5)
+    token_loss(_toy_batch(model, slice(0, 4)), torch.zeros(4)).backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    found = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_gradient, args=(rank, port, found)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    grads = dict(found.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    assert model.weight.grad is not None
+    for rank in (0, 1):
+        assert torch.allclose(torch.tensor(grads[rank]), model.weight.grad, atol=1e-6), rank

@@ -96,13 +96,30 @@ class CausalLoss(nn.Module):
 
 
 def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood per learnt token over the batch."""
-    return out[:, 0].sum() / out[:, 1].sum().clamp(min=1.0)
+    """Mean negative log-likelihood per learnt token of the batch.
+
+    Over several processes each holds part of the batch, and DistributedDataParallel averages
+    their gradients: each process divides by the whole batch's token count (summed over the
+    processes) times their number, so the averaged gradient is exactly one process's on the
+    whole batch however the tokens fall. Every process calls this for every batch (and on the
+    gathered validation outputs, where the same formula gives the plain mean)."""
+    import torch.distributed as dist
+
+    tokens = out[:, 1].detach().sum()
+    if dist.is_available() and dist.is_initialized():
+        tokens = tokens.clone()
+        dist.all_reduce(tokens)
+        return out[:, 0].sum() * dist.get_world_size() / tokens.clamp(min=1.0)
+    return out[:, 0].sum() / tokens.clamp(min=1.0)
+
+
+def mean_nll(out: torch.Tensor) -> float:
+    """Mean negative log-likelihood per learnt token of outputs held whole in this process."""
+    return float(out[:, 0].sum() / out[:, 1].sum().clamp(min=1.0))
 
 
 def perplexity(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    loss = float(token_loss(out, y))
-    return {"val_perplexity": math.exp(min(loss, 50.0))}
+    return {"val_perplexity": math.exp(min(mean_nll(out), 50.0))}
 
 
 def encode(tokenizer: Any, item: Any) -> tuple[list[int], list[int]]:
@@ -316,7 +333,7 @@ def generation_report(out: torch.Tensor, items: list[Any]) -> dict[str, Any]:
         "kind": "generation",
         "examples": len(items),
         "tokens": int(out[:, 1].sum()),
-        "val_loss": float(token_loss(out, out)),
+        "val_loss": mean_nll(out),
         "loss_per_example": [float(v) for v in per_token],
         "hardest": hardest,
     }
