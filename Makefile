@@ -39,6 +39,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py --certificate
 	$(PY) bench/inference.py --generation
+	$(PY) bench/instructions.py
 	$(PY) bench/reliability.py
 
 clean:

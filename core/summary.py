@@ -372,6 +372,7 @@ ITEM_WORDS = {
     "text-classification": "texts",
     "object-detection": "images",
     "semantic-segmentation": "images",
+    "text-generation": "examples",
 }
 
 
@@ -580,7 +581,8 @@ def fitted_value(choice: Any) -> str:
 # What the Datasets page accepts, in words (the uploader's own refusal is terse and English).
 UPLOAD_TYPES = ["csv", "tsv", "parquet", "jsonl", "zip"]
 UPLOAD_TYPES_IN_WORDS = (
-    "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), or a zip (.zip) of "
+    "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), instructions among them "
+    "(prompt and response columns, or chat messages), or a zip (.zip) of "
     "class folders holding images, .txt files or WAV/FLAC clips, or of images with boxes (COCO, YOLO, "
     "Pascal VOC) or masks (images/ and masks/); other files (Excel, plain .txt, single images) are "
     "refused: save a sheet as CSV, or zip the folders"
@@ -610,10 +612,18 @@ def upload_preview(filename: str, data: bytes, rows: int = 10) -> pd.DataFrame:
                 for folder, names in sorted(folders.items())
             ]
         )
+    from core.data.instructions import MESSAGES_NAMES
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
-        return text.read_table(path, nrows=rows)
+        frame = text.read_table(path, nrows=rows, fields=1, nested=MESSAGES_NAMES)
+    for column in frame.columns:  # chat turns, shown as the JSON they were written in
+        if str(column).lower() in MESSAGES_NAMES:
+            frame[column] = frame[column].map(
+                lambda v: v if isinstance(v, str) else json.dumps(v, default=str)
+            )
+    return frame
 
 
 def missing_values(report: dict[str, Any]) -> pd.Series:

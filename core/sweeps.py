@@ -146,8 +146,9 @@ def parse_space(text: str) -> list[Param]:
 
 
 def direction_of(metric: str) -> Literal["minimize", "maximize"]:
-    lower = any(word in metric for word in ("loss", "rmse", "mae", "mse", "error"))
-    return "minimize" if lower else "maximize"
+    from db.queries import lower_is_better
+
+    return "minimize" if lower_is_better(metric) else "maximize"
 
 
 @functools.cache

@@ -135,8 +135,8 @@ class ExportInfo:
 
 
 def lower_is_better(key: str) -> bool:
-    """Loss-like metrics improve downwards; everything else upwards."""
-    return any(word in key for word in ("loss", "rmse", "mae", "error"))
+    """Loss-like metrics (errors, perplexity) improve downwards; everything else upwards."""
+    return any(word in key for word in ("loss", "rmse", "mae", "mse", "error", "perplexity"))
 
 
 def _dataset(row: Dataset) -> DatasetInfo:

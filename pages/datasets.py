@@ -42,7 +42,8 @@ def add_form() -> None:
         st.caption(f"You are a {actor.role.value}: a member or admin adds datasets.")
         return
     upload = st.file_uploader(
-        "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict or a text column, or a zip of "
+        "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict, a text column or instructions "
+        "(prompt and response, or chat messages), or a zip of "
         "class folders of images, of .txt files or of WAV/FLAC clips, or of images with boxes or masks",
         type=summary.UPLOAD_TYPES,
         max_upload_size=upload_mb,

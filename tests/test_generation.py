@@ -65,7 +65,14 @@ def test_the_three_layouts_are_read_and_bad_rows_counted(
         {"messages": [{"role": "user", "content": "no answer"}]},
         {"messages": [{"role": "wizard", "content": "?"}, {"role": "assistant", "content": "!"}]},
     ]
-    ds = ingest_file(_jsonl(tmp_path / "chat.jsonl", chats))
+    # The Datasets page previews and guesses the upload before it is added.
+    from core import summary
+    from core.data.ingest import guess_upload
+
+    raw = _jsonl(tmp_path / "chat.jsonl", chats).read_bytes()
+    assert guess_upload("chat.jsonl", raw).task == TASK
+    assert summary.upload_preview("chat.jsonl", raw)["messages"][0].startswith('[{"role": "user"')
+    ds = ingest_file(tmp_path / "chat.jsonl")
     assert ds.task == TASK and ds.n_items == 2 and ds.report["layout"] == "chat"
     assert ds.report["left_out"] == {
         "messages that are not a list of turns": 1,
@@ -203,6 +210,11 @@ def test_lora_options_are_checked(home: Path, tiny: Path) -> None:
     assert "lm.model.embed_tokens.weight" in state and "lm.lm_head.weight" not in state
     assert all(p.requires_grad for p in data.model.parameters())
     assert prompt_of("plain text") is None
+    # Perplexity is best at its lowest, in the runs table and for sweeps.
+    from core.sweeps import direction_of
+    from db.queries import lower_is_better
+
+    assert lower_is_better("val_perplexity") and direction_of("val_perplexity") == "minimize"
     assert np.isfinite(float(data.loss_fn(torch.tensor([[2.0, 1.0]]), torch.zeros(1))))
 
 
