@@ -256,7 +256,7 @@ with st.container(border=True):
                 8,
                 4096,
                 value=None,
-                placeholder=f"from the data (longest {longest})" if longest else "from the data",
+                placeholder=f"longest: {longest}" if longest else "from the data",
                 help="Examples longer than this are left out. Empty: the longest example, at most 512.",
             )
             options["lora_alpha"] = c8.number_input(
