@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -274,29 +273,33 @@ def _toy_batch(model: torch.nn.Module, rows: slice) -> torch.Tensor:
     return torch.stack([(nll * mask).sum(1), mask.sum(1)], dim=1)
 
 
-def _ddp_gradient(rank: int, port: int, found: Any) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from core.tasks.generation import token_loss
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    torch.manual_seed(0)
-    model = torch.nn.Linear(8, 5)
-    ddp = DistributedDataParallel(model)  # kept alive: its hooks average the gradients in backward
-    token_loss(_toy_batch(ddp, slice(2 * rank, 2 * rank + 2)), torch.zeros(2)).backward()
-    found.put((rank, model.weight.grad.tolist()))  # plain lists: tensors would be shared memory
-    dist.barrier()
-    dist.destroy_process_group()
+# One process of two: its half of the toy batch through DistributedDataParallel, the gradient out
+# as JSON. A fresh interpreter (not multiprocessing's spawn, which would run this process's
+# __main__ again: a page script, once AppTest ran one here).
+DDP_CHILD = """
+import json, sys
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from core.tasks.generation import token_loss
+from tests.test_generation import _toy_batch
+rank, port = int(sys.argv[1]), int(sys.argv[2])
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 5)
+ddp = DistributedDataParallel(model)  # kept alive: its hooks average the gradients in backward
+token_loss(_toy_batch(ddp, slice(2 * rank, 2 * rank + 2)), torch.zeros(2)).backward()
+print(json.dumps(model.weight.grad.tolist()))
+dist.barrier()
+dist.destroy_process_group()
+"""
 
 
 def test_the_loss_over_two_processes_is_the_loss_over_the_whole_batch() -> None:
     """Two DistributedDataParallel processes, each half of a batch whose examples learn 1, 6, 2
     and 9 tokens: the averaged gradient is one process's on the whole batch (each process
     divides by the whole batch's token count, not its own)."""
+    import os
     import socket
-
-    import torch.multiprocessing as mp
 
     from core.tasks.generation import token_loss
 
@@ -306,15 +309,21 @@ def test_the_loss_over_two_processes_is_the_loss_over_the_whole_batch() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    found = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_gradient, args=(rank, port, found)) for rank in (0, 1)]
-    for proc in procs:
-        proc.start()
-    grads = dict(found.get(timeout=120) for _ in procs)
-    for proc in procs:
-        proc.join(60)
-        assert proc.exitcode == 0
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DDP_CHILD, str(rank), str(port)],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [proc.communicate(timeout=180) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    grads = {rank: json.loads(out.strip().splitlines()[-1]) for rank, (out, _) in enumerate(outs)}
     assert model.weight.grad is not None
     for rank in (0, 1):
         assert torch.allclose(torch.tensor(grads[rank]), model.weight.grad, atol=1e-6), rank
