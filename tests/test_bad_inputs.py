@@ -132,6 +132,7 @@ def _files(d: Path) -> dict[str, Path]:
     f["empty.jsonl"] = _text(d / "empty.jsonl", "   \n")
     f["no-instructions.jsonl"] = _text(d / "no-instructions.jsonl", '{"a": 1, "b": 2}\n' * 3)
     f["no-answers.jsonl"] = _text(d / "no-answers.jsonl", '{"prompt": "why?", "response": ""}\n' * 3)
+    f["one-pair.jsonl"] = _text(d / "one-pair.jsonl", '{"prompt": "why?", "response": "because"}\n')
     news = "".join(
         f"story number {i} about the markets and the vote today,{'a' if i % 2 else 'b'}\n" for i in range(20)
     )
@@ -426,6 +427,7 @@ CASES: dict[str, Case] = {
     "instructions without one answer": Case(
         ["datasets", "add", "{no-answers.jsonl}"], "no usable example", postgres=True
     ),
+    "instructions of one example": Case(["datasets", "add", "{one-pair.jsonl}"], "needs two or more"),
     "LoRA on layers named with semicolons": Case(
         ["train", "--dataset", "{ds:chat}", "--lora-targets", "q_proj;v_proj"], "names no layers"
     ),
@@ -485,6 +487,13 @@ CASES: dict[str, Case] = {
     ),
     "ask a generator a blank prompt": Case(
         ["predict", "--run", "{run:chat}", "--text", " "], "the prompt is empty"
+    ),
+    "ask a generator with a negative temperature": Case(
+        ["predict", "--run", "{run:chat}", "--text", "hi", "--temperature", "-1"],
+        "temperature must be 0 or more",
+    ),
+    "ask a generator more than its context holds": Case(
+        ["predict", "--run", "{run:chat}", "--text", "kettle " * 9000], "over the model's context of 8192"
     ),
     "sampling settings for a classifier": Case(
         ["predict", "--run", "{run:text}", "--text", "hi", "--temperature", "1"], "are for text generation"
