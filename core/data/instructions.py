@@ -16,7 +16,6 @@ model's chat template, and how many would not fit its default context.
 from __future__ import annotations
 
 import json
-import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -184,12 +183,13 @@ def inspect(
         raise DatasetError(
             f"{source} holds one usable example; text generation needs two or more (one validates)"
         )
+    from core.data.text import length_summary
+
     lengths, unit = token_lengths(items)
     p95 = float(np.percentile(lengths, 95))
     encoded = [json.dumps(x, ensure_ascii=False) for x in items]
     counts = Counter(encoded)
     duplicated = sum(n - 1 for n in counts.values())
-    hist, edges = np.histogram(lengths, bins=min(20, max(1, int(lengths.max() - lengths.min()) + 1)))
     over = int((lengths > DEFAULT_CONTEXT).sum()) if unit != "words" else 0
     turns = [len(x) if isinstance(x, list) else 1 for x in items]
     report = {
@@ -201,13 +201,7 @@ def inspect(
         "duplicate_examples": duplicated,
         "turns": {"min": min(turns), "max": max(turns), "mean": float(np.mean(turns))},
         "length_unit": unit,
-        "length_tokens": {
-            "min": int(lengths.min()),
-            "median": float(statistics.median(lengths.tolist())),
-            "p95": p95,
-            "max": int(lengths.max()),
-            "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
-        },
+        "length_tokens": length_summary(lengths),
         "context": DEFAULT_CONTEXT,
         "over_context": over,
         "examples_shown": [_preview(x) for x in items[:MAX_EXAMPLES_SHOWN]],

@@ -132,6 +132,18 @@ def token_lengths(texts: list[str]) -> tuple[np.ndarray, str]:
     return np.array([len(e.ids) for e in encoded], dtype=np.int64), "all-MiniLM-L6-v2 WordPiece"
 
 
+def length_summary(lengths: np.ndarray) -> dict[str, Any]:
+    """Min, median, 95th percentile, max and a histogram (at most 20 bins) of token lengths."""
+    hist, edges = np.histogram(lengths, bins=min(20, max(1, int(lengths.max() - lengths.min()) + 1)))
+    return {
+        "min": int(lengths.min()),
+        "median": float(statistics.median(lengths.tolist())),
+        "p95": float(np.percentile(lengths, 95)),
+        "max": int(lengths.max()),
+        "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
+    }
+
+
 def inspect_texts(
     frame: pd.DataFrame, text_column: str, label_column: str, source: str
 ) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
@@ -173,7 +185,6 @@ def inspect_texts(
     duplicated = int(data["text"].duplicated().sum())
     conflicts = [t for t, ls in labels_of.items() if len(ls) > 1]
     p95 = float(np.percentile(lengths, 95))
-    hist, edges = np.histogram(lengths, bins=min(20, max(1, int(lengths.max() - lengths.min()) + 1)))
     report = {
         "rows": n_rows,
         "examples": len(data),
@@ -189,13 +200,7 @@ def inspect_texts(
             {"text": t[:200], "labels": sorted(labels_of[t])} for t in conflicts[:MAX_CONFLICT_EXAMPLES]
         ],
         "length_unit": unit,
-        "length_tokens": {
-            "min": int(lengths.min()),
-            "median": float(statistics.median(lengths.tolist())),
-            "p95": p95,
-            "max": int(lengths.max()),
-            "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
-        },
+        "length_tokens": length_summary(lengths),
     }
     schema = {
         "task": "text-classification",

@@ -503,10 +503,6 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     )
 
 
-def _arch(data: TaskData) -> dict[str, Any]:
-    return dict(json.loads(data.extra["arch"]))
-
-
 def _prompt_ids(tokenizer: Any, item: Any) -> list[int]:
     """The tokens a generator starts from for an example: its conversation up to the last
     answer with the assistant's turn opened, or a text's first half."""
