@@ -38,8 +38,10 @@ export it, one graph with a KV cache, then timed at batch 1 on the help-desk pro
 its chat template: the time to the first token (reading the prompt and choosing the token) and
 the ms per token after it, over `--new-tokens` greedy tokens (end tokens ignored, so both make
 as many). PyTorch eager runs the same loop with transformers' cache (its default attention);
-ONNX Runtime runs core.runtime's Decoder. Each side runs in fresh processes, one warm-up
-generation then three timed ones (median), `--repeats` processes (median).
+ONNX Runtime runs core.runtime's Decoder, on the fp32 file and on its int8 variant (the
+MatMuls' weights int8, core.quantize.quantize_weights_int8, as the certificate makes it). Each
+runs in fresh processes, one warm-up generation then three timed ones (median), `--repeats`
+processes (median), the three taking turns.
 
     python bench/inference.py --generation [--repeats 3] [--threads 2] [--new-tokens 64]
 """
@@ -610,9 +612,12 @@ def _generation_child(mode: str, path: Path, threads: int, new_tokens: int) -> d
     from core.runtime import Decoder, Generator, create_session
 
     torch.set_num_threads(threads)
-    generator = Generator(path, session=_session(path, threads) if mode == "ort" else create_session(path))
+    if mode == "ort-int8":
+        path = path.with_name("model.int8.onnx")
+    ort = mode.startswith("ort")
+    generator = Generator(path, session=_session(path, threads) if ort else create_session(path))
     ids = generator.prompt_ids(GENERATION_PROMPT)
-    if mode == "ort":
+    if ort:
         decoder = Decoder(generator.session, generator.settings)
         start, advance = decoder.start, decoder.advance
     else:
@@ -659,14 +664,16 @@ def _generation(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ASCENT_HOME"] = tmp
         from core.playground import export_base
+        from core.quantize import quantize_weights_int8
 
         began = time.perf_counter()
         path = export_base(str(smollm2_folder()))
         exported = time.perf_counter() - began
-        rows = {}
-        for mode in ("torch", "ort"):
-            runs = []
-            for _ in range(args.repeats):
+        int8 = quantize_weights_int8(path, path.with_name("model.int8.onnx"))
+        modes = ("torch", "ort", "ort-int8")
+        runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
                 done = subprocess.run(
                     [
                         sys.executable,
@@ -682,19 +689,26 @@ def _generation(args: argparse.Namespace) -> None:
                     text=True,
                     check=True,
                 )
-                runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            rows[mode] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        size = sum(f.stat().st_size for f in path.parent.glob("model.onnx*"))
+                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {
+            mode: {k: statistics.median(r[k] for r in runs[mode]) for k in runs[mode][0]} for mode in modes
+        }
+        size, int8_size = path.stat().st_size, int8.stat().st_size
     print(
         f"SmolLM2-135M-Instruct, batch 1, {int(rows['ort']['prompt_tokens'])} prompt tokens, {args.new_tokens} new"
     )
     print("| runtime | time to first token (ms) | ms per token | per token vs PyTorch |")
     print("|---|---|---|---|")
-    for mode, name in (("torch", "PyTorch eager"), ("ort", "ONNX Runtime")):
+    for mode, name in (
+        ("torch", "PyTorch eager"),
+        ("ort", "ONNX Runtime fp32"),
+        ("ort-int8", "ONNX Runtime int8"),
+    ):
         ratio = rows[mode]["ms_per_token"] / rows["torch"]["ms_per_token"]
         print(f"| {name} | {rows[mode]['ttft_ms']:.1f} | {rows[mode]['ms_per_token']:.1f} | {ratio:.2f}x |")
     print(
-        f"export {exported:.0f} s, {size / 1e6:.0f} MB; {args.threads} threads each side; {os.cpu_count()} CPUs; "
+        f"export {exported:.0f} s, {size / 1e6:.0f} MB (int8 {int8_size / 1e6:.0f} MB); {args.threads} threads each; "
+        f"{os.cpu_count()} CPUs; "
         f"1-minute load average at the end {os.getloadavg()[0]:.2f}"
     )
     print(json.dumps(rows))

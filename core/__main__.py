@@ -676,6 +676,8 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
 
     variants = tuple(v.strip() for v in a.variants.split(",")) if a.variants else None
     records = certify(a.run, variants, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if any("first_token_ms" in m for r in records for m in r.measurements):
+        return records, _generator_certificate(records)
     rows = []
     for r in records:
         b1 = {m["provider"]: m["p50_ms"] for m in r.measurements if m["batch"] == 1}
@@ -704,6 +706,42 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
     ]
     made = "\n".join(f"{r.variant}: {r.method}" for r in records)
     return records, _table(rows, header) + "\n\n" + made
+
+
+def _generator_certificate(records: list[Any]) -> str:
+    """A text generator's certificate for the terminal: token agreement, perplexity, the first
+    token and ms per token at batch 1 (per provider), size."""
+
+    def timings(r: Any, key: str) -> str:
+        return " ".join(
+            f"{m['provider'].removesuffix('ExecutionProvider')}:{m[key]:.1f}" for m in r.measurements
+        )
+
+    rows = [
+        [
+            r.variant,
+            r.status,
+            f"{r.metric_value:.4g} ({r.metric_change:+.3g})",
+            f"{r.top1_agreement:.3f}",
+            f"{r.max_abs_diff:.2g}",
+            timings(r, "first_token_ms"),
+            timings(r, "p50_ms"),
+            f"{r.bytes / 1e6:.1f}",
+        ]
+        for r in records
+    ]
+    header = [
+        "variant",
+        "status",
+        "perplexity (change)",
+        "tokens alike",
+        "max diff",
+        "first token ms",
+        "ms/token",
+        "MB",
+    ]
+    made = "\n".join(f"{r.variant}: {r.method}" for r in records)
+    return _table(rows, header) + "\n\n" + made
 
 
 def _password(a: argparse.Namespace) -> str:

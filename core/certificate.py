@@ -9,6 +9,11 @@ metric and its change) and timed in a fresh process per provider at batch 1 and 
 over repeated calls after warm-up, the process's peak memory), with its file size. A variant
 whose agreement falls under its threshold is stored as `flagged`, never dropped.
 
+A text generator's certificate (task text-generation) measures what generation needs instead:
+greedy continuations of validation prompts against PyTorch's (token agreement), the perplexity
+of validation examples, time to the first token and ms per token at batch 1; its int8 variant
+holds the MatMuls' weights in int8 (core.quantize.quantize_weights_int8).
+
     python -m core export --run ID [--variants fp32,int8]
 """
 
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core import atomic, jobs
+from core import jobs
 from core.access import LOCAL, Action, Actor, require
 from core.config import RunConfig, database
 from core.errors import ConfigError, ExportError
@@ -38,7 +43,7 @@ from db.queries import ExportInfo
 from db.session import session_scope
 
 if TYPE_CHECKING:
-    from core.tasks import Reference
+    from core.tasks import GenerationCheck, Reference
 
 # torch, the tasks and ONNX Runtime are imported where used: the Runs page imports this module
 # to read stored certificates, and importing torch took its render from 0.8 to 3.2 s.
@@ -48,6 +53,10 @@ LOG = "certificate.log"  # in the run folder: what a background measurement says
 # Agreement with PyTorch (top-1 classes, or boxes or pixels as the task measures it) under which
 # a variant is flagged.
 MIN_AGREEMENT = {"fp32": 0.99, "int8": 0.95, "fp16": 0.99}
+# Generators: greedy tokens alike, each continuation counted up to its first difference, so one
+# near-tie early in an answer counts every later token as different.
+MIN_TOKEN_AGREEMENT = {"fp32": 0.99, "int8": 0.9, "fp16": 0.9}
+NEW_TOKENS = 32  # tokens each timed generation makes (end tokens ignored): ms per token over them
 BATCHES = (1, 32)
 INPUTS_FILE = "certificate-inputs.npz"
 
@@ -94,10 +103,22 @@ def _latency_inputs(ref: Reference, folder: Path) -> Path:
     return path
 
 
-def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> list[dict[str, Any]]:
-    """Time `target` (an .onnx file, or `run:ID` for the PyTorch model) in this process."""
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB since it started its program. Linux's
+    ru_maxrss is not that: it keeps the parent's resident size from before exec (a timing
+    child of a certificate that had loaded a 538 MB model reported 2.4 GB); VmHWM is the
+    program's own."""
     import resource
 
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> list[dict[str, Any]]:
+    """Time `target` (an .onnx file, or `run:ID` for the PyTorch model) in this process."""
     loaded = np.load(inputs)
     arrays = [loaded[k] for k in sorted(loaded.files, key=lambda k: int(k.split("_")[1]))]
     if target.startswith("run:"):
@@ -140,14 +161,70 @@ def measure(target: str, inputs: Path, provider: str, *, calls: int = 30) -> lis
                 "calls": len(times),
             }
         )
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_memory_mb()
     return [{**r, "peak_mb": peak_mb} for r in rows]
 
 
-def _measure_fresh(target: str, inputs: Path, provider: str) -> list[dict[str, Any]]:
-    """`measure` in a fresh Python process (nothing warm from this one)."""
+def measure_generation(target: str, inputs: Path, provider: str, *, calls: int = 5) -> list[dict[str, Any]]:
+    """Time a generator (an .onnx file, or `run:ID` for the PyTorch model) in this process at
+    batch 1: the first token after the prompt in `inputs`, then NEW_TOKENS - 1 more, greedy."""
+    import statistics
+
+    from core.runtime import Decoder
+
+    prompt = [int(t) for t in np.load(inputs)["prompt"]]
+    if target.startswith("run:"):
+        import torch
+
+        from core.tasks.generation import TorchSteps
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        ref = run_reference(int(target[4:]))
+        assert ref.generation is not None
+        settings = ref.generation.settings
+        decoder = Decoder(TorchSteps(ref.module, int(settings["cache"]["layers"])), settings)
+    else:
+        from core.runtime import create_session
+
+        session = create_session(target, [provider])
+        if session.get_providers()[0] != provider:
+            raise ExportError(f"{provider} is not available here")
+        settings = json.loads(session.get_modelmeta().custom_metadata_map["ascent.generation"])
+        decoder = Decoder(session, settings)
+
+    def once() -> tuple[float, float]:
+        began = time.perf_counter()
+        token = int(np.argmax(decoder.start(prompt)))
+        first = time.perf_counter()
+        for _ in range(NEW_TOKENS - 1):
+            token = int(np.argmax(decoder.advance(token)))
+        return (first - began) * 1000, (time.perf_counter() - first) * 1000 / (NEW_TOKENS - 1)
+
+    once()
+    timed = [once() for _ in range(calls)]
+    first_ms, per_token = [t[0] for t in timed], [t[1] for t in timed]
+    return [
+        {
+            "provider": provider,
+            "batch": 1,
+            "first_token_ms": statistics.median(first_ms),
+            "first_token_p95_ms": float(np.percentile(first_ms, 95)),
+            # p50/p95 are per token, the latency generators are compared by
+            "p50_ms": statistics.median(per_token),
+            "p95_ms": float(np.percentile(per_token, 95)),
+            "prompt_tokens": len(prompt),
+            "new_tokens": NEW_TOKENS,
+            "calls": calls,
+            "peak_mb": peak_memory_mb(),
+        }
+    ]
+
+
+def _measure_fresh(target: str, inputs: Path, provider: str, kind: str = "batches") -> list[dict[str, Any]]:
+    """`measure` (or `measure_generation`, kind "generation") in a fresh Python process
+    (nothing warm from this one)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "core.certificate", target, str(inputs), provider],
+        [sys.executable, "-m", "core.certificate", target, str(inputs), provider, kind],
         capture_output=True,
         text=True,
         timeout=900,
@@ -198,9 +275,21 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
     if variant == "fp32":
         return fp32, "the run's export (fp32)"
     if variant == "int8":
-        from core.quantize import has_convolutions, quantize_dynamic_int8, quantize_static_int8
+        from core.quantize import (
+            WEIGHT_BLOCK,
+            has_convolutions,
+            quantize_dynamic_int8,
+            quantize_static_int8,
+            quantize_weights_int8,
+        )
 
         dst = run_dir / "model.int8.onnx"
+        if ref.generation is not None:
+            return quantize_weights_int8(fp32, dst), (
+                f"MatMul weights int8 (symmetric, a scale per {WEIGHT_BLOCK} inputs; ONNX Runtime's "
+                "MatMulNBits), activations and the embedding float; a MatMul whose weight is computed "
+                "(a tied output layer) stays float"
+            )
         if ref.calibration and has_convolutions(fp32):
             done = quantize_static_int8(
                 fp32, dst, ref.calibration, agree=ref.agree or top1, agreement=ref.agreement
@@ -211,9 +300,10 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
+        from core.export import save_model
+
         out = run_dir / "model.fp16.onnx"
-        half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
-        atomic.write_with(out, lambda tmp: onnx.save(half, str(tmp)))
+        save_model(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), out)
         method = "fp16 weights and activations, fp32 inputs and outputs"
         if "CUDAExecutionProvider" not in _providers():
             method += " (asked for without a GPU: timed on the CPU, which has no fast fp16 kernels)"
@@ -271,6 +361,8 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
     step("loading the run's model and data")
     ref = run_reference(run_id)
     run_dir = jobs.run_dir(run_id)
+    if ref.generation is not None:
+        return _certify_generator(run_id, ref, variants, step)
     expected = _torch_outputs(ref)
     metric_name, baseline = _metric(expected, ref)
     inputs = _latency_inputs(ref, run_dir)
@@ -320,6 +412,89 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
     return records
 
 
+def _certify_generator(
+    run_id: int, ref: Reference, variants: tuple[str, ...], step: Callable[[str], None]
+) -> list[ExportInfo]:
+    """The certificate of a text generator: each variant's greedy continuations of the
+    validation prompts against PyTorch's, its perplexity on the validation examples, its time
+    to the first token and per token at batch 1, its file size."""
+    from core.runtime import create_session
+    from core.tasks.generation import CERTIFICATE_TOKENS, TorchSteps, continuations, token_agreement
+    from core.train import BEST
+
+    check = ref.generation
+    assert check is not None
+    run_dir = jobs.run_dir(run_id)
+    pytorch = TorchSteps(ref.module, int(check.settings["cache"]["layers"]))
+    expected = continuations(pytorch, check.settings, check.prompts, CERTIFICATE_TOKENS)
+    baseline = _perplexity(pytorch, check)
+    n = len(check.prompts)
+    inputs = run_dir / INPUTS_FILE
+    np.savez(inputs, prompt=np.asarray(check.prompts[0], dtype=np.int64))
+    weights = sum(p.numel() * p.element_size() for p in ref.module.parameters())
+    step("PyTorch (the baseline): timing it at batch 1")
+    records = [
+        _save(
+            run_id,
+            "pytorch",
+            path=run_dir / BEST,
+            bytes=weights,
+            method=(
+                "PyTorch eager, the best checkpoint merged into the base model (baseline); size: its "
+                f"weights in memory (the checkpoint file holds {_file_mb(run_dir / BEST)})"
+            ),
+            max_abs_diff=0.0,
+            top1_agreement=1.0,
+            metric=("perplexity", baseline, 0.0),
+            n=n,
+            rows=_measure_fresh(f"run:{run_id}", inputs, "pytorch-cpu", "generation"),
+            status="ok",
+        )
+    ]
+    for variant in variants:
+        step(f"{variant}: making the file")
+        path, method = _variant_file(variant, run_dir, ref)
+        step(f"{variant}: continuing the {n} validation prompts")
+        session = create_session(path)
+        agreement, largest = token_agreement(
+            expected, continuations(session, check.settings, check.prompts, CERTIFICATE_TOKENS)
+        )
+        value = _perplexity(session, check)
+        del session
+        step(f"{variant}: timing it at batch 1")
+        rows = [r for p in _providers() for r in _measure_fresh(str(path), inputs, p, "generation")]
+        records.append(
+            _save(
+                run_id,
+                variant,
+                path=path,
+                method=method,
+                max_abs_diff=largest,
+                top1_agreement=agreement,
+                metric=("perplexity", value, value - baseline),
+                n=n,
+                rows=rows,
+                status="flagged" if agreement < MIN_TOKEN_AGREEMENT[variant] else "ok",
+            )
+        )
+    inputs.unlink(missing_ok=True)
+    return records
+
+
+def _perplexity(session: Any, check: GenerationCheck) -> float:
+    """The perplexity of the validation examples' learnt tokens, read through `session`."""
+    import math
+
+    from core.tasks.generation import sequence_nll
+
+    nll, count = sequence_nll(session, check.settings, check.examples)
+    return math.exp(nll / count) if count else math.nan
+
+
+def _file_mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "nothing"
+
+
 def _save(
     run_id: int,
     variant: str,
@@ -332,7 +507,10 @@ def _save(
     n: int,
     rows: list[dict[str, Any]],
     status: str,
+    bytes: int | None = None,
 ) -> ExportInfo:
+    from core.export import file_bytes
+
     batch1 = [r["p50_ms"] for r in rows if r["batch"] == 1]
     with session_scope() as session:
         return queries.save_export(
@@ -340,7 +518,7 @@ def _save(
             run_id=run_id,
             variant=variant,
             path=str(path),
-            bytes=path.stat().st_size,
+            bytes=file_bytes(path) if bytes is None else bytes,
             status=status,
             method=method,
             max_abs_diff=max_abs_diff,
@@ -465,5 +643,6 @@ def certificate(run_id: int) -> list[ExportInfo]:
         return queries.list_exports(session=session, run_ids=[run_id])
 
 
-if __name__ == "__main__":  # a fresh process timing one target: TARGET INPUTS PROVIDER
-    print(json.dumps(measure(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))
+if __name__ == "__main__":  # a fresh process timing one target: TARGET INPUTS PROVIDER KIND
+    timer = measure_generation if sys.argv[4:] == ["generation"] else measure
+    print(json.dumps(timer(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))

@@ -269,6 +269,18 @@ def _save_with_metadata(model: Any, path: Path, metadata: dict[str, Any]) -> Non
         entry = model.metadata_props.add()
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
+    save_model(model, path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Write an ONNX model durably; its weights go to `<name>.data` beside it only past 2 GB
+    (the protobuf limit)."""
+    import onnx
+
     large = model.ByteSize() > TWO_GB
     atomic.write_with(
         path,
@@ -276,7 +288,9 @@ def _save_with_metadata(model: Any, path: Path, metadata: dict[str, Any]) -> Non
             model, str(tmp), save_as_external_data=large, location=path.name + ".data" if large else None
         ),
     )
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"the exported file fails onnx.checker: {exc}") from exc
+
+
+def file_bytes(path: Path) -> int:
+    """The size of an ONNX file with its external weights, if any."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

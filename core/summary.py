@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core import jobs
-from db.queries import DatasetInfo, DatasetSummary, ExportInfo, RunInfo
+from db.queries import DatasetInfo, DatasetSummary, ExportInfo, RunInfo, lower_is_better
 
 MAIN_METRIC = {
     "tabular-classification": "val_f1_macro",
@@ -191,6 +191,17 @@ def _fastest_exports(run_ids: list[int]) -> dict[int, ExportInfo]:
     return best
 
 
+def telling_digits(values: list[float], least: int = 3, most: int = 6) -> int:
+    """Significant digits that tell these values apart, at least `least`: perplexities of
+    1.0052 and 1.0071 need four."""
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    span = max(finite) - min(finite) if finite else 0.0
+    if span <= 0:
+        return least
+    top = max(abs(v) for v in finite)
+    return max(least, min(most, math.floor(math.log10(top)) - math.floor(math.log10(span)) + 1))
+
+
 def certificate_table(records: list[ExportInfo], agreement: str = "top-1 agreement") -> pd.DataFrame:
     """One row per variant: fidelity (`agreement` names its column), metric, size, and p50/p95
     per provider and batch."""
@@ -211,6 +222,11 @@ def certificate_table(records: list[ExportInfo], agreement: str = "top-1 agreeme
             where = (
                 "CPU" if m["provider"] == "pytorch-cpu" else m["provider"].removesuffix("ExecutionProvider")
             )
+            if "first_token_ms" in m:  # a generator: the first token, then each next one
+                row[f"{where} first token (ms)"] = round(m["first_token_ms"], 1)
+                row[f"{where} per token p50 (ms)"] = round(m["p50_ms"], 2)
+                row[f"{where} per token p95 (ms)"] = round(m["p95_ms"], 2)
+                continue
             row[f"{where} b{m['batch']} p50 (ms)"] = round(m["p50_ms"], 3)
             row[f"{where} b{m['batch']} p95 (ms)"] = round(m["p95_ms"], 3)
         row["peak memory (MB)"] = max((m["peak_mb"] for m in r.measurements), default=None)
@@ -548,7 +564,7 @@ def tradeoffs(run_ids: list[int], names: dict[int, str] | None = None) -> pd.Dat
             "status": [r.status for r in records],
         }
     )
-    higher = frame["metric"].iloc[0] != "rmse"
+    higher = not lower_is_better(str(frame["metric"].iloc[0]))
     values = frame["value"].fillna(float("-inf") if higher else float("inf")).tolist()
     frame["best for latency"] = _front(list(zip(values, frame["latency (ms)"], strict=True)), higher)
     frame["best for size"] = _front(list(zip(values, frame["size (MB)"], strict=True)), higher)

@@ -164,8 +164,11 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
     if points.empty:
         return
     metric = summary.metric_label(points["metric"].iloc[0])
+    latency = "ms per token" if points["metric"].iloc[0] == "perplexity" else "batch-1 latency"
+    digits = summary.telling_digits(points["value"].tolist())  # close values told apart
+    shown, ticks = f".{digits}~g", f".{digits + 1}~g"  # ticks fall between the values
     st.markdown(
-        f"**Which to ship?** {metric} against batch-1 latency and file size of the certified variants; "
+        f"**Which to ship?** {metric} against {latency} and file size of the certified variants; "
         "ringed and named points are the best trade-offs (nothing else is both better and cheaper). "
         "Hover a point for its figures."
     )
@@ -178,10 +181,12 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
             x=alt.X(
                 f"{cost}:Q",
                 scale=alt.Scale(type="log") if cost.startswith("latency") else alt.Scale(zero=True),
-                axis=alt.Axis(format="~g", tickCount=5),
+                # Sizes in plain digits (100, not 1e+2).
+                axis=alt.Axis(format="~g" if cost.startswith("latency") else ".3~r", tickCount=5),
+                title=f"{latency} (ms)" if cost.startswith("latency") else cost,
             ),
             y=alt.Y(
-                "value:Q", title=metric, scale=alt.Scale(zero=False, padding=14), axis=alt.Axis(format=".3~g")
+                "value:Q", title=metric, scale=alt.Scale(zero=False, padding=14), axis=alt.Axis(format=ticks)
             ),
             color=alt.Color(
                 "run:N", scale=COLOURS, legend=alt.Legend(orient="bottom", title=None, labelLimit=300)
@@ -189,7 +194,7 @@ def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
             tooltip=[
                 "run",
                 "variant",
-                alt.Tooltip("value:Q", title=metric, format=".3~g"),
+                alt.Tooltip("value:Q", title=metric, format=shown),
                 alt.Tooltip("latency (ms):Q", format=".3~g"),
                 alt.Tooltip("size (MB):Q", format=".3~g"),
                 "status",
@@ -476,7 +481,8 @@ if "export_max_abs_diff" in run.metrics:
     e3.metric("validation samples", int(run.metrics.get("export_n_samples", 0)))
 
 offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
-if run.status == "succeeded" and run.task != "text-generation":  # generators: not measured yet
+generator = run.task == "text-generation"
+if run.status == "succeeded":
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
     agreement = summary.AGREEMENT_WORDS.get(run.task, "top-1 agreement")
@@ -495,6 +501,7 @@ if run.status == "succeeded" and run.task != "text-generation":  # generators: n
                 "top-1 agreement": "top-1",
                 "box agreement": "boxes alike",
                 "pixel agreement": "pixels alike",
+                "token agreement": "tokens alike",
                 "peak memory (MB)": "peak memory",
             },
         )
@@ -502,10 +509,19 @@ if run.status == "succeeded" and run.task != "text-generation":  # generators: n
             "object-detection": " max |diff| compares the boxes' scores.",
             "semantic-segmentation": " max |diff| compares the pixels' confidences.",
         }
-        st.caption(
-            "Latency in ms at batch 1 and 32: p50 is the median call, p95 the 95th percentile. "
-            "Size and peak memory in MB." + compared.get(run.task, "")
-        )
+        if generator:
+            st.caption(
+                "Greedy answers to the validation prompts, each variant's tokens against PyTorch's up to "
+                "the first difference; perplexity of the validation answers. Latency in ms at batch 1: "
+                "the first token after a validation prompt, then each of the next tokens (p50 median, "
+                "p95 95th percentile). Size and peak memory in MB; max |diff| compares the first "
+                "tokens' logits."
+            )
+        else:
+            st.caption(
+                "Latency in ms at batch 1 and 32: p50 is the median call, p95 the 95th percentile. "
+                "Size and peak memory in MB." + compared.get(run.task, "")
+            )
         if any(r.status == "flagged" for r in records):
             st.warning(f"Flagged variants' {agreement} with PyTorch is under their threshold.")
         with st.expander("How each variant was made"):
@@ -516,7 +532,7 @@ if run.status == "succeeded" and run.task != "text-generation":  # generators: n
             if path.exists() and path.resolve() not in {p.resolve() for p in offered}:  # one per file
                 offered.append(path)
                 buttons.download_button(
-                    f"{r.variant} ({summary.file_size(r.bytes)})",
+                    f"{r.variant} ({summary.file_size(path.stat().st_size)})",  # the file, not the model
                     path.read_bytes,  # read when clicked: a generator is hundreds of MB
                     file_name=path.name,
                     help=f"{path.name}: the file measured as {r.variant}",
@@ -524,6 +540,12 @@ if run.status == "succeeded" and run.task != "text-generation":  # generators: n
                     key=f"dl-v-{r.variant}",
                 )
         show_tradeoffs([run.id], {run.id: f"{run.id} · {run.name}"})
+    elif generator:
+        st.caption(
+            "Not measured yet: fp32 and int8 (MatMul weights) variants (fp16 on a GPU) continue the "
+            "validation prompts as PyTorch does, their perplexity is measured, and their first token "
+            "and ms per token timed at batch 1."
+        )
     else:
         st.caption(
             "Not measured yet: fp32 and int8 variants (fp16 on a GPU) checked on the whole validation split "

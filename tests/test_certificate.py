@@ -217,3 +217,22 @@ def test_one_measurement_per_run_and_a_bounded_number_in_all(
         assert proc.wait(timeout=300) == 0
     assert not certificate.measuring(wine_run)
     assert [r.variant for r in certificate.certificate(wine_run)] == ["pytorch", "fp32", "int8"]
+
+
+def test_a_timing_child_reports_its_own_peak_memory_not_its_parents() -> None:
+    """Linux's ru_maxrss survives exec: a child of a process holding 600 MB reports 600 MB.
+    The certificate's timing children read VmHWM, their program's own peak."""
+    import subprocess
+    import sys
+
+    held = bytearray(600 * 1024 * 1024)
+    held[::4096] = b"\x01" * len(held[::4096])  # resident, page by page
+    code = (
+        "import resource; from core.certificate import peak_memory_mb; "
+        "print(peak_memory_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    own, inherited = map(float, out.stdout.split())
+    assert inherited > 600 and own < 300, (own, inherited)
+    del held

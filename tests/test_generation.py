@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core import jobs
+from core import jobs, summary
+from core.config import RunConfig
 from core.data.ingest import ingest_file
 from core.data.samples import HELPDESK_FILE
 from core.errors import ConfigError, DatasetError
@@ -191,6 +192,83 @@ def test_exported_generator_is_one_cached_graph_that_answers_as_pytorch_does(
         answer["tokens"] == got.tokens[:5] and answer["first_token_ms"] > 0 and answer["prompt"] == QUESTION
     )
     del lm, data
+
+
+def test_generator_certificate_measures_tokens_perplexity_and_time_of_each_variant(
+    home: Path, tiny: Path
+) -> None:
+    """fp32, int8 (MatMul weights) and fp16 continue the validation prompts against PyTorch,
+    score the validation answers and are timed per token in fresh processes; the Runs page and
+    the command line show the certificate."""
+    import math
+    from collections import Counter
+
+    import onnx
+    from streamlit.testing.v1 import AppTest
+
+    from core.certificate import NEW_TOKENS, certify
+
+    ds = ingest_file(HELPDESK_FILE)
+    run = jobs.submit(jobs.config_for(ds.id, model="hf-causal-lm", weights=str(tiny), epochs=1))
+    train_here(run.id)
+    said: list[str] = []
+    records = {r.variant: r for r in certify(run.id, ("fp32", "int8", "fp16"), say=said.append)}
+    assert list(records) == ["pytorch", "fp32", "int8", "fp16"]
+    assert (
+        said[0] == "[1/11] loading the run's model and data"
+        and said[-1] == "[11/11] fp16: timing it at batch 1"
+    )
+    base, fp32, int8, fp16 = records.values()
+    # The baseline's perplexity, computed by the certificate's numpy code from the merged model's
+    # logits, is the run's own validation loss (the peft model's, during training).
+    assert math.log(base.metric_value) == pytest.approx(
+        jobs.get_run(run.id).best_metrics["val_loss"], abs=1e-4
+    )
+    assert fp32.status == "ok" and fp32.top1_agreement == 1.0 and fp32.max_abs_diff < 1e-4
+    assert abs(fp32.metric_change) < 1e-4 * base.metric_value
+    cfg = RunConfig.model_validate(jobs.get_run(run.id).config)
+    prompts = get_task(TASK).prepare(ds, cfg, "cpu").model.val_prompts
+    assert len(prompts) == 10  # the sample's validation split (a fifth of 50), under CERTIFICATE_PROMPTS
+    for r in records.values():
+        (m,) = r.measurements
+        assert m["batch"] == 1 and m["new_tokens"] == NEW_TOKENS and m["prompt_tokens"] == len(prompts[0])
+        assert 0 < m["p50_ms"] <= m["p95_ms"] and m["first_token_ms"] > 0 and r.latency_ms == m["p50_ms"]
+        assert m["provider"] == ("pytorch-cpu" if r.variant == "pytorch" else "CPUExecutionProvider")
+        assert r.n_samples == len(prompts)
+    # int8: every MatMul with a stored weight became MatMulNBits (8 bits); the file still answers.
+    plain = onnx.load(str(fp32.path))
+    stored = {t.name for t in plain.graph.initializer}
+    weighted = sum(n.op_type == "MatMul" and n.input[1] in stored for n in plain.graph.node)
+    ops = Counter(n.op_type for n in onnx.load(str(int8.path)).graph.node)
+    assert weighted > 0 and ops["MatMulNBits"] == weighted and int8.bytes < fp32.bytes
+    assert 0.0 <= (int8.top1_agreement or 0.0) <= 1.0
+    assert int8.status == ("ok" if (int8.top1_agreement or 0.0) >= 0.9 else "flagged")
+    assert len(Generator(int8.path).generate(QUESTION, max_new_tokens=4).tokens) >= 1
+    halves = [
+        t for t in onnx.load(str(fp16.path)).graph.initializer if t.data_type == onnx.TensorProto.FLOAT16
+    ]
+    assert sum(math.prod(t.dims) for t in halves) > 0.9 * sum(
+        math.prod(t.dims) for t in plain.graph.initializer
+    )
+
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "runs.py"), default_timeout=60).run()
+    at.multiselect[0].set_value([run.id]).run()
+    assert not at.exception and not at.error
+    (table,) = [d.value for d in at.dataframe if "token agreement" in getattr(d.value, "columns", [])]
+    assert list(table.index) == ["pytorch", "fp32", "int8", "fp16"]
+    assert {"perplexity", "CPU first token (ms)", "CPU per token p50 (ms)"} <= set(table.columns)
+    # Perplexities close together get the digits that tell them apart on the trade-off chart.
+    assert summary.telling_digits([1.0052, 1.0071]) == 4 and summary.telling_digits([2.0, 9.5]) == 3
+
+    out = subprocess.run(
+        [sys.executable, "-m", "core", "export", "--run", str(run.id), "--variants", "fp32"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[0].split()
+    assert header[:4] == ["variant", "status", "perplexity", "(change)"] and "ms/token" in header
 
 
 def test_lora_options_are_checked(home: Path, tiny: Path) -> None:

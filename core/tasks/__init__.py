@@ -242,6 +242,18 @@ class Reference:
     score: Callable[[list[np.ndarray]], tuple[str, float]] | None = None
     agreement: str = "top1_agreement"
     compared_output: int = 0
+    # A text generator's certificate continues prompts and scores examples instead of `inputs`.
+    generation: GenerationCheck | None = None
+
+
+@dataclass
+class GenerationCheck:
+    """What a generator's certificate measures its variants on: greedy continuations of
+    validation prompts, and the perplexity of validation examples' learnt tokens."""
+
+    settings: dict[str, Any]  # the export's ascent.generation (cache shape, end tokens)
+    prompts: list[list[int]]  # token ids each variant continues greedily
+    examples: list[tuple[list[int], list[int]]]  # (ids, labels; IGNORE where not learnt)
 
 
 CALIBRATION_POOL = 256  # training samples a Reference carries for calibration and its check

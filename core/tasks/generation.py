@@ -38,6 +38,9 @@ SAMPLE_PROMPTS = 3  # validation prompts answered after each epoch
 SAMPLE_TOKENS = 40  # tokens of each of those answers
 CHECK_PROMPTS = 4  # validation prompts the export check continues greedily
 CHECK_TOKENS = 24
+CERTIFICATE_PROMPTS = 16  # validation prompts the certificate continues greedily
+CERTIFICATE_TOKENS = 32
+CERTIFICATE_EXAMPLES = 64  # validation examples the certificate measures perplexity on
 MAX_DEFAULT_LENGTH = 512  # the context unless --max-length says otherwise
 DEFAULT_CONTEXT = MAX_DEFAULT_LENGTH  # what a base model exported for the playground trained at
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -57,7 +60,10 @@ class CausalLoss(nn.Module):
         self.lm = lm
         self.adapters_only = adapters_only
         self.tokenizer = tokenizer  # the transformers tokenizer the examples were encoded with
-        self.check_prompts: list[list[int]] = []  # token ids of the export check's prompts
+        # Token ids of validation prompts (the export check's and the certificate's) and
+        # validation examples (ids, labels) for the certificate's perplexity.
+        self.val_prompts: list[list[int]] = []
+        self.val_examples: list[tuple[list[int], list[int]]] = []
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -295,7 +301,8 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         Encoded([encoded[i] for i in val_rows]), batch_size=cfg.batch_size, shuffle=False, collate_fn=collate
     )
     prompts = [p for p in (prompt_of(items[i]) for i in val_rows[:SAMPLE_PROMPTS]) if p is not None]
-    model.check_prompts = [_prompt_ids(tokenizer, items[i]) for i in val_rows[:CHECK_PROMPTS]]
+    model.val_prompts = [_prompt_ids(tokenizer, items[i]) for i in val_rows[:CERTIFICATE_PROMPTS]]
+    model.val_examples = [encoded[i] for i in val_rows[:CERTIFICATE_EXAMPLES]]
     return TaskData(
         model=model,
         train=DeviceLoader(train_loader, device, generator, cfg.seed),
@@ -483,7 +490,7 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     from core.tasks import export_metadata
 
     assert isinstance(data.model, CausalLoss)
-    tokenizer, prompts = data.model.tokenizer, data.model.check_prompts
+    tokenizer, prompts = data.model.tokenizer, data.model.val_prompts[:CHECK_PROMPTS]
     lm = merged(data)
     layers = cache_shape(lm.config)[0]
     meta = export_metadata(
@@ -491,7 +498,9 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     )
     write_generator(lm, tokenizer, path, meta, int(data.extra["max_length"]))
     generator = Generator(path)
-    agreement, compared = greedy_agreement(generator, TorchSteps(Step(lm), layers), prompts)
+    theirs = continuations(TorchSteps(Step(lm), layers), generator.settings, prompts, CHECK_TOKENS)
+    ours = continuations(generator.session, generator.settings, prompts, CHECK_TOKENS)
+    agreement, compared = token_agreement(theirs, ours)
     return ExportCheck(
         path=str(path),
         max_abs_diff=compared,
@@ -529,17 +538,25 @@ class TorchSteps:
         return [t.numpy() for t in self.step(*tensors)]
 
 
-def greedy_agreement(generator: Any, reference: Any, prompts: list[list[int]]) -> tuple[float, float]:
-    """(share of greedy tokens the generator continues as the reference does, summed over the
-    prompts and counted up to the first difference; largest |difference| of the prompts' next-
-    token logits)."""
+Continuation = tuple[list[int], np.ndarray]  # greedy tokens, and the first one's logits
+
+
+def continuations(
+    session: Any, settings: Mapping[str, Any], prompts: list[list[int]], n: int
+) -> list[Continuation]:
+    """Up to `n` greedy tokens after each prompt from `session` (an ONNX Runtime session or
+    TorchSteps), with the logits the first one was chosen from."""
     from core.runtime import greedy_tokens
 
+    return [greedy_tokens(session, settings, ids, n) for ids in prompts]
+
+
+def token_agreement(expected: list[Continuation], got: list[Continuation]) -> tuple[float, float]:
+    """(share of the expected greedy tokens `got` reproduces, each continuation counted up to
+    its first difference; largest |difference| of the first tokens' logits)."""
     same = total = 0
     largest = 0.0
-    for ids in prompts:
-        ours, our_logits = greedy_tokens(generator.session, generator.settings, ids, CHECK_TOKENS)
-        theirs, their_logits = greedy_tokens(reference, generator.settings, ids, CHECK_TOKENS)
+    for (theirs, their_logits), (ours, our_logits) in zip(expected, got, strict=True):
         largest = max(largest, float(np.max(np.abs(our_logits - their_logits))))
         agree = 0
         for a, b in zip(ours, theirs, strict=False):
@@ -551,5 +568,51 @@ def greedy_agreement(generator: Any, reference: Any, prompts: list[list[int]]) -
     return (same / total if total else 1.0), largest
 
 
+def sequence_nll(
+    session: Any, settings: Mapping[str, Any], examples: list[tuple[list[int], list[int]]]
+) -> tuple[float, int]:
+    """(summed negative log-likelihood of the examples' learnt tokens, their count), each example
+    read whole through `session` with an empty cache."""
+    shape = settings["cache"]
+    past = [f"past.{i}.{kv}" for i in range(int(shape["layers"])) for kv in ("key", "value")]
+    types = {i.name: i.type for i in session.get_inputs()} if hasattr(session, "get_inputs") else {}
+    dtype = np.float16 if types.get(past[0]) == "tensor(float16)" else np.float32
+    empty = np.zeros((1, int(shape["heads"]), 0, int(shape["dim"])), dtype=dtype)
+    nll, count = 0.0, 0
+    for ids, labels in examples:
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+            **dict.fromkeys(past, empty),
+        }
+        logits = np.asarray(session.run(["logits"], feeds)[0][0, :-1], dtype=np.float64)
+        target = np.asarray(labels[1:])
+        learnt = target != IGNORE
+        if not learnt.any():
+            continue
+        rows = logits[learnt]
+        top = rows.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1))
+        nll += float((log_z - rows[np.arange(len(rows)), target[learnt]]).sum())
+        count += int(learnt.sum())
+    return nll, count
+
+
 def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
-    raise ConfigError("certificates for text generation are not measured yet")
+    """The certificate's view: the merged model's Step (what model.onnx computes), the
+    validation prompts it continues and the validation examples it scores."""
+    from core.tasks import GenerationCheck
+
+    model = data.model
+    assert isinstance(model, CausalLoss)
+    lm = merged(data)
+    positions = int(getattr(lm.config, "max_position_embeddings", 2048))
+    settings = generation_settings(model.tokenizer, lm, int(data.extra["max_length"]), positions)
+    return Reference(
+        module=Step(lm).eval(),
+        inputs=(),
+        targets=np.zeros(0),
+        classification=False,
+        agreement="token_agreement",
+        generation=GenerationCheck(settings, model.val_prompts, model.val_examples),
+    )
