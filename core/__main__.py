@@ -63,6 +63,21 @@ class _StageLine:
             sys.stderr.flush()
 
 
+def _clip_problems(rep: dict[str, Any]) -> str:
+    """The lines of an audio report about clips left out or suspect."""
+    text = ""
+    if rep["unreadable"]:
+        text += "\nunreadable, left out: " + "; ".join(f"{k} ({v})" for k, v in rep["unreadable"].items())
+    if rep.get("too_long"):
+        text += f"\nover {rep['max_clip_seconds']:g} s, left out: " + "; ".join(
+            f"{k} ({v:g} s)" for k, v in rep["too_long"].items()
+        )
+    for key in ("silent", "clipped"):
+        if rep[key]:
+            text += f"\n{key}: {', '.join(rep[key][:5])}"
+    return text
+
+
 def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
     from contextlib import nullcontext
 
@@ -94,15 +109,24 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
             f"duration: median {secs['median']:.2f} s, 95% under {secs['p95']:.2f} s -> clips of {ds.schema['clip_seconds']:g} s; "
             f"sample rates {rep['sample_rates']}, channels {rep['channels']}"
         )
-        if rep["unreadable"]:
-            text += "\nunreadable, left out: " + "; ".join(f"{k} ({v})" for k, v in rep["unreadable"].items())
-        if rep.get("too_long"):
-            text += f"\nover {rep['max_clip_seconds']:g} s, left out: " + "; ".join(
-                f"{k} ({v:g} s)" for k, v in rep["too_long"].items()
+        text += _clip_problems(rep)
+    elif ds.task == "speech-recognition":
+        secs, words = rep["seconds"], rep["words"]
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task} ({rep['layout']}), {ds.n_items} clips, {rep['minutes']:g} min; "
+            f"duration: median {secs['median']:.2f} s, max {secs['max']:.2f} s; words per clip: median "
+            f"{words['median']:g}, {words['vocabulary']} different; {rep['words_per_second']['median']:g} words/s"
+        )
+        if rep["left_out"]:
+            text += "\nleft out: " + "; ".join(f"{n} {why}" for why, n in rep["left_out"].items())
+        if rep["untranscribed_count"]:
+            text += f"\nclips without a transcript, left out: {', '.join(rep['untranscribed'][:5])}"
+            text += f" ({rep['untranscribed_count']} in all)" if rep["untranscribed_count"] > 5 else ""
+        if rep["odd_rate"]:
+            text += "\nwords per second unlike speech (wrong transcript?): " + "; ".join(
+                f"{k} ({v:g})" for k, v in list(rep["odd_rate"].items())[:5]
             )
-        for key in ("silent", "clipped"):
-            if rep[key]:
-                text += f"\n{key}: {', '.join(rep[key][:5])}"
+        text += _clip_problems(rep)
     elif ds.task == "image-classification":
         text = f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} images in {len(ds.schema['classes'])} classes"
         if rep["unreadable"]:

@@ -385,6 +385,7 @@ def log_tail(run_id: int, lines: int = 60) -> str:
 ITEM_WORDS = {
     "image-classification": "images",
     "audio-classification": "clips",
+    "speech-recognition": "clips",
     "text-classification": "texts",
     "object-detection": "images",
     "semantic-segmentation": "images",
@@ -522,6 +523,15 @@ def sample_clips(ds: DatasetInfo, per_class: int = 2) -> dict[str, list[Path]]:
     }
 
 
+def sample_transcripts(ds: DatasetInfo, n: int = 4) -> list[tuple[Path, str]]:
+    """The first clips of a speech dataset with their transcripts."""
+    index = pd.read_parquet(Path(ds.path) / "index.parquet")
+    return [
+        (Path(ds.path) / "clips" / p, str(t))
+        for p, t in zip(index["path"][:n], index["transcript"][:n], strict=True)
+    ]
+
+
 def duration_histogram(report: dict[str, Any]) -> pd.DataFrame:
     hist = report["seconds"]["histogram"]
     edges = [round(e, 2) for e in hist["edges"][:-1]]
@@ -599,8 +609,9 @@ UPLOAD_TYPES = ["csv", "tsv", "parquet", "jsonl", "zip"]
 UPLOAD_TYPES_IN_WORDS = (
     "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), instructions among them "
     "(prompt and response columns, or chat messages), or a zip (.zip) of "
-    "class folders holding images, .txt files or WAV/FLAC clips, or of images with boxes (COCO, YOLO, "
-    "Pascal VOC) or masks (images/ and masks/); other files (Excel, plain .txt, single images) are "
+    "class folders holding images, .txt files or WAV/FLAC clips, of clips with their transcripts "
+    "(metadata.csv with file_name,transcription, or LibriSpeech .trans.txt files), or of images with "
+    "boxes (COCO, YOLO, Pascal VOC) or masks (images/ and masks/); other files (Excel, plain .txt, single images) are "
     "refused: save a sheet as CSV, or zip the folders"
 )
 

@@ -44,7 +44,8 @@ def add_form() -> None:
     upload = st.file_uploader(
         "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict, a text column or instructions "
         "(prompt and response, or chat messages), or a zip of "
-        "class folders of images, of .txt files or of WAV/FLAC clips, or of images with boxes or masks",
+        "class folders of images, of .txt files or of WAV/FLAC clips, of clips with transcripts, "
+        "or of images with boxes or masks",
         type=summary.UPLOAD_TYPES,
         max_upload_size=upload_mb,
         key=f"upload-{st.session_state.get(_UPLOADER, 0)}",
@@ -63,6 +64,7 @@ def add_form() -> None:
                 "image-classification": "images",
                 "text-classification": "texts (.txt)",
                 "audio-classification": "audio clips (WAV, FLAC)",
+                "speech-recognition": "clips with transcripts (metadata.csv or LibriSpeech)",
                 "object-detection": "images with boxes (COCO, YOLO, VOC)",
                 "semantic-segmentation": "images with masks",
             }
@@ -177,6 +179,12 @@ elif ds.task == "audio-classification":
         st.markdown(f"**{summary.md(label)}**")
         for column, clip in zip(st.columns(len(paths)), paths, strict=True):
             column.audio(str(clip))
+elif ds.task == "speech-recognition":
+    st.caption(f"Layout: {summary.md(report['layout'])}; the first clips with their transcripts.")
+    for clip, transcript in summary.sample_transcripts(ds):
+        left, right = st.columns([2, 3], vertical_alignment="center")
+        left.audio(str(clip))
+        right.markdown(summary.md(transcript))
 elif ds.task in ("object-detection", "semantic-segmentation"):
     drawn = "box outlined" if ds.task == "object-detection" else "mask tinted"
     st.caption(f"Every {drawn} over its image: a few images per class.")
@@ -242,6 +250,32 @@ elif ds.task == "text-generation":
             f"over {report['context']} tokens (left out of a run unless its context is raised)": report[
                 "over_context"
             ],
+        }
+    )
+elif ds.task == "speech-recognition":
+    left, right = st.columns(2)
+    left.markdown(
+        f"Durations (median {report['seconds']['median']:.2f} s; {report['minutes']:g} minutes in all)"
+    )
+    left.bar_chart(summary.duration_histogram(report))
+    words = report["words"]
+    right.write(
+        {
+            "words": f"{words['total']} in all, median {words['median']:g} per clip, {words['vocabulary']} different",
+            "words per second (median)": report["words_per_second"]["median"],
+            "words per second unlike speech (wrong transcript?)": report["odd_rate"],
+            "left out": report["left_out"] or "none",
+        }
+    )
+    st.write(
+        {
+            "clips without a transcript (left out)": report["untranscribed"],
+            "rows whose clip is missing (left out)": report["missing_clips"],
+            "sample rates (Hz: clips)": report["sample_rates"],
+            "unreadable (left out)": report["unreadable"],
+            f"over {report['max_clip_seconds']:g} s (left out)": report["too_long"],
+            "silent clips": report["silent"],
+            "clipped clips": report["clipped"],
         }
     )
 elif "class_counts" in report:

@@ -27,6 +27,9 @@ with st.container(border=True):
     choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label)
     ds = get_dataset(choice.id)
     specs = models_for(ds.task)
+    if not specs:
+        st.info(f"Ascent has no model that trains {ds.task} yet; the dataset stays for when it does.")
+        st.stop()
     spec = st.selectbox("Model", specs, format_func=lambda m: f"{m.name} — {m.description}")
     fitted = {c.key: c for c in jobs.fitted(ds, spec.name)}
     # What the run uses unless changed below: fitted to the data and device, else the model's.

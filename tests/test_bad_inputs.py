@@ -212,6 +212,21 @@ def _files(d: Path) -> dict[str, Path]:
     f["one-word.zip"] = _zip(d / "one-word.zip", {"yes/1.wav": _wav(0.5), "yes/2.wav": _wav(0.5, seed=1)})
     f["long-clips.zip"] = _zip(d / "long-clips.zip", {"yes/1.wav": _wav(3.0), "no/2.wav": _wav(3.0, seed=1)})
     f["long.wav"] = _text(d / "long.wav", _wav(3.0))
+    f["speech-columns.zip"] = _zip(
+        d / "speech-columns.zip", {"metadata.csv": b"path,words\na.wav,hi\n", "a.wav": _wav(0.5)}
+    )
+    f["speech-unlisted.zip"] = _zip(
+        d / "speech-unlisted.zip",
+        {"metadata.csv": b"file_name,transcription\ngone.wav,hi\n", "a.wav": _wav(0.5)},
+    )
+    f["speech-unreadable.zip"] = _zip(
+        d / "speech-unreadable.zip",
+        {"metadata.csv": b"file_name,transcription\na.wav,hi\n", "a.wav": b"RIFF junk"},
+    )
+    f["speech.zip"] = _zip(
+        d / "speech.zip",
+        {"metadata.csv": b"file_name,transcription\na.wav,hello there\n", "a.wav": _wav(1.0)},
+    )
     f["not-audio.wav"] = _text(d / "not-audio.wav", b"RIFF....WAVEnot really")
     f["rows-latin1.csv"] = _text(d / "rows-latin1.csv", b"alcohol\n\xff\xfe\x00")
     f["texts.txt"] = _text(d / "texts.txt", "a text to classify\n")
@@ -357,6 +372,21 @@ CASES: dict[str, Case] = {
     ),
     "unreadable clips": Case(["datasets", "add", "{bad-clips.zip}"], "no readable clip"),
     "clips of one word": Case(["datasets", "add", "{one-word.zip}"], "only one class"),
+    "transcripts without their column": Case(
+        ["datasets", "add", "{speech-columns.zip}"], "needs a file_name column and a transcript column"
+    ),
+    "transcripts of clips the zip lacks": Case(
+        ["datasets", "add", "{speech-unlisted.zip}"], "has a transcript (rows name clips the zip lacks"
+    ),
+    "transcribed clips that cannot be read": Case(
+        ["datasets", "add", "{speech-unreadable.zip}"], "no readable clip with a transcript"
+    ),
+    "clips without transcripts as speech": Case(
+        ["datasets", "add", "{one-word.zip}", "--task", "speech-recognition"], "has no transcripts"
+    ),
+    "train speech before its models": Case(
+        ["train", "--dataset", "{ds:speech}"], "no model that trains speech-recognition yet"
+    ),
     "clips over the duration limit": Case(
         ["datasets", "add", "{long-clips.zip}"], "over the 2 s limit", {"ASCENT_MAX_CLIP_SECONDS": "2"}
     ),
@@ -611,6 +641,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
     home = Home(env, url or f"sqlite:///{root / 'ascent.db'}", {}, root)
     table = _ok(home, ["datasets", "add", str(files["wine.csv"])])
     home.ids["ds:table"] = table["id"]
+    home.ids["ds:speech"] = _ok(home, ["datasets", "add", str(files["speech.zip"])])["id"]
     home.ids["run:table"] = _ok(home, ["train", "--dataset", str(table["id"]), "--epochs", "2"])["id"]
     if full:
         images = fashion_mnist_zip(root.parent / "clothes.zip", per_class=12, classes=("bag", "trouser"))

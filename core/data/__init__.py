@@ -11,4 +11,5 @@ TASKS = (
     "object-detection",
     "semantic-segmentation",
     "text-generation",
+    "speech-recognition",
 )

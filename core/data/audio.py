@@ -55,28 +55,15 @@ def inspect_zip(
         raise DatasetError(
             f"put every clip in a folder named after its class ({', '.join(at_top[:3])} is not)"
         )
-    clips: list[Clip] = []
-    unreadable: dict[str, str] = {}
-    too_long: dict[str, float] = {}
-    silent: list[str] = []
-    clipped: list[str] = []
-    limit = get_settings().max_clip_seconds
-    for p in stages.each("reading clips", sorted(audio, key=str)):
-        try:
-            duration, _, _ = clip_info(audio[p])
-            if duration > limit:
-                too_long[str(p)] = round(duration, 1)
-                continue
-            data, rate = load_audio(audio[p])
-        except RuntimeInputError as exc:
-            unreadable[str(p)] = str(exc)[:200]
-            continue
-        peak = float(np.abs(data).max())
-        if peak < SILENT_PEAK:
-            silent.append(str(p))
-        if float((np.abs(data) >= FULL_SCALE).mean()) > CLIPPED_SHARE:
-            clipped.append(str(p))
-        clips.append(Clip(str(p), p.parts[0], data.shape[0] / rate, rate, data.shape[1]))
+    checked = check_clips(audio, get_settings().max_clip_seconds)
+    clips = [Clip(str(p), p.parts[0], *facts) for p, facts in checked.readable.items()]
+    unreadable, too_long, silent, clipped = (
+        checked.unreadable,
+        checked.too_long,
+        checked.silent,
+        checked.clipped,
+    )
+    limit = checked.limit
     if not clips:
         shown = "; ".join(
             [f"{k} ({v})" for k, v in list(unreadable.items())[:3]]
@@ -90,7 +77,6 @@ def inspect_zip(
         )
     images.check_classes(counts, "clips")
     seconds = np.array([c.seconds for c in clips])
-    hist, edges = np.histogram(seconds, bins=min(20, len(clips)))
     classes = sorted(counts)
     report: dict[str, Any] = {
         "clips": len(clips),
@@ -103,13 +89,7 @@ def inspect_zip(
         "max_clip_seconds": limit,
         "skipped_files": skipped[:100],
         "skipped_count": len(skipped),
-        "seconds": {
-            "min": float(seconds.min()),
-            "median": float(statistics.median(seconds.tolist())),
-            "p95": float(np.percentile(seconds, 95)),
-            "max": float(seconds.max()),
-            "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
-        },
+        "seconds": duration_summary(seconds),
         "sample_rates": {str(k): v for k, v in sorted(Counter(c.sample_rate for c in clips).items())},
         "channels": {str(k): v for k, v in sorted(Counter(c.channels for c in clips).items())},
         "silent": silent[:100],
@@ -118,6 +98,55 @@ def inspect_zip(
         "clipped_count": len(clipped),
     }
     return files, clips, report
+
+
+@dataclass
+class CheckedClips:
+    """What reading every clip found: the readable ones' (seconds, sample rate, channels) by
+    path, and the others by reason."""
+
+    readable: dict[PurePosixPath, tuple[float, int, int]]
+    unreadable: dict[str, str]  # path: why
+    too_long: dict[str, float]  # path: seconds
+    silent: list[str]
+    clipped: list[str]
+    limit: float
+
+
+def check_clips(audio: dict[PurePosixPath, Path], limit: float) -> CheckedClips:
+    """Read each clip's header, then decode it once: clips over `limit` seconds are left out
+    undecoded, unreadable ones (empty, not audio, a corrupt header, 0 samples) left out with
+    why; silent and clipped ones are named."""
+    found = CheckedClips({}, {}, {}, [], [], limit)
+    for p in stages.each("reading clips", sorted(audio, key=str)):
+        try:
+            duration, _, _ = clip_info(audio[p])
+            if duration > limit:
+                found.too_long[str(p)] = round(duration, 1)
+                continue
+            data, rate = load_audio(audio[p])
+        except RuntimeInputError as exc:
+            found.unreadable[str(p)] = str(exc)[:200]
+            continue
+        peak = float(np.abs(data).max())
+        if peak < SILENT_PEAK:
+            found.silent.append(str(p))
+        if float((np.abs(data) >= FULL_SCALE).mean()) > CLIPPED_SHARE:
+            found.clipped.append(str(p))
+        found.readable[p] = (data.shape[0] / rate, rate, data.shape[1])
+    return found
+
+
+def duration_summary(seconds: np.ndarray) -> dict[str, Any]:
+    """Durations for a report: min, median, 95th percentile, max and a histogram."""
+    hist, edges = np.histogram(seconds, bins=min(20, len(seconds)))
+    return {
+        "min": float(seconds.min()),
+        "median": float(statistics.median(seconds.tolist())),
+        "p95": float(np.percentile(seconds, 95)),
+        "max": float(seconds.max()),
+        "histogram": {"counts": hist.tolist(), "edges": [float(e) for e in edges]},
+    }
 
 
 def clip_seconds(p95: float) -> float:

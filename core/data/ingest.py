@@ -112,6 +112,15 @@ def _ingest(
                 "audio-classification takes a zip with one folder per class of WAV or FLAC clips"
             )
         return _ingest_audio(path, name=name, size=size, created_by=created_by)
+    if task == "speech-recognition":
+        if suffix != ".zip":
+            raise DatasetError(
+                "speech-recognition takes a zip of WAV or FLAC clips with a metadata.csv "
+                "(file_name,transcription) or LibriSpeech *.trans.txt files"
+            )
+        from core.data import speech
+
+        return _ingest_zip(path, name, size, created_by, "speech-recognition", speech.inspect_zip, "clips")
     if task == "text-generation":
         return _ingest_instructions(path, name=name, size=size, created_by=created_by)
     if task == "text-classification":
@@ -185,12 +194,9 @@ def _ingest_zip(
 
     with _staging() as staging:
         files, items, report = inspect(path, _zip_limits(), staging / images.UNPACKED)
-        schema: dict[str, Any] = {
-            "task": task,
-            "classes": sorted(report["class_counts"]),
-            "source": path.name,
-            "index": "index.parquet",
-        }
+        schema: dict[str, Any] = {"task": task, "source": path.name, "index": "index.parquet"}
+        if "class_counts" in report:
+            schema["classes"] = sorted(report["class_counts"])
         if task == "audio-classification":
             from core.data import audio
 
@@ -386,6 +392,11 @@ def _zip_task(source: bytes | Path, name: str) -> str:
         return annotated
     texts = sum(n.endswith(".txt") for n in names)
     clips = sum(n.endswith((".wav", ".flac")) for n in names)
+    if clips:
+        from core.data.speech import layout_of
+
+        if layout_of(names) is not None:  # clips with their transcripts
+            return "speech-recognition"
     if names and clips > len(names) / 2:
         return "audio-classification"
     return "text-classification" if names and texts > len(names) / 2 else "image-classification"

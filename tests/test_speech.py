@@ -1,0 +1,201 @@
+"""Speech recognition, first part: zips of read speech with transcripts in Hugging Face's
+audiofolder and LibriSpeech layouts (real clips: Debian's pocketsphinx-testdata), what is left
+out and why, and the offline Whisper tiny.en read from its CTranslate2 file, which transcribes
+those clips."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core import jobs
+from core.data.ingest import guess_upload, ingest_file
+from core.errors import ConfigError, DatasetError
+
+READ = Path("/usr/share/pocketsphinx/test/data")
+pytestmark = pytest.mark.skipif(
+    not READ.is_dir(), reason="needs Debian's pocketsphinx-testdata (.ci/run installs it)"
+)
+
+
+def read_speech() -> list[tuple[Path, str]]:
+    """The package's ten clips with transcripts: five LibriVox sentences, five spoken cards."""
+    found = []
+    for folder, listing in (("librivox", "transcription"), ("cards", "cards.transcription")):
+        for line in (READ / folder / listing).read_text().splitlines():
+            m = re.fullmatch(r"<s> (.*) </s> \((.*)\)", line.strip())
+            assert m is not None, line
+            found.append((READ / folder / f"{m[2]}.wav", " ".join(m[1].split())))
+    return found
+
+
+def audiofolder_zip(
+    path: Path, rows: list[tuple[str, Path | None, str]], extra: dict[str, bytes] | None = None
+) -> Path:
+    """A zip with metadata.csv (file_name,transcription) and the clips: (name, clip or None to
+    leave it out of the zip, transcript)."""
+    with zipfile.ZipFile(path, "w") as zf:
+        lines = [["file_name", "transcription"]] + [[name, text] for name, _, text in rows]
+        out = io.StringIO()
+        csv.writer(out).writerows(lines)
+        zf.writestr("speech/metadata.csv", out.getvalue())
+        for name, clip in {name: clip for name, clip, _ in rows if clip is not None}.items():
+            zf.write(clip, f"speech/{name}")
+        for name, data in (extra or {}).items():
+            zf.writestr(f"speech/{name}", data)
+    return path
+
+
+def test_both_layouts_are_read_with_their_transcripts(home: Path, tmp_path: Path) -> None:
+    speech = read_speech()
+    af = audiofolder_zip(tmp_path / "af.zip", [(f"clips/{c.name}", c, t) for c, t in speech])
+    assert guess_upload("af.zip", af.read_bytes()).task == "speech-recognition"
+    ds = ingest_file(af)
+    assert ds.task == "speech-recognition" and ds.n_items == 10
+    rep = ds.report
+    assert rep["layout"] == "audiofolder" and rep["left_out"] == {} and rep["untranscribed_count"] == 0
+    assert rep["words"]["total"] == sum(len(t.split()) for _, t in speech)
+    assert 0.5 < rep["minutes"] < 0.7 and rep["sample_rates"] == {"16000": 10}
+    import pandas as pd
+
+    index = pd.read_parquet(Path(ds.path) / "index.parquet")
+    stored = dict(zip(index["path"], index["transcript"], strict=True))
+    assert (
+        stored["clips/sense_and_sensibility_01_austen_64kb-0880.wav"]
+        == "he was not an ill disposed young man"
+    )
+    assert all((Path(ds.path) / "clips" / p).is_file() for p in index["path"])
+
+    # LibriSpeech: SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt with the clips beside it.
+    ls = tmp_path / "ls.zip"
+    with zipfile.ZipFile(ls, "w") as zf:
+        lines = []
+        for i, (clip, text) in enumerate(speech):
+            zf.write(clip, f"19/198/19-198-{i:04d}.wav")
+            lines.append(f"19-198-{i:04d} {text.upper()}")
+        zf.writestr("19/198/19-198.trans.txt", "\n".join(lines) + "\n")
+    ds = ingest_file(ls)
+    assert ds.task == "speech-recognition" and ds.n_items == 10 and ds.report["layout"] == "librispeech"
+
+
+def _tone(path: Path, seconds: float) -> Path:
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
+    return path
+
+
+def test_what_cannot_be_learnt_is_left_out_and_counted(home: Path, tmp_path: Path) -> None:
+    (a, ta), (b, _), (c, _), *_ = read_speech()
+    rows = [
+        ("a.wav", a, ta),
+        ("b.wav", b, "   "),  # an empty transcript
+        ("gone.wav", None, "a clip the zip lacks"),
+        ("c.wav", c, "far too many words " * 20),  # 80 words in about 5 s: not this clip's
+        ("long.wav", _tone(tmp_path / "long.wav", 31.0), "thirty one seconds"),  # over Whisper's 30 s
+        ("bad.wav", None, "not audio"),
+        ("a.wav", a, "the same clip again"),
+    ]
+    extra = {"bad.wav": b"RIFF nonsense", "loose.wav": b.read_bytes()}
+    ds = ingest_file(audiofolder_zip(tmp_path / "mixed.zip", rows, extra))
+    rep = ds.report
+    assert ds.n_items == 2  # a.wav and c.wav
+    assert rep["left_out"] == {
+        "empty transcripts": 1,
+        "clips listed twice (the first kept)": 1,
+        "rows whose clip is not in the zip": 1,
+    }
+    assert rep["missing_clips"] == ["gone.wav"] and rep["untranscribed"] == ["loose.wav"]
+    assert list(rep["unreadable"]) == ["bad.wav"] and rep["too_long"] == {"long.wav": 31.0}
+    assert list(rep["odd_rate"]) == ["c.wav"] and rep["odd_rate"]["c.wav"] > 6
+
+    with pytest.raises(DatasetError, match="needs a file_name column and a transcript column"):
+        with zipfile.ZipFile(tmp_path / "cols.zip", "w") as zf:
+            zf.writestr("metadata.csv", "path,words\na.wav,hello\n")
+            zf.write(a, "a.wav")
+        ingest_file(tmp_path / "cols.zip")
+    with pytest.raises(DatasetError, match="no clip in empty.zip has a transcript"):
+        ingest_file(
+            audiofolder_zip(
+                tmp_path / "empty.zip", [("x.wav", None, "nothing here")], {"y.wav": a.read_bytes()}
+            )
+        )
+    with pytest.raises(DatasetError, match="has no transcripts: put a metadata.csv"):
+        with zipfile.ZipFile(tmp_path / "bare.zip", "w") as zf:
+            zf.write(a, "yes/a.wav")
+        ingest_file(tmp_path / "bare.zip", task="speech-recognition")
+    with pytest.raises(DatasetError, match="speech-recognition takes a zip"):
+        ingest_file(a, task="speech-recognition")
+
+
+def test_no_model_trains_speech_yet_and_says_so(home: Path, tmp_path: Path) -> None:
+    """Until the speech models land, a speech dataset is kept and shown, and training it is
+    refused in one line on the command line and on the Train page."""
+    from streamlit.testing.v1 import AppTest
+
+    speech = read_speech()
+    ds = ingest_file(audiofolder_zip(tmp_path / "af.zip", [(c.name, c, t) for c, t in speech]))
+    with pytest.raises(ConfigError, match="no model that trains speech-recognition yet"):
+        jobs.config_for(ds.id)
+    out = subprocess.run(
+        [sys.executable, "-m", "core", "train", "--dataset", str(ds.id)], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "no model that trains speech-recognition yet" in out.stderr
+    assert "Traceback" not in out.stderr
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "pages" / "train.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("no model that trains speech-recognition yet" in i.value for i in at.info)
+    at = AppTest.from_file(str(root / "pages" / "datasets.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any(m.value == "ten of clubs" for m in at.markdown)  # the first clip, 001.wav
+    assert any("Durations (median" in m.value for m in at.markdown)
+
+
+def test_offline_whisper_is_read_from_its_ctranslate2_file_and_transcribes(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jiwer
+    import torch
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    from core.models import speech as models
+
+    folder = models.whisper_folder()
+    assert {"model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    model = models.load_whisper(str(folder))
+    clips = [(c, t) for c, t in read_speech() if "librivox" in str(c)]
+    heard = []
+    for clip, _ in clips:
+        wave, rate = sf.read(clip, dtype="float32")
+        features = model.processor(wave, sampling_rate=rate, return_tensors="pt").input_features
+        with torch.no_grad():
+            ids = model.module.generate(features, max_new_tokens=80)
+        heard.append(model.processor.batch_decode(ids, skip_special_tokens=True)[0])
+    norm = BasicTextNormalizer()
+    wer = jiwer.wer([norm(t) for _, t in clips], [norm(h) for h in heard])
+    assert wer < 0.15, (wer, heard)
+    assert norm(heard[1]).split()[:3] == ["he", "was", "not"]
+
+    # The weights are checked before they are read, and a file of another format is refused.
+    monkeypatch.setattr(models, "WHISPER_SHA256", "0" * 64)
+    with pytest.raises(ConfigError, match="is not the Whisper tiny.en file it should be"):
+        models.whisper_package()
+    bogus = tmp_path / "model.bin"
+    bogus.write_bytes(b"\x05\x00\x00\x00junk")
+    with pytest.raises(ConfigError, match="CTranslate2 format 5"):
+        models.read_ct2(bogus)
+    shutil.copy(clips[0][0], bogus)
+    with pytest.raises(ConfigError, match="not a readable CTranslate2 model|CTranslate2 format"):
+        models.read_ct2(bogus)
