@@ -216,7 +216,6 @@ def export_generator(
     """Write a generator's step (core.tasks.generation.Step) to `path`: one graph whose batch,
     new tokens, cached tokens (from zero) and attention mask are dynamic axes, with `ascent.*`
     metadata; external data beside it only past 2 GB."""
-    import onnx
 
     layers, heads, dim = cache
     step = step.eval().to("cpu")
@@ -232,33 +231,53 @@ def export_generator(
         {0: batch, 1: total},
         tuple({0: batch, 2: cached} for _ in range(2 * layers)),
     )
-    tmp = path.with_name(path.name + ".tmp")
+    _export_graph(
+        step, example, input_names, output_names, dynamic_shapes, path, metadata, "generator", opset
+    )
+
+
+def _export_graph(
+    module: torch.nn.Module,
+    example: tuple[Any, ...],
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: Any,
+    dest: Path,
+    metadata: dict[str, Any],
+    what: str,
+    opset: int,
+) -> None:
+    """`module` exported with dynamo and these dynamic shapes to `dest` with `metadata`, checked
+    by onnx.checker; external data beside it only past 2 GB."""
+    import onnx
+
+    tmp = dest.with_name(dest.name + ".tmp")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                step,
+                module.eval().to("cpu"),
                 example,
                 dynamo=True,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_shapes=dynamic_shapes,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
                 opset_version=opset,
                 verbose=False,
             )
         if program is None:
             raise ExportError("torch.onnx.export returned no program")
         program.save(str(tmp), external_data=True)
-        model = onnx.load(str(tmp))
+        graph = onnx.load(str(tmp))
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"ONNX export of the generator failed: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"ONNX export of the {what} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-        for extra in path.parent.glob(tmp.name + "*.data"):
+        for extra in dest.parent.glob(tmp.name + "*.data"):
             extra.unlink()
-    _save_with_metadata(model, path, metadata)
+    _save_with_metadata(graph, dest, metadata)
 
 
 def _save_with_metadata(model: Any, path: Path, metadata: dict[str, Any]) -> None:
@@ -294,3 +313,79 @@ def file_bytes(path: Path) -> int:
     """The size of an ONNX file with its external weights, if any."""
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def export_transcriber(
+    model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any], opset: int = 18
+) -> None:
+    """Write a Whisper model as two graphs: `path` (model.onnx) from the raw 16 kHz wave to each
+    decoder layer's cross-attention keys and values (core.models.speech.WhisperEncode), and
+    decoder.onnx beside it, one decoding step with a self-attention cache
+    (core.models.speech.WhisperStep); `tokenizer.json` beside them and `ascent.speech` (prompt,
+    end and suppressed tokens, cache shape, window) in both files' metadata. Batch, samples
+    (up to 30 s), new tokens and cached tokens are dynamic axes."""
+    from core.models.speech import (
+        MAX_SECONDS,
+        SAMPLE_RATE,
+        WINDOW_SAMPLES,
+        WhisperEncode,
+        WhisperStep,
+        whisper_prompt,
+    )
+
+    layers = int(model.config.decoder_layers)
+    heads = int(model.config.decoder_attention_heads)
+    dim = int(model.config.d_model) // heads
+    positions = int(model.config.max_target_positions)
+    cross = [f"cross.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    past = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    prompt = whisper_prompt(model)
+    settings = {
+        "decoder": "decoder.onnx",
+        "prompt": prompt,
+        "eos_token_id": int(model.config.eos_token_id),
+        "suppress_tokens": [int(t) for t in model.config.suppress_tokens or []],
+        "begin_suppress_tokens": [int(t) for t in model.config.begin_suppress_tokens or []],
+        "max_new_tokens": positions - len(prompt),
+        "cache": {"layers": layers, "heads": heads, "dim": dim},
+        "sample_rate": SAMPLE_RATE,
+        "max_seconds": MAX_SECONDS,
+    }
+    metadata = {
+        **metadata,
+        "ascent.speech": json.dumps(settings),
+        "ascent.tokenizer": json.dumps({"file": "tokenizer.json"}),
+    }
+    batch = torch.export.Dim("batch", min=1, max=1 << 12)
+    graphs = [
+        (
+            WhisperEncode(model),
+            (torch.randn(2, 16_000),),
+            ["wave"],
+            cross,
+            ({0: batch, 1: torch.export.Dim("samples", min=2, max=WINDOW_SAMPLES)},),
+            path,
+        ),
+        (
+            WhisperStep(model),
+            (
+                torch.randint(0, 100, (2, 3)),
+                *(torch.randn(2, heads, 2, dim) for _ in past),
+                *(torch.randn(2, heads, 1500, dim) for _ in cross),
+            ),
+            ["input_ids", *past, *cross],
+            ["logits", *present],
+            (
+                {0: batch, 1: torch.export.Dim("new", min=1, max=positions)},
+                (
+                    *({0: batch, 2: torch.export.Dim("cached", min=0, max=positions)} for _ in past),
+                    *({0: batch} for _ in cross),
+                ),
+            ),
+            path.with_name("decoder.onnx"),
+        ),
+    ]
+    for module, example, inputs, outputs, dynamic, dest in graphs:
+        _export_graph(module, example, inputs, outputs, dynamic, dest, metadata, dest.stem, opset)
+    atomic.write_text(path.parent / "tokenizer.json", tokenizer.backend_tokenizer.to_str())

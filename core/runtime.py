@@ -712,3 +712,124 @@ class Generator:
         for _ in self.stream(prompt, result=result, **options):
             pass
         return result
+
+
+@dataclass
+class Transcript:
+    text: str
+    tokens: list[int]
+    seconds: float  # of audio
+    encode_ms: float  # the batch's encoder call, shared by its clips
+    decode_ms: float  # the batch's decoding loop
+
+
+def greedy_transcripts(
+    encoder: Any,
+    decoder: Any,
+    settings: Mapping[str, Any],
+    waves: Sequence[np.ndarray],
+    max_tokens: int | None = None,
+) -> tuple[list[list[int]], float, float]:
+    """Greedy token ids for a batch of 16 kHz mono waves (each at most 30 s), from an encoder
+    and a decoder step (ONNX Runtime sessions, or anything with their `run`), with Whisper's
+    suppressed tokens; and the ms the encoder and the decoding loop took. Shorter waves are
+    padded with silence to the longest: the encoder pads every wave to its 30-s window anyway."""
+    shape = settings["cache"]
+    layers, heads, dim = int(shape["layers"]), int(shape["heads"]), int(shape["dim"])
+    longest = max(len(w) for w in waves)
+    batch = np.zeros((len(waves), longest), dtype=np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, : len(wave)] = wave
+    began = time.perf_counter()
+    cross = list(encoder.run(None, {"wave": batch}))
+    encoded = time.perf_counter()
+    names = [
+        f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
+    ]
+    past = [np.zeros((len(waves), heads, 0, dim), dtype=np.float32)] * (2 * layers)
+    ids = np.tile(np.asarray(settings["prompt"], dtype=np.int64), (len(waves), 1))
+    end = int(settings["eos_token_id"])
+    suppress = np.asarray(settings.get("suppress_tokens", []), dtype=np.int64)
+    first = np.asarray(settings.get("begin_suppress_tokens", []), dtype=np.int64)
+    limit = int(settings["max_new_tokens"] if max_tokens is None else max_tokens)
+    tokens: list[list[int]] = [[] for _ in waves]
+    done = np.zeros(len(waves), dtype=bool)
+    for step in range(limit):
+        out = decoder.run(None, {"input_ids": ids, **dict(zip(names, [*past, *cross], strict=True))})
+        logits = np.array(out[0][:, -1], dtype=np.float32)
+        past = list(out[1:])
+        logits[:, suppress] = -np.inf
+        if step == 0:
+            logits[:, first] = -np.inf
+        chosen = logits.argmax(axis=1)
+        for row, token in enumerate(chosen):
+            if not done[row]:
+                if token == end:
+                    done[row] = True
+                else:
+                    tokens[row].append(int(token))
+        if done.all():
+            break
+        ids = np.where(done, end, chosen)[:, None].astype(np.int64)
+    finished = time.perf_counter()
+    return tokens, (encoded - began) * 1000, (finished - encoded) * 1000
+
+
+class Transcriber:
+    """An exported Ascent speech recogniser: model.onnx (wave to cross-attention keys and
+    values) with decoder.onnx and tokenizer.json beside it."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        self.encoder = create_session(self.path, providers)
+        meta = self.encoder.get_modelmeta().custom_metadata_map
+        self.task: str = meta.get("ascent.task", "")
+        if self.task != "speech-recognition":
+            raise RuntimeInputError(
+                f"{self.path.name} is a {self.task or 'non-Ascent'} model, not a speech recogniser"
+            )
+        self.settings: dict[str, Any] = json.loads(meta["ascent.speech"])
+        parts = {
+            "decoder": self.path.parent / self.settings["decoder"],
+            "tokenizer": self.path.parent / "tokenizer.json",
+        }
+        for file in parts.values():
+            if not file.is_file():
+                raise RuntimeInputError(
+                    f"{file.name} is missing beside {self.path.name}; copy the three files"
+                )
+        self.decoder = create_session(parts["decoder"], providers)
+        self.tokenizer = Tokenizer.from_file(str(parts["tokenizer"]))
+
+    @property
+    def provider(self) -> str:
+        return str(self.encoder.get_providers()[0])
+
+    def wave(self, source: Any) -> np.ndarray:
+        """A clip (path, bytes or file object) as the 16 kHz mono wave the model takes; clips
+        over its 30-s window are refused."""
+        data, rate = load_audio(source)
+        wave = to_mono(data, rate, int(self.settings["sample_rate"]))
+        limit = float(self.settings["max_seconds"])
+        if len(wave) > limit * int(self.settings["sample_rate"]):
+            raise RuntimeInputError(
+                f"the clip lasts {len(wave) / int(self.settings['sample_rate']):.1f} s, over the model's "
+                f"{limit:g}-s window; cut it into shorter clips"
+            )
+        return wave
+
+    def transcribe(self, sources: Sequence[Any], batch: int = 8) -> list[Transcript]:
+        """Transcripts of clips, `batch` at a time."""
+        waves = [self.wave(s) for s in sources]
+        found: list[Transcript] = []
+        for start in range(0, len(waves), batch):
+            part = waves[start : start + batch]
+            tokens, encode_ms, decode_ms = greedy_transcripts(self.encoder, self.decoder, self.settings, part)
+            for wave, ids in zip(part, tokens, strict=True):
+                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                found.append(
+                    Transcript(text, ids, len(wave) / int(self.settings["sample_rate"]), encode_ms, decode_ms)
+                )
+        return found

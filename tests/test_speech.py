@@ -199,3 +199,46 @@ def test_offline_whisper_is_read_from_its_ctranslate2_file_and_transcribes(
     shutil.copy(clips[0][0], bogus)
     with pytest.raises(ConfigError, match="not a readable CTranslate2 model|CTranslate2 format"):
         models.read_ct2(bogus)
+
+
+def test_whisper_exports_as_two_graphs_that_transcribe_as_pytorch_does(home: Path, tmp_path: Path) -> None:
+    """model.onnx (the raw wave to cross-attention keys and values, Whisper's log-mel features
+    computed inside) and decoder.onnx (one step with a cache): the numpy loop's greedy tokens in
+    ONNX Runtime are transformers' generate tokens on every LibriVox clip, in one batch of
+    different lengths."""
+    import onnxruntime as ort
+    import torch
+
+    from core.export import export_transcriber
+    from core.models.speech import load_whisper, whisper_folder
+    from core.runtime import RuntimeInputError, Transcriber
+
+    model = load_whisper(str(whisper_folder()))
+    path = tmp_path / "export" / "model.onnx"
+    path.parent.mkdir()
+    export_transcriber(model.module, model.processor.tokenizer, path, {"ascent.task": "speech-recognition"})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["decoder.onnx", "model.onnx", "tokenizer.json"]
+    for name in ("model.onnx", "decoder.onnx"):  # plain ONNX Runtime takes both, batch and lengths free
+        session = ort.InferenceSession(str(path.parent / name), providers=["CPUExecutionProvider"])
+        assert session.get_providers() == ["CPUExecutionProvider"]
+        assert all(isinstance(i.shape[0], str) for i in session.get_inputs())
+
+    transcriber = Transcriber(path, ["CPUExecutionProvider"])
+    clips = [c for c, _ in read_speech() if "librivox" in str(c)]
+    got = transcriber.transcribe(clips, batch=len(clips))
+    end = int(model.module.config.eos_token_id)
+    for clip, transcript in zip(clips, got, strict=True):
+        wave, rate = sf.read(clip, dtype="float32")
+        features = model.processor(wave, sampling_rate=rate, return_tensors="pt").input_features
+        with torch.no_grad():
+            expected = [t for t in model.module.generate(features, max_new_tokens=120)[0].tolist() if t < end]
+        assert transcript.tokens == expected, clip.name
+        assert transcript.text == model.processor.tokenizer.decode(expected, skip_special_tokens=True).strip()
+        assert transcript.seconds == pytest.approx(len(wave) / rate) and transcript.encode_ms > 0
+    assert got[1].text.startswith("He was not")
+
+    with pytest.raises(RuntimeInputError, match="over the model's 30-s window"):
+        transcriber.transcribe([_tone(tmp_path / "long.wav", 31.0)])
+    (path.parent / "decoder.onnx").unlink()
+    with pytest.raises(RuntimeInputError, match="decoder.onnx is missing beside model.onnx"):
+        Transcriber(path)

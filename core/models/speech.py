@@ -11,12 +11,15 @@ Hugging Face hub (`--weights`).
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from core.errors import ConfigError
 from core.models.offline import converted_folder, load_failed, locate, package_file, quiet
@@ -243,3 +246,152 @@ def load_whisper(source: str) -> SpeechModel:
     except (OSError, ValueError) as exc:
         raise load_failed(source, "speech model", exc) from exc
     return SpeechModel(model.eval(), processor, str(where))
+
+
+# --- the graphs a speech run exports -----------------------------------------------------------
+
+N_FFT, HOP = 400, 160  # Whisper's STFT: 25 ms frames every 10 ms at 16 kHz
+WINDOW_SAMPLES = int(MAX_SECONDS * SAMPLE_RATE)  # every clip is padded to one 30-s window
+FRAMES = WINDOW_SAMPLES // HOP  # 3000 feature frames, 1500 encoder positions
+
+
+class WhisperFeatures(nn.Module):
+    """float32 waves [batch, samples <= 480000] at 16 kHz -> Whisper's log-mel features
+    [batch, 80, 3000], as its feature extractor computes them: the wave padded with zeros to
+    30 s, a centred STFT (reflect padding, periodic Hann window of 400, hop 160, the last frame
+    dropped), Slaney mel filters, log10 clamped to 8 below its maximum, then (x + 4) / 4.
+
+    The STFT is framing by reshape and slices and one matrix product with fixed cosine and sine
+    rows, as the audio classifiers' front end: ONNX's STFT operator is many times slower in
+    ONNX Runtime."""
+
+    basis: torch.Tensor
+    mel: torch.Tensor
+
+    def __init__(self, n_mels: int = 80) -> None:
+        super().__init__()
+        from core.models.audio import mel_filterbank
+
+        self.parts = math.ceil(N_FFT / HOP)  # blocks of HOP samples one frame spans
+        self.blocks = FRAMES + self.parts - 1
+        k = np.arange(N_FFT // 2 + 1)[:, None]
+        n = np.arange(N_FFT)[None, :]
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
+        basis = (
+            np.concatenate([np.cos(2 * np.pi * k * n / N_FFT), -np.sin(2 * np.pi * k * n / N_FFT)]) * window
+        )
+        mel = mel_filterbank(SAMPLE_RATE, N_FFT, n_mels).T
+        self.register_buffer("basis", torch.from_numpy(basis.T.astype(np.float32)), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(np.concatenate([mel, mel])), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        wave = nn.functional.pad(wave, (0, WINDOW_SAMPLES - wave.shape[1]))
+        half = N_FFT // 2
+        padded = torch.cat([wave[:, 1 : half + 1].flip(1), wave, wave[:, -half - 1 : -1].flip(1)], dim=1)
+        blocks = padded[:, : self.blocks * HOP].reshape(wave.shape[0], self.blocks, HOP)
+        frames = torch.cat(
+            [blocks[:, j : j + FRAMES, : min(HOP, N_FFT - j * HOP)] for j in range(self.parts)], dim=2
+        )  # [batch, 3000, 400]
+        spectrum = frames @ self.basis
+        power = (spectrum * spectrum) @ self.mel  # [batch, 3000, 80]
+        logs = torch.log10(power.clamp(min=1e-10))
+        logs = torch.maximum(logs, logs.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return ((logs + 4.0) / 4.0).transpose(1, 2)
+
+
+class WhisperEncode(nn.Module):
+    """waves [batch, samples] -> each decoder layer's cross-attention keys and values
+    [batch, heads, 1500, head size]: the front end, the encoder, and the projections every
+    decoding step would otherwise repeat."""
+
+    encoder: Any
+    cross: Any
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.features = WhisperFeatures(int(model.config.num_mel_bins))
+        self.encoder = model.model.encoder
+        self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
+        self.heads = int(model.config.decoder_attention_heads)
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        states = self.encoder(self.features(wave)).last_hidden_state
+        batch, length, width = states.shape
+        out = []
+        for attention in self.cross:
+            for proj in (attention.k_proj, attention.v_proj):
+                out.append(proj(states).view(batch, length, self.heads, width // self.heads).transpose(1, 2))
+        return tuple(out)
+
+
+class WhisperStep(nn.Module):
+    """One decoding step with a cache: (token ids [batch, new], the self-attention cache of each
+    layer [batch, heads, cached, head size] as key then value, the cross-attention keys and
+    values from WhisperEncode) -> (logits [batch, new, vocabulary], the self-attention cache
+    grown by the new tokens). Positions continue from the cache's length."""
+
+    embed: Any
+    positions: Any
+    layers: Any
+    norm: Any
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        decoder = model.model.decoder
+        self.embed = decoder.embed_tokens
+        self.positions = decoder.embed_positions
+        self.layers = decoder.layers
+        self.norm = decoder.layer_norm
+        self.heads = int(model.config.decoder_attention_heads)
+
+    def _attend(
+        self,
+        attention: Any,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch, new, width = x.shape
+        query = (attention.q_proj(x) * attention.scaling).view(batch, new, self.heads, -1).transpose(1, 2)
+        out = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=1.0)
+        return attention.out_proj(out.transpose(1, 2).reshape(batch, new, width))
+
+    def forward(self, ids: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(self.layers)
+        past, cross = caches[: 2 * n], caches[2 * n :]
+        batch, new = ids.shape
+        cached = past[0].shape[2]
+        x = self.embed(ids) + self.positions.weight[cached : cached + new]
+        # Each new token sees the cache and the new tokens up to itself.
+        mask = (
+            torch.arange(cached + new, device=ids.device)[None, :]
+            <= (cached + torch.arange(new, device=ids.device))[:, None]
+        )
+        grown = []
+        for i, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            keys = attention.k_proj(h).view(batch, new, self.heads, -1).transpose(1, 2)
+            values = attention.v_proj(h).view(batch, new, self.heads, -1).transpose(1, 2)
+            keys = torch.cat([past[2 * i], keys], dim=2)
+            values = torch.cat([past[2 * i + 1], values], dim=2)
+            grown += [keys, values]
+            x = x + self._attend(attention, h, keys, values, mask)
+            x = x + self._attend(
+                layer.encoder_attn, layer.encoder_attn_layer_norm(x), cross[2 * i], cross[2 * i + 1], None
+            )
+            h = layer.final_layer_norm(x)
+            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
+        logits = self.norm(x) @ self.embed.weight.T
+        return (logits, *grown)
+
+
+def whisper_prompt(model: Any) -> list[int]:
+    """The tokens a transcript starts from: start of transcript, then (multilingual models)
+    English and the transcribe task, then no timestamps."""
+    generation = model.generation_config
+    prompt = [int(model.config.decoder_start_token_id)]
+    if getattr(generation, "is_multilingual", False):
+        prompt += [int(generation.lang_to_id["<|en|>"]), int(generation.task_to_id["transcribe"])]
+    return [*prompt, int(generation.no_timestamps_token_id)]
