@@ -39,7 +39,9 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/scale.py
 	$(PY) bench/inference.py --certificate
 	$(PY) bench/inference.py --generation
+	$(PY) bench/inference.py --speech
 	$(PY) bench/instructions.py
+	$(PY) bench/speech.py
 	$(PY) bench/reliability.py
 
 clean:

@@ -44,6 +44,15 @@ runs in fresh processes, one warm-up generation then three timed ones (median), 
 processes (median), the three taking turns.
 
     python bench/inference.py --generation [--repeats 3] [--threads 2] [--new-tokens 64]
+
+Speech recognition (`--speech`): Whisper tiny.en (the offline default) exported as runs export
+it (model.onnx with the log-mel features inside, decoder.onnx with a cache), then each LibriVox
+clip of Debian's pocketsphinx-testdata transcribed at batch 1 by core.runtime's greedy loop, over
+ONNX Runtime sessions or over the same PyTorch modules (eager): the encoder's ms per clip (every
+clip is one 30-s window), ms per token, and the real-time factor (compute seconds per second of
+audio). Fresh processes taking turns, `--repeats` of them (median).
+
+    python bench/inference.py --speech [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -714,6 +723,118 @@ def _generation(args: argparse.Namespace) -> None:
     print(json.dumps(rows))
 
 
+READ_SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+class _TorchGraph:
+    """A PyTorch module behind an ONNX Runtime session's `run`, for the same decoding loop."""
+
+    def __init__(self, module: Any, names: list[str]) -> None:
+        self.module, self.names = module.eval(), names
+
+    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
+        import numpy as np
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _speech_child(mode: str, path: Path, threads: int) -> dict[str, float]:
+    """Per clip of READ_SPEECH, batch 1: encoder ms, decoding ms per token and the real-time
+    factor (compute seconds per second of audio); medians over the clips of three passes after
+    a warm-up pass."""
+    import numpy as np
+    import torch
+
+    from core.runtime import Transcriber, greedy_transcripts
+
+    torch.set_num_threads(threads)
+    transcriber = Transcriber(path)
+    if mode == "ort":
+        encoder, decoder = _session(path, threads), _session(path.with_name("decoder.onnx"), threads)
+    else:
+        from core.models.speech import WhisperEncode, WhisperStep, load_whisper, whisper_folder
+
+        model = load_whisper(str(whisper_folder())).module
+        layers = int(model.config.decoder_layers)
+        past = [
+            f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
+        ]
+        encoder = _TorchGraph(WhisperEncode(model), ["wave"])
+        decoder = _TorchGraph(WhisperStep(model), ["input_ids", *past])
+    waves = [transcriber.wave(clip) for clip in sorted(READ_SPEECH.glob("*.wav"))]
+    rows = []
+    for attempt in range(4):
+        for wave in waves:
+            (tokens,), encode_ms, decode_ms = greedy_transcripts(
+                encoder, decoder, transcriber.settings, [wave]
+            )
+            if attempt:
+                seconds = len(wave) / 16_000
+                rows.append(
+                    (encode_ms, decode_ms / max(1, len(tokens)), (encode_ms + decode_ms) / 1000 / seconds)
+                )
+    return {
+        "encoder_ms": float(np.median([r[0] for r in rows])),
+        "ms_per_token": float(np.median([r[1] for r in rows])),
+        "rtf": float(np.median([r[2] for r in rows])),
+    }
+
+
+def _speech(args: argparse.Namespace) -> None:
+    from core.export import export_transcriber
+    from core.models.speech import load_whisper, whisper_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = load_whisper(str(whisper_folder()))
+        path = Path(tmp) / "model.onnx"
+        began = time.perf_counter()
+        export_transcriber(
+            model.module, model.processor.tokenizer, path, {"ascent.task": "speech-recognition"}
+        )
+        exported = time.perf_counter() - began
+        modes = ("torch", "ort")
+        runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--speech-child",
+                        mode,
+                        str(path),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {
+            mode: {k: statistics.median(r[k] for r in runs[mode]) for k in runs[mode][0]} for mode in modes
+        }
+    print(
+        f"Whisper tiny.en, batch 1, the {len(list(READ_SPEECH.glob('*.wav')))} LibriVox clips of pocketsphinx-testdata"
+    )
+    print("| runtime | encoder (ms per clip) | ms per token | real-time factor | vs PyTorch |")
+    print("|---|---|---|---|---|")
+    for mode, name in (("torch", "PyTorch eager"), ("ort", "ONNX Runtime")):
+        r = rows[mode]
+        print(
+            f"| {name} | {r['encoder_ms']:.0f} | {r['ms_per_token']:.1f} | {r['rtf']:.3f} | "
+            f"{r['rtf'] / rows['torch']['rtf']:.2f}x |"
+        )
+    print(
+        f"export {exported:.0f} s; {args.threads} threads each; {os.cpu_count()} CPUs; "
+        f"1-minute load average at the end {os.getloadavg()[0]:.2f}"
+    )
+    print(json.dumps(rows))
+
+
 def _default_models() -> str:
     from core.models import models_for
 
@@ -739,7 +860,18 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="with --generation")
     parser.add_argument("--gen-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--speech", action="store_true", help="real-time factor and ms/token of the speech recogniser"
+    )
+    parser.add_argument("--speech-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.speech_child:
+        mode, path = args.speech_child
+        print(json.dumps(_speech_child(mode, Path(path), args.threads)))
+        return
+    if args.speech:
+        _speech(args)
+        return
     if args.gen_child:
         mode, path, new_tokens = args.gen_child
         print(json.dumps(_generation_child(mode, Path(path), args.threads, int(new_tokens))))

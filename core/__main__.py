@@ -512,6 +512,8 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     onnx_path = next((art.path for art in jobs.artifacts(a.run) if art.kind == "onnx"), None)
     if onnx_path is None or not Path(onnx_path).exists():
         raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
+    if run.task == "speech-recognition":
+        return _transcribe(onnx_path, a)
     predictor = Predictor(onnx_path)
     if predictor.task == "text-generation":
         return _generate(predictor, a)
@@ -555,6 +557,38 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
         "predictions": results,
     }
     return doc, "\n".join([*lines, f"({predictor.provider})"])
+
+
+def _transcribe(path: str, a: argparse.Namespace) -> tuple[Any, str]:
+    """Transcripts of clips by a speech recognition run."""
+    from core.runtime import RuntimeInputError, Transcriber
+
+    if (
+        a.text
+        or a.text_file
+        or a.max_new_tokens is not None
+        or a.temperature is not None
+        or a.top_p is not None
+    ):
+        raise PredictError(
+            f"run {a.run} is speech-recognition: it takes clips (WAV, FLAC), not text or sampling options"
+        )
+    if not a.files:
+        raise PredictError("give the clips to transcribe (WAV or FLAC)")
+    for file in a.files:
+        if not Path(file).is_file():
+            raise PredictError(f"{file} does not exist")
+    transcriber = Transcriber(path)
+    results, lines = [], []
+    for file in a.files:
+        try:
+            (found,) = transcriber.transcribe([file])
+        except RuntimeInputError as exc:
+            raise PredictError(f"{file}: {exc}") from exc
+        results.append({"file": file, **to_jsonable(found)})
+        lines.append(f"{file}  {found.text}")
+    doc = {"run": a.run, "provider": transcriber.provider, "transcripts": results}
+    return doc, "\n".join([*lines, f"({transcriber.provider})"])
 
 
 def _predict_files(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:

@@ -298,6 +298,8 @@ def attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: st
             values[f"export_{check.agreement}"] = check.top1_agreement
         jobs.record_metrics(run_id, step=0, epoch=outcome.epochs_run, values=values)
         jobs.record_artifact(run_id, "onnx", out / "model.onnx")
+        if (out / "decoder.onnx").exists():  # a speech recogniser's second graph
+            jobs.record_artifact(run_id, "decoder", out / "decoder.onnx")
         if (out / "tokenizer.json").exists():
             jobs.record_artifact(run_id, "tokenizer", out / "tokenizer.json")
         _log(

@@ -46,6 +46,13 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
             "hf-causal-lm needs the chat model to fine-tune: a folder or a hub id such as "
             "HuggingFaceTB/SmolLM2-360M-Instruct (--weights on the command line)"
         )
+    if cfg.model == "hf-whisper" and cfg.weights in WEIGHT_WORDS:
+        raise ConfigError(
+            "hf-whisper needs the Whisper model to fine-tune: a folder or a hub id such as "
+            "openai/whisper-base.en (--weights on the command line)"
+        )
+    if cfg.task == "speech-recognition" and cfg.finetune == "lora":
+        raise ConfigError("speech recognition fine-tunes the whole model for now; use --finetune full")
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)

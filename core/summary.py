@@ -22,6 +22,7 @@ MAIN_METRIC = {
     "tabular-regression": "val_rmse",
     "text-classification": "val_f1_macro",
     "audio-classification": "val_f1_macro",
+    "speech-recognition": "val_wer",
     "object-detection": "val_map50",
     "semantic-segmentation": "val_miou",
     "text-generation": "val_loss",
@@ -42,6 +43,8 @@ METRIC_NAMES = {
     "val_miou": "validation mean IoU",
     "val_pixel_accuracy": "validation pixel accuracy",
     "val_perplexity": "validation perplexity",
+    "val_wer": "validation word error rate",
+    "val_cer": "validation character error rate",
     "samples_per_sec": "samples/s",
     "lr": "learning rate",
     "export_max_abs_diff": "ONNX max |diff| from PyTorch",
@@ -49,6 +52,7 @@ METRIC_NAMES = {
     "export_box_agreement": "ONNX boxes found alike",
     "export_pixel_agreement": "ONNX pixels alike",
     "export_token_agreement": "ONNX greedy tokens alike",
+    "export_transcript_agreement": "ONNX transcripts alike",
     "export_n_samples": "ONNX samples checked",
     "accuracy": "accuracy",  # the certificate's, on the whole validation split
     "rmse": "RMSE",
@@ -321,7 +325,7 @@ def artifact_paths(run_id: int) -> dict[str, Path]:
     return {a.kind: Path(a.path) for a in jobs.artifacts(run_id) if Path(a.path).exists()}
 
 
-DOWNLOAD_KINDS = ("onnx", "checkpoint", "tokenizer", "config", "report")
+DOWNLOAD_KINDS = ("onnx", "decoder", "checkpoint", "tokenizer", "config", "report")
 
 
 def downloads(run_id: int, offered: Iterable[str | Path] = ()) -> list[tuple[str, Path]]:

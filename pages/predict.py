@@ -20,6 +20,7 @@ from core.runtime import (
     Generator,
     Predictor,
     RuntimeInputError,
+    Transcriber,
     load_original,
     prepare_clip,
 )
@@ -33,6 +34,20 @@ IMAGES_PER_ROW = 3
 def predictor(path: str, mtime: float) -> Predictor:
     """One ONNX Runtime session per exported file (and version of it)."""
     return Predictor(path)
+
+
+def clip_input() -> Any:
+    """A clip uploaded (WAV or FLAC) or recorded with the microphone, or None yet."""
+    source = st.radio("Input", ["Upload", "Microphone"], horizontal=True)
+    if source == "Upload":
+        return st.file_uploader("A WAV or FLAC clip", type=["wav", "flac"])
+    return st.audio_input("Record a clip")
+
+
+@st.cache_resource(max_entries=4)
+def transcriber(path: str, mtime: float) -> Transcriber:
+    """A speech recogniser's two sessions and tokenizer."""
+    return Transcriber(path)
 
 
 @st.cache_resource(max_entries=4)
@@ -313,12 +328,7 @@ elif model.task == "text-classification":
 elif model.task == "audio-classification":
     rate, samples = model.audio
     st.caption(f"Clips are mixed to mono, resampled to {rate} Hz and centred in {samples / rate:g} s.")
-    source = st.radio("Input", ["Upload", "Microphone"], horizontal=True)
-    clip = (
-        st.file_uploader("A WAV or FLAC clip", type=["wav", "flac"])
-        if source == "Upload"
-        else st.audio_input("Record a clip")
-    )
+    clip = clip_input()
     if clip is not None:
         data = clip.getvalue()
         st.audio(data)
@@ -332,6 +342,27 @@ elif model.task == "audio-classification":
             left.image(
                 summary.spectrogram_image(log_mel(wave, rate, int(model.inputs[0].get("n_mels", 64)))),
                 caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
+            )
+        except RuntimeInputError as exc:
+            st.error(summary.md(exc))
+elif model.task == "speech-recognition":
+    speech = transcriber(str(path), Path(path).stat().st_mtime)
+    st.caption(
+        f"Clips are mixed to mono and resampled to {speech.settings['sample_rate']} Hz; "
+        f"at most {speech.settings['max_seconds']:g} s each."
+    )
+    clip = clip_input()
+    if clip is not None:
+        data = clip.getvalue()
+        st.audio(data)
+        try:
+            with st.spinner("Transcribing"):
+                (heard,) = speech.transcribe([data])
+            st.markdown(f"**Transcript:** {summary.md(heard.text) or '(nothing heard)'}")
+            per_token = heard.decode_ms / max(1, len(heard.tokens))
+            st.caption(
+                f"{heard.seconds:.1f} s of audio: encoder {heard.encode_ms:.0f} ms, {len(heard.tokens)} tokens at "
+                f"{per_token:.1f} ms each, on {speech.provider}"
             )
         except RuntimeInputError as exc:
             st.error(summary.md(exc))

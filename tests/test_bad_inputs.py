@@ -384,8 +384,11 @@ CASES: dict[str, Case] = {
     "clips without transcripts as speech": Case(
         ["datasets", "add", "{one-word.zip}", "--task", "speech-recognition"], "has no transcripts"
     ),
-    "train speech before its models": Case(
-        ["train", "--dataset", "{ds:speech}"], "no model that trains speech-recognition yet"
+    "speech with LoRA": Case(
+        ["train", "--dataset", "{ds:speech}", "--finetune", "lora"], "fine-tunes the whole model for now"
+    ),
+    "hf-whisper without weights": Case(
+        ["train", "--dataset", "{ds:speech}", "--model", "hf-whisper"], "hf-whisper needs the Whisper model"
     ),
     "clips over the duration limit": Case(
         ["datasets", "add", "{long-clips.zip}"], "over the 2 s limit", {"ASCENT_MAX_CLIP_SECONDS": "2"}

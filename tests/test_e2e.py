@@ -307,6 +307,33 @@ def test_audio_zip_train_predict_uploaded_clip(page, tmp_path: Path) -> None:  #
     _shot(page, "predict-audio")
 
 
+@pytest.mark.skipif(
+    not Path("/usr/share/pocketsphinx/test/data").is_dir(), reason="needs Debian's pocketsphinx-testdata"
+)
+def test_speech_zip_fine_tune_whisper_transcribe_uploaded_clip(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from test_speech import audiofolder_zip, read_speech
+
+    speech = read_speech()
+    z = audiofolder_zip(tmp_path / "read.zip", [(c.name, c, t) for c, t in speech])
+    _open(page, "/datasets")
+    page.locator('input[type="file"]').set_input_files(str(z))
+    page.get_by_text("clips with transcripts (metadata.csv or LibriSpeech)").wait_for()
+    page.get_by_role("button", name="Add dataset").click()
+    page.get_by_text("Added dataset 1").wait_for()
+    page.get_by_text("ten of clubs").first.wait_for()  # a clip's transcript beside its player
+    _shot(page, "datasets-speech")
+
+    _launch_and_wait(page, "1")
+
+    _open(page, "/predict")
+    clip = next(c for c, _ in speech if c.name.endswith("0880.wav"))
+    page.locator('input[type="file"]').set_input_files(str(clip))
+    page.get_by_text("Transcript:").wait_for(timeout=120_000)
+    assert "young man" in page.get_by_text("Transcript:").locator("..").inner_text()
+    page.get_by_text("tokens at").wait_for()
+    _shot(page, "predict-speech")
+
+
 def test_detection_zip_overlays_train_predict_boxes(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from core.data import scenes
 

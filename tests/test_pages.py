@@ -136,6 +136,7 @@ def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path)
         ("bbc", "text-classification"),
         ("words", "audio-classification"),
         ("helpdesk", "text-generation"),
+        ("orbly-speech", "speech-recognition"),
     ],
 )
 def test_home_sample_adds_data_and_queues_a_run(home: Path, key: str, task: str) -> None:

@@ -178,6 +178,61 @@ def spoken_words_zip(
     return dest
 
 
+# Sentences about a made-up kettle's help desk (the names are made up too, so the base speech
+# model cannot know how to spell them: fine-tuning shows), spoken by espeak-ng.
+ORBLY_SENTENCES = (
+    "Descale the Orbly K7 every 45 days.",
+    "Hold the Quillmoor button for 9 seconds.",
+    "The Zentrafi filter lasts three months.",
+    "Pair the Orbly app with the Vantor hub.",
+    "Error E14 means the Orbly K7 is not seated on its base.",
+    "Write to Brellwick support about your Orbly kettle.",
+    "The Orbly K7 has a 27-month warranty.",
+    "Rinse the Zentrafi filter under cold water.",
+    "The Vantor hub blinks green when the Orbly K7 is ready.",
+    "Use one Quillmoor sachet to descale the kettle.",
+    "Brellwick ships the Orbly K7 in a blue box.",
+    "Reset the Vantor hub before you pair the Orbly app.",
+    "The Quillmoor light turns amber when the water is hot.",
+    "Order a new Zentrafi filter from Brellwick.",
+    "The Orbly K7 boils one litre in three minutes.",
+    "Never open the Vantor hub while it charges.",
+    "A Quillmoor sachet removes lime from the Orbly K7.",
+    "Brellwick repairs the Vantor hub for free.",
+    "Keep the Zentrafi filter away from the sun.",
+    "The Orbly app shows the water temperature.",
+    "Press Quillmoor twice to keep the water warm.",
+    "The Vantor hub needs a firmware update.",
+    "Brellwick answers every Orbly question within a day.",
+    "Change the Zentrafi filter when the Orbly K7 beeps.",
+)
+SPEECH_VOICES = ("en-us", "en-gb")
+
+
+def spoken_sentences_zip(
+    dest: Path, *, sentences: tuple[str, ...] = ORBLY_SENTENCES, voices: tuple[str, ...] = SPEECH_VOICES
+) -> Path:
+    """A speech recognition zip: every sentence in every espeak-ng voice (16 kHz is what the
+    model takes; espeak-ng writes 22.05 kHz, resampled at training), with metadata.csv
+    (file_name,transcription) as Hugging Face's audiofolder lays it out."""
+    import csv
+    import io
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, sentence in enumerate(sentences):
+            for voice in voices:
+                name = f"clips/{i:02d}-{voice}.wav"
+                wav = Path(tmp) / "clip.wav"
+                _espeak(sentence, voice, 150, 50, wav)
+                zf.write(wav, f"orbly-speech/{name}")
+                rows.append((name, sentence))
+        out = io.StringIO()
+        csv.writer(out).writerows([("file_name", "transcription"), *rows])
+        zf.writestr("orbly-speech/metadata.csv", out.getvalue())
+    return dest
+
+
 SCENES = 300  # images in each synthetic scenes sample
 # Questions and answers of a made-up product's help desk, written for Ascent: facts the base
 # language model cannot know (a 27-month warranty, error E14, ...), so fine-tuning shows.
@@ -237,6 +292,12 @@ SAMPLES = {
             {"model": "lraspp-mobilenet-v2", "image_size": 128, "epochs": 12},
         ),
         Sample(
+            "orbly-speech",
+            "Orbly spoken",
+            "Speech: 24 sentences with made-up names in 2 synthetic voices, to teach Whisper their spelling",
+            {"model": "whisper-tiny-en", "epochs": 3},
+        ),
+        Sample(
             "helpdesk",
             "Orbly help desk",
             "Instructions: 50 questions and answers of a made-up kettle's help desk, to teach SmolLM2",
@@ -270,6 +331,9 @@ def add_sample(key: str, *, actor: Actor = LOCAL) -> DatasetInfo:
             path = make(Path(tmp) / f"{key}.zip", SCENES)
             task = "object-detection" if boxes else "semantic-segmentation"
             return ingest_file(path, name=sample.title, task=task, actor=actor)
+        elif key == "orbly-speech":
+            path = spoken_sentences_zip(Path(tmp) / "orbly-speech.zip")
+            return ingest_file(path, name=sample.title, task="speech-recognition", actor=actor)
         elif key == "helpdesk":
             return ingest_file(HELPDESK_FILE, name=sample.title, task="text-generation", actor=actor)
         elif key == "bbc":

@@ -45,7 +45,7 @@ def register_model(
 
 
 def _load() -> None:
-    from core.models import audio, dense, llm, tabular, text, vision  # noqa: F401  (register on import)
+    from core.models import audio, dense, llm, speech, tabular, text, vision  # noqa: F401  (register on import)
 
 
 def all_models() -> list[ModelSpec]:

