@@ -135,8 +135,11 @@ class ExportInfo:
 
 
 def lower_is_better(key: str) -> bool:
-    """Loss-like metrics (errors, perplexity) improve downwards; everything else upwards."""
-    return any(word in key for word in ("loss", "rmse", "mae", "mse", "error", "perplexity"))
+    """Loss-like metrics (errors, perplexity, word and character error rates) improve
+    downwards; everything else upwards."""
+    return any(word in key for word in ("loss", "rmse", "mae", "mse", "error", "perplexity")) or key.endswith(
+        ("_wer", "_cer")
+    )
 
 
 def _dataset(row: Dataset) -> DatasetInfo:

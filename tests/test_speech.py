@@ -165,6 +165,13 @@ def test_whisper_fine_tunes_on_read_speech_then_transcribes_from_onnx(home: Path
         [s["expected"] for s in epochs[0]["samples"]], [s["answer"] for s in epochs[0]["samples"]]
     )
     assert done.metrics["val_wer"] < base["wer"], (done.metrics, epochs)
+    # Error rates are best at their lowest: in the runs table, for sweeps and on the run page.
+    from core.sweeps import direction_of
+
+    assert direction_of("val_wer") == direction_of("val_cer") == "minimize"
+    assert done.best_metrics["val_wer"] == min(
+        p.value for p in jobs.metric_history(run.id) if p.key == "val_wer"
+    )
     assert done.metrics["val_wer"] == pytest.approx(
         error_rates(
             [s["expected"] for s in epochs[1]["samples"]], [s["answer"] for s in epochs[1]["samples"]]
