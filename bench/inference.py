@@ -53,6 +53,14 @@ clip is one 30-s window), ms per token, and the real-time factor (compute second
 audio). Fresh processes taking turns, `--repeats` of them (median).
 
     python bench/inference.py --speech [--repeats 3] [--threads 2]
+
+Translation (`--translation`): marian-small trained on the Home sample (800 English sentences
+and Apertium's Spanish, 12 epochs) and exported as runs export it, then 100 new sentences of
+the same words translated at batch 1 by core.runtime's loop, over ONNX Runtime sessions or the
+same PyTorch modules (eager): encoder ms, ms per token, and ms per sentence, greedy and with 4
+beams. Fresh processes taking turns, `--repeats` of them (median).
+
+    python bench/inference.py --translation [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -755,7 +763,7 @@ def _speech_child(mode: str, path: Path, threads: int) -> dict[str, float]:
     if mode == "ort":
         encoder, decoder = _session(path, threads), _session(path.with_name("decoder.onnx"), threads)
     else:
-        from core.models.speech import WhisperEncode, WhisperStep, load_whisper, whisper_folder
+        from core.models.speech import WhisperEncode, load_whisper, whisper_folder, whisper_step
 
         model = load_whisper(str(whisper_folder())).module
         layers = int(model.config.decoder_layers)
@@ -763,7 +771,7 @@ def _speech_child(mode: str, path: Path, threads: int) -> dict[str, float]:
             f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
         ]
         encoder = _TorchGraph(WhisperEncode(model), ["wave"])
-        decoder = _TorchGraph(WhisperStep(model), ["input_ids", *past])
+        decoder = _TorchGraph(whisper_step(model), ["input_ids", *past])
     waves = [transcriber.wave(clip) for clip in sorted(READ_SPEECH.glob("*.wav"))]
     rows = []
     for attempt in range(4):
@@ -835,6 +843,126 @@ def _speech(args: argparse.Namespace) -> None:
     print(json.dumps(rows))
 
 
+def _translation_child(mode: str, folder: Path, threads: int) -> dict[str, float]:
+    """Per sentence, batch 1: encoder ms, ms per token and ms per sentence, greedy and with 4
+    beams; medians over the sentences of two passes after a warm-up pass."""
+    import numpy as np
+    import torch
+
+    from core.data.samples import english_sentences
+    from core.runtime import Translator, cache_names, decode_tokens
+
+    torch.set_num_threads(threads)
+    translator = Translator(folder / "model.onnx")
+    if mode == "ort":
+        encoder = _session(folder / "model.onnx", threads)
+        decoder = _session(folder / "decoder.onnx", threads)
+    else:
+        from safetensors.torch import load_file
+
+        from core.models.translation import MarianEncode, load_tokenizer, marian_step, small_marian
+        from core.tasks.translation import TranslationLoss
+
+        tokenizer = load_tokenizer(str(folder / "tokenizer.json"))
+        module = TranslationLoss(small_marian(tokenizer, 0.0), tokenizer)
+        module.load_state_dict(load_file(str(folder / "best.safetensors")))
+        model = module.model.eval()
+        names = cache_names(int(model.config.decoder_layers))
+        encoder = _TorchGraph(MarianEncode(model), ["input_ids", "attention_mask"])
+        decoder = _TorchGraph(marian_step(model), ["input_ids", *names, "source_mask"])
+    sentences = english_sentences(1100, seed=1)[1000:]  # mostly combinations the sample lacks
+    rows: dict[int, list[tuple[float, float, float]]] = {1: [], 4: []}
+    for attempt in range(3):
+        for text in sentences:
+            ids = np.asarray([translator.encode(text)], dtype=np.int64)
+            mask = np.ones_like(ids)
+            for beams in rows:
+                began = time.perf_counter()
+                cross = encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+                encoded = time.perf_counter()
+                (tokens,) = decode_tokens(
+                    decoder, list(cross), translator.settings, {"source_mask": mask}, beams=beams
+                )
+                done = time.perf_counter()
+                if attempt:
+                    rows[beams].append(
+                        (
+                            (encoded - began) * 1000,
+                            (done - encoded) * 1000 / max(1, len(tokens)),
+                            (done - began) * 1000,
+                        )
+                    )
+    found = {}
+    for beams, measured in rows.items():
+        found[f"encoder_ms_b{beams}"] = float(np.median([r[0] for r in measured]))
+        found[f"ms_per_token_b{beams}"] = float(np.median([r[1] for r in measured]))
+        found[f"ms_per_sentence_b{beams}"] = float(np.median([r[2] for r in measured]))
+    return found
+
+
+def _translation(args: argparse.Namespace) -> None:
+    from core import jobs
+    from core.data.ingest import ingest_file
+    from core.data.samples import SAMPLES, apertium_pairs_csv
+    from core.execute import execute_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ASCENT_HOME"] = tmp
+        os.environ["ASCENT_DEVICE"] = "cpu"
+
+        ds = ingest_file(apertium_pairs_csv(Path(tmp) / "en-es.csv"), task="translation")
+        run = jobs.submit(jobs.config_for(ds.id, **SAMPLES["apertium"].quick_start))
+        jobs.claim("bench")
+        began = time.perf_counter()
+        assert execute_run(run.id) == 0, jobs.get_run(run.id).error
+        trained = time.perf_counter() - began
+        done = jobs.get_run(run.id)
+        report = json.loads((jobs.run_dir(run.id) / "report.json").read_text())
+        modes = ("torch", "ort")
+        runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+        for _ in range(args.repeats):
+            for mode in modes:
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--translation-child",
+                        mode,
+                        str(jobs.run_dir(run.id)),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows = {
+            mode: {k: statistics.median(r[k] for r in runs[mode]) for k in runs[mode][0]} for mode in modes
+        }
+    print(
+        f"marian-small on the Apertium sample: val BLEU {done.metrics['val_bleu']:.1f}, chrF "
+        f"{done.metrics['val_chrf']:.1f} (the sources copied: chrF {report['copy_chrf']:.1f}); "
+        f"{trained:.0f} s to train, export and check"
+    )
+    print("batch 1, 100 new sentences of the sample's words")
+    print("| runtime | beams | encoder (ms) | ms per token | ms per sentence | vs PyTorch |")
+    print("|---|---|---|---|---|---|")
+    for beams in (1, 4):
+        for mode, name in (("torch", "PyTorch eager"), ("ort", "ONNX Runtime")):
+            r = rows[mode]
+            ratio = r[f"ms_per_sentence_b{beams}"] / rows["torch"][f"ms_per_sentence_b{beams}"]
+            print(
+                f"| {name} | {beams} | {r[f'encoder_ms_b{beams}']:.2f} | {r[f'ms_per_token_b{beams}']:.2f} | "
+                f"{r[f'ms_per_sentence_b{beams}']:.1f} | {ratio:.2f}x |"
+            )
+    print(
+        f"{args.threads} threads each; {os.cpu_count()} CPUs; "
+        f"1-minute load average at the end {os.getloadavg()[0]:.2f}"
+    )
+    print(json.dumps(rows))
+
+
 def _default_models() -> str:
     from core.models import models_for
 
@@ -864,7 +992,20 @@ def main() -> None:
         "--speech", action="store_true", help="real-time factor and ms/token of the speech recogniser"
     )
     parser.add_argument("--speech-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--translation",
+        action="store_true",
+        help="ms/token and ms/sentence of the Apertium sample's translator",
+    )
+    parser.add_argument("--translation-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.translation_child:
+        mode, folder = args.translation_child
+        print(json.dumps(_translation_child(mode, Path(folder), args.threads)))
+        return
+    if args.translation:
+        _translation(args)
+        return
     if args.speech_child:
         mode, path = args.speech_child
         print(json.dumps(_speech_child(mode, Path(path), args.threads)))

@@ -87,7 +87,15 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
     line = _StageLine() if not a.json and sys.stderr.isatty() else None
     try:
         with stages.reporting(line) if line is not None else nullcontext():
-            ds = ingest_file(a.path, name=a.name, target=a.target, task=a.task, text_column=a.text_column)
+            ds = ingest_file(
+                a.path,
+                name=a.name,
+                target=a.target,
+                task=a.task,
+                text_column=a.text_column,
+                source_column=a.source_column,
+                target_column=a.target_column,
+            )
     finally:
         if line is not None:
             line.close()
@@ -127,6 +135,23 @@ def cmd_datasets_add(a: argparse.Namespace) -> tuple[Any, str]:
                 f"{k} ({v:g})" for k, v in list(rep["odd_rate"].items())[:5]
             )
         text += _clip_problems(rep)
+    elif ds.task == "translation":
+        words, langs = rep["length_words"], rep["languages"]
+        named = f" ({langs['source']} to {langs['target']})" if langs["source"] and langs["target"] else ""
+        text = (
+            f"dataset {ds.id} '{ds.name}': {ds.task}{named}, {ds.n_items} pairs (source '{rep['columns']['source']}', "
+            f"target '{rep['columns']['target']}'); words: source median {words['source']['median']:g}, "
+            f"target median {words['target']['median']:g}, max {max(words['source']['max'], words['target']['max'])}"
+        )
+        if rep["left_out"]:
+            text += "\nleft out: " + "; ".join(f"{n} {why}" for why, n in rep["left_out"].items())
+        for key, words_ in (
+            ("duplicate_pairs", "duplicate pairs"),
+            ("untranslated", "target same as source (untranslated?)"),
+            ("misaligned", "lengths over 3x apart (misaligned?)"),
+        ):
+            if rep[key]:
+                text += f"\n{words_}: {rep[key]}"
     elif ds.task == "image-classification":
         text = f"dataset {ds.id} '{ds.name}': {ds.task}, {ds.n_items} images in {len(ds.schema['classes'])} classes"
         if rep["unreadable"]:
@@ -514,6 +539,10 @@ def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
         raise PredictError(f"run {a.run} is {run.status} and has no exported model to predict with")
     if run.task == "speech-recognition":
         return _transcribe(onnx_path, a)
+    if run.task == "translation":
+        return _translate(onnx_path, a)
+    if a.beams != 1:
+        raise PredictError(f"run {a.run} is {run.task}; --beams is for speech recognition and translation")
     predictor = Predictor(onnx_path)
     if predictor.task == "text-generation":
         return _generate(predictor, a)
@@ -582,7 +611,7 @@ def _transcribe(path: str, a: argparse.Namespace) -> tuple[Any, str]:
     results, lines = [], []
     for file in a.files:
         try:
-            (found,) = transcriber.transcribe([file])
+            (found,) = transcriber.transcribe([file], beams=a.beams)
         except RuntimeInputError as exc:
             raise PredictError(f"{file}: {exc}") from exc
         results.append({"file": file, **to_jsonable(found)})
@@ -657,9 +686,8 @@ def _predict_scenes(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
     return doc, "\n".join([*lines, f"({predictor.provider})"])
 
 
-def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
-    from core.runtime import RuntimeInputError
-
+def _given_texts(a: argparse.Namespace) -> list[str]:
+    """The texts of --text and --text-file (one per line); files are refused."""
     texts = list(a.text or [])
     if a.text_file:
         path = Path(a.text_file)
@@ -674,6 +702,34 @@ def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
         raise PredictError("a text model takes --text or --text-file, not files")
     if not texts:
         raise PredictError("give --text TEXT or --text-file FILE (one text per line)")
+    return texts
+
+
+def _translate(path: str, a: argparse.Namespace) -> tuple[Any, str]:
+    """Translations of texts by a translation run."""
+    from core.runtime import RuntimeInputError, Translator
+
+    if a.temperature is not None or a.top_p is not None:
+        raise PredictError(f"run {a.run} is translation: --temperature and --top-p are for text generation")
+    texts = _given_texts(a)
+    translator = Translator(path)
+    limit = int(translator.settings["max_new_tokens"])
+    if a.max_new_tokens is not None and not 1 <= a.max_new_tokens <= limit:
+        raise PredictError(f"--max-new-tokens must be between 1 and {limit} for this model")
+    try:
+        found = translator.translate(texts, beams=a.beams, max_tokens=a.max_new_tokens)
+    except RuntimeInputError as exc:
+        raise PredictError(str(exc)) from exc
+    results = [{"source": t, **to_jsonable(f)} for t, f in zip(texts, found, strict=True)]
+    lines = [f"{t[:60]!r}  ->  {f.text}" for t, f in zip(texts, found, strict=True)]
+    doc = {"run": a.run, "provider": translator.provider, "beams": a.beams, "translations": results}
+    return doc, "\n".join([*lines, f"({translator.provider})"])
+
+
+def _predict_texts(predictor: Any, a: argparse.Namespace) -> tuple[Any, str]:
+    from core.runtime import RuntimeInputError
+
+    texts = _given_texts(a)
     try:
         preds = predictor.predict_texts(texts)
     except RuntimeInputError as exc:
@@ -736,6 +792,8 @@ def cmd_export(a: argparse.Namespace) -> tuple[Any, str]:
     records = certify(a.run, variants, say=lambda line: print(line, file=sys.stderr, flush=True))
     if any("first_token_ms" in m for r in records for m in r.measurements):
         return records, _generator_certificate(records)
+    if any("item_ms" in m for r in records for m in r.measurements):
+        return records, _seq2seq_certificate(records)
     rows = []
     for r in records:
         b1 = {m["provider"]: m["p50_ms"] for m in r.measurements if m["batch"] == 1}
@@ -800,6 +858,40 @@ def _generator_certificate(records: list[Any]) -> str:
     ]
     made = "\n".join(f"{r.variant}: {r.method}" for r in records)
     return _table(rows, header) + "\n\n" + made
+
+
+def _seq2seq_certificate(records: list[Any]) -> str:
+    """A speech recogniser's or translator's certificate for the terminal: outputs alike, the
+    metric, the encoder's ms, ms per token and per item at batch 1 (per provider), the real-time
+    factor of speech, size."""
+
+    def timings(r: Any, key: str, digits: int = 1) -> str:
+        return " ".join(
+            f"{m['provider'].removesuffix('ExecutionProvider')}:{m[key]:.{digits}f}"
+            for m in r.measurements
+            if key in m
+        )
+
+    speech = any("rtf" in m for r in records for m in r.measurements)
+    rows = [
+        [
+            r.variant,
+            r.status,
+            f"{r.metric_name} {r.metric_value:.4g} ({r.metric_change:+.3g})",
+            f"{r.top1_agreement:.3f}",
+            f"{r.max_abs_diff:.2g}",
+            timings(r, "encoder_ms"),
+            timings(r, "p50_ms", 2),
+            timings(r, "item_ms"),
+            *([timings(r, "rtf", 3)] if speech else []),
+            f"{r.bytes / 1e6:.1f}",
+        ]
+        for r in records
+    ]
+    header = ["variant", "status", "metric (change)", "alike", "max diff", "encoder ms", "ms/token"]
+    header += ["ms/clip", "RTF"] if speech else ["ms/sentence"]
+    made = "\n".join(f"{r.variant}: {r.method}" for r in records)
+    return _table(rows, [*header, "MB"]) + "\n\n" + made
 
 
 def _password(a: argparse.Namespace) -> str:
@@ -926,6 +1018,16 @@ def _positive(text: str) -> int:
     return value
 
 
+MAX_BEAMS = 16
+
+
+def _beams(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_BEAMS:
+        raise argparse.ArgumentTypeError(f"{value} beams is over the most, {MAX_BEAMS}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -974,6 +1076,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="the column to predict (default: target/label/class/y, else the last)")
     p.add_argument("--task", choices=list(TASKS), help="force the task")
     p.add_argument("--text-column", help="text-classification: the column holding the text")
+    p.add_argument("--source-column", help="translation: the column of sentences to translate")
+    p.add_argument("--target-column", help="translation: the column of their translations")
     add(ds, "list", cmd_datasets_list, "list datasets")
     add(ds, "show", cmd_datasets_show, "a dataset with its schema and quality report").add_argument(
         "id", type=int
@@ -1107,6 +1211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="text generation: the longest answer (default 256)")
     p.add_argument("--temperature", type=float, help="text generation: 0 (default) picks the likeliest token")
     p.add_argument("--top-p", type=float, help="text generation: sample from the smallest set this likely")
+    p.add_argument(
+        "--beams",
+        type=_beams,
+        default=1,
+        help="speech recognition and translation: hypotheses kept in a beam search (default 1: greedy)",
+    )
     p.add_argument("files", nargs="*", metavar="FILE", help="tables or images")
 
     p = add(sub, "export", cmd_export, "the export certificate: variants measured for fidelity, speed, size")

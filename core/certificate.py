@@ -14,6 +14,12 @@ greedy continuations of validation prompts against PyTorch's (token agreement), 
 of validation examples, time to the first token and ms per token at batch 1; its int8 variant
 holds the MatMuls' weights in int8 (core.quantize.quantize_weights_int8).
 
+A speech recogniser's or translator's (two graphs, model.onnx and decoder.onnx, each made into
+every variant) decodes the validation split greedily through core.runtime's loop: its
+transcripts or translations against PyTorch's (exact-output agreement), their word error rate or
+BLEU, and at batch 1 the encoder's ms, ms per token and per item (the real-time factor of
+speech: seconds of compute per second of audio).
+
     python -m core export --run ID [--variants fp32,int8]
 """
 
@@ -43,7 +49,7 @@ from db.queries import ExportInfo
 from db.session import session_scope
 
 if TYPE_CHECKING:
-    from core.tasks import GenerationCheck, Reference
+    from core.tasks import GenerationCheck, Reference, Seq2SeqCheck
 
 # torch, the tasks and ONNX Runtime are imported where used: the Runs page imports this module
 # to read stored certificates, and importing torch took its render from 0.8 to 3.2 s.
@@ -297,17 +303,8 @@ def _variant_file(variant: str, run_dir: Path, ref: Reference) -> tuple[Path, st
             return done.path, done.method
         return quantize_dynamic_int8(fp32, dst), "dynamic int8 (weights int8, activations per batch)"
     if variant == "fp16":
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        from core.export import save_model
-
-        out = run_dir / "model.fp16.onnx"
-        save_model(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), out)
-        method = "fp16 weights and activations, fp32 inputs and outputs"
-        if "CUDAExecutionProvider" not in _providers():
-            method += " (asked for without a GPU: timed on the CPU, which has no fast fp16 kernels)"
-        return out, method
+        out = _fp16(fp32, run_dir / "model.fp16.onnx")
+        return out, _fp16_said("fp16 weights and activations, fp32 inputs and outputs")
     raise ConfigError(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
 
 
@@ -346,6 +343,23 @@ def _check(run_id: int, variants: tuple[str, ...] | None) -> tuple[str, ...]:
     return variants or tuple(v for v in VARIANTS if v != "fp16" or "CUDAExecutionProvider" in _providers())
 
 
+def _fp16(src: Path, dst: Path) -> Path:
+    """`src` in fp16, its inputs and outputs kept fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from core.export import save_model
+
+    save_model(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), dst)
+    return dst
+
+
+def _fp16_said(method: str) -> str:
+    if "CUDAExecutionProvider" not in _providers():
+        method += " (asked for without a GPU: timed on the CPU, which has no fast fp16 kernels)"
+    return method
+
+
 def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] | None) -> list[ExportInfo]:
     from core.train import BEST
 
@@ -363,6 +377,8 @@ def _certify(run_id: int, variants: tuple[str, ...], say: Callable[[str], None] 
     run_dir = jobs.run_dir(run_id)
     if ref.generation is not None:
         return _certify_generator(run_id, ref, variants, step)
+    if ref.seq2seq is not None:
+        return _certify_seq2seq(run_id, ref, variants, step)
     expected = _torch_outputs(ref)
     metric_name, baseline = _metric(expected, ref)
     inputs = _latency_inputs(ref, run_dir)
@@ -481,6 +497,201 @@ def _certify_generator(
     return records
 
 
+SEQ2SEQ_ITEMS = 8  # validation items the timing decodes one at a time (medians over them)
+
+
+def decoder_file(model: Path) -> Path:
+    """The decoding step's file beside an encoder-decoder variant's model file."""
+    return model.with_name(model.name.replace("model", "decoder", 1))
+
+
+def _seq2seq_variant(variant: str, run_dir: Path) -> tuple[Path, str]:
+    """An encoder-decoder's variant: both of its graphs made the same way."""
+    model = run_dir / "model.onnx"
+    if variant == "fp32":
+        return model, "the run's export (fp32): model.onnx and decoder.onnx"
+    dst = run_dir / f"model.{variant}.onnx"
+    if variant == "int8":
+        from core.quantize import WEIGHT_BLOCK, quantize_weights_int8
+
+        for src, out in ((model, dst), (decoder_file(model), decoder_file(dst))):
+            quantize_weights_int8(src, out, keep_float=("features.",))  # a front end's STFT and mel
+        return dst, (
+            f"both graphs' MatMul weights int8 (symmetric, a scale per {WEIGHT_BLOCK} inputs; ONNX "
+            "Runtime's MatMulNBits); activations, convolutions, embeddings and a log-mel front end's "
+            "matrices float"
+        )
+    if variant == "fp16":
+        for src, out in ((model, dst), (decoder_file(model), decoder_file(dst))):
+            _fp16(src, out)
+        return dst, _fp16_said(
+            "both graphs in fp16 (weights and activations), fp32 inputs, outputs and cache"
+        )
+    raise ConfigError(f"unknown variant '{variant}'; choose from {', '.join(VARIANTS)}")
+
+
+def _decode_all(encoder: Any, decoder: Any, check: Seq2SeqCheck) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Greedy token ids of every validation item, and the encoder's outputs on the first batch."""
+    from core.runtime import decode_tokens
+
+    tokens: list[list[int]] = []
+    first: list[np.ndarray] = []
+    for feeds, extra in check.batches:
+        cross = [np.asarray(c, dtype=np.float32) for c in encoder.run(None, feeds)]
+        first = first or cross
+        tokens += decode_tokens(decoder, cross, check.settings, extra, max_tokens=check.max_tokens)
+    return tokens, first
+
+
+def _certify_seq2seq(
+    run_id: int, ref: Reference, variants: tuple[str, ...], step: Callable[[str], None]
+) -> list[ExportInfo]:
+    """The certificate of a speech recogniser or translator: each variant's greedy outputs on
+    the validation split against PyTorch's (exactly the same tokens), their word error rate or
+    BLEU, the encoder's, each token's and each item's time at batch 1, the files' size."""
+    from core.export import file_bytes
+    from core.runtime import create_session
+    from core.train import BEST
+
+    check = ref.seq2seq
+    assert check is not None
+    run_dir = jobs.run_dir(run_id)
+    expected, expected_cross = _decode_all(check.encoder, check.decoder, check)
+    metric_name, baseline = check.score(check.texts(expected))
+    n = len(expected)
+    inputs = _seq2seq_inputs(check, run_dir)
+    step("PyTorch (the baseline): timing it at batch 1")
+    records = [
+        _save(
+            run_id,
+            "pytorch",
+            path=run_dir / BEST,
+            method="PyTorch eager, the best checkpoint, decoded by the same loop (baseline)",
+            max_abs_diff=0.0,
+            top1_agreement=1.0,
+            metric=(metric_name, baseline, 0.0),
+            n=n,
+            rows=_measure_fresh(f"run:{run_id}", inputs, "pytorch-cpu", "seq2seq"),
+            status="ok",
+        )
+    ]
+    for variant in variants:
+        step(f"{variant}: making the files")
+        path, method = _seq2seq_variant(variant, run_dir)
+        step(f"{variant}: decoding the {n} validation {check.unit}s")
+        encoder, decoder = create_session(path), create_session(decoder_file(path))
+        got, cross = _decode_all(encoder, decoder, check)
+        del encoder, decoder
+        same = sum(a == b for a, b in zip(expected, got, strict=True)) / max(1, n)
+        _, value = check.score(check.texts(got))
+        largest = max(float(np.abs(a - b).max()) for a, b in zip(cross, expected_cross, strict=True))
+        step(f"{variant}: timing it at batch 1")
+        rows = [r for p in _providers() for r in _measure_fresh(str(path), inputs, p, "seq2seq")]
+        records.append(
+            _save(
+                run_id,
+                variant,
+                path=path,
+                bytes=file_bytes(path) + file_bytes(decoder_file(path)),
+                method=method,
+                max_abs_diff=largest,
+                top1_agreement=same,
+                metric=(metric_name, value, value - baseline),
+                n=n,
+                rows=rows,
+                status="flagged" if same < MIN_TOKEN_AGREEMENT[variant] else "ok",
+            )
+        )
+    inputs.unlink(missing_ok=True)
+    return records
+
+
+def _seq2seq_inputs(check: Seq2SeqCheck, folder: Path) -> Path:
+    """The first SEQ2SEQ_ITEMS validation items one by one (each without the padding its batch
+    gave it), with their seconds of audio, for the timing children."""
+    arrays: dict[str, np.ndarray] = {}
+    k = 0
+    for feeds, extra in check.batches:
+        rows = len(next(iter(feeds.values())))
+        for row in range(rows):
+            if k == SEQ2SEQ_ITEMS:
+                break
+            item = {name: value[row : row + 1] for name, value in {**feeds, **extra}.items()}
+            if "attention_mask" in item:  # a sentence: its own tokens, not the batch's padding
+                width = int(item["attention_mask"].sum())
+                item = {name: value[:, :width] for name, value in item.items()}
+            if check.seconds is not None and "wave" in item:
+                item["wave"] = item["wave"][:, : round(check.seconds[k] * int(check.settings["sample_rate"]))]
+            for name, value in item.items():
+                arrays[f"{k}.{name}"] = value
+            k += 1
+    path = folder / INPUTS_FILE
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
+    return path
+
+
+def measure_seq2seq(target: str, inputs: Path, provider: str, *, calls: int = 3) -> list[dict[str, Any]]:
+    """Time an encoder-decoder (a model file with its decoder file beside, or `run:ID` for
+    PyTorch's graphs) in this process at batch 1 on each item of `inputs`: the encoder's ms, ms
+    per token and per item (medians over the items of `calls` passes after a warm-up), and the
+    real-time factor when the items are clips."""
+    import statistics
+
+    from core.runtime import decode_tokens
+
+    loaded = np.load(inputs)
+    items: dict[int, dict[str, np.ndarray]] = {}
+    for key in loaded.files:
+        k, name = key.split(".", 1)
+        items.setdefault(int(k), {})[name] = loaded[key]
+    if target.startswith("run:"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+        check = run_reference(int(target[4:])).seq2seq
+        assert check is not None
+        encoder, decoder, settings = check.encoder, check.decoder, check.settings
+    else:
+        from core.runtime import create_session
+
+        encoder = create_session(target, [provider])
+        if encoder.get_providers()[0] != provider:
+            raise ExportError(f"{provider} is not available here")
+        decoder = create_session(decoder_file(Path(target)), [provider])
+        meta = encoder.get_modelmeta().custom_metadata_map
+        settings = json.loads(meta.get("ascent.speech") or meta["ascent.translation"])
+    encoder_names = {"wave", "input_ids", "attention_mask"}
+
+    def once(item: dict[str, np.ndarray]) -> tuple[float, float, int]:
+        began = time.perf_counter()
+        cross = encoder.run(None, {k: v for k, v in item.items() if k in encoder_names})
+        encoded = time.perf_counter()
+        extra = {k: v for k, v in item.items() if k not in encoder_names}
+        (tokens,) = decode_tokens(decoder, list(cross), settings, extra)
+        return (encoded - began) * 1000, (time.perf_counter() - encoded) * 1000, len(tokens)
+
+    once(items[0])
+    timed = [(k, once(items[k])) for _ in range(calls) for k in sorted(items)]
+    per_token = [dec / max(1, n) for _, (_, dec, n) in timed]
+    row: dict[str, Any] = {
+        "provider": provider,
+        "batch": 1,
+        "p50_ms": statistics.median(per_token),
+        "p95_ms": float(np.percentile(per_token, 95)),
+        "encoder_ms": statistics.median(enc for _, (enc, _, _) in timed),
+        "item_ms": statistics.median(enc + dec for _, (enc, dec, _) in timed),
+        "items": len(items),
+        "calls": calls,
+        "peak_mb": peak_memory_mb(),
+    }
+    if "wave" in items[0]:
+        row["rtf"] = statistics.median(
+            (enc + dec) / 1000 / (items[k]["wave"].shape[1] / int(settings["sample_rate"]))
+            for k, (enc, dec, _) in timed
+        )
+    return [row]
+
+
 def _perplexity(session: Any, check: GenerationCheck) -> float:
     """The perplexity of the validation examples' learnt tokens, read through `session`."""
     import math
@@ -511,7 +722,9 @@ def _save(
 ) -> ExportInfo:
     from core.export import file_bytes
 
-    batch1 = [r["p50_ms"] for r in rows if r["batch"] == 1]
+    # The latency variants are compared by: a call at batch 1; a generator's token; an
+    # encoder-decoder's whole clip or sentence.
+    batch1 = [r.get("item_ms", r["p50_ms"]) for r in rows if r["batch"] == 1]
     with session_scope() as session:
         return queries.save_export(
             session=session,
@@ -644,5 +857,5 @@ def certificate(run_id: int) -> list[ExportInfo]:
 
 
 if __name__ == "__main__":  # a fresh process timing one target: TARGET INPUTS PROVIDER KIND
-    timer = measure_generation if sys.argv[4:] == ["generation"] else measure
+    timer = {"generation": measure_generation, "seq2seq": measure_seq2seq}.get(sys.argv[4], measure)
     print(json.dumps(timer(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))

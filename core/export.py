@@ -315,76 +315,152 @@ def file_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def export_transcriber(
-    model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any], opset: int = 18
-) -> None:
-    """Write a Whisper model as two graphs: `path` (model.onnx) from the raw 16 kHz wave to each
-    decoder layer's cross-attention keys and values (core.models.speech.WhisperEncode), and
-    decoder.onnx beside it, one decoding step with a self-attention cache
-    (core.models.speech.WhisperStep); `tokenizer.json` beside them and `ascent.speech` (prompt,
-    end and suppressed tokens, cache shape, window) in both files' metadata. Batch, samples
-    (up to 30 s), new tokens and cached tokens are dynamic axes."""
-    from core.models.speech import (
-        MAX_SECONDS,
-        SAMPLE_RATE,
-        WINDOW_SAMPLES,
-        WhisperEncode,
-        WhisperStep,
-        whisper_prompt,
-    )
+def _decoder_graph(
+    step: torch.nn.Module, config: Any, cross_length: int, batch: Any, masked: bool = False
+) -> tuple[Any, ...]:
+    """The arguments of _export_graph for an encoder-decoder's decoding step
+    (core.models.seq2seq.DecoderStep): inputs, outputs and dynamic axes named as
+    core.runtime.decode_tokens feeds them, and the source's mask last when `masked`."""
+    from core.runtime import cache_names
 
-    layers = int(model.config.decoder_layers)
-    heads = int(model.config.decoder_attention_heads)
-    dim = int(model.config.d_model) // heads
+    layers = int(config.decoder_layers)
+    heads = int(config.decoder_attention_heads)
+    dim = int(config.d_model) // heads
+    positions = int(getattr(config, "max_target_positions", 0) or config.max_position_embeddings)
+    names = cache_names(layers)
+    past, cross = names[: 2 * layers], names[2 * layers :]
+    present = [n.replace("past.", "present.") for n in past]
+    source = torch.export.Dim("source", min=1, max=positions) if masked else None
+    example = (
+        torch.randint(0, 100, (2, 3)),
+        *(torch.randn(2, heads, 2, dim) for _ in past),
+        *(torch.randn(2, heads, cross_length, dim) for _ in cross),
+        *((torch.ones(2, cross_length, dtype=torch.long),) if masked else ()),
+    )
+    dynamic = (
+        {0: batch, 1: torch.export.Dim("new", min=1, max=positions)},
+        (
+            *({0: batch, 2: torch.export.Dim("cached", min=0, max=positions)} for _ in past),
+            *(({0: batch, 2: source} if masked else {0: batch}) for _ in cross),
+            *(({0: batch, 1: source},) if masked else ()),
+        ),
+    )
+    inputs = ["input_ids", *past, *cross, *(["source_mask"] if masked else [])]
+    return step, example, inputs, ["logits", *present], dynamic
+
+
+def _cache_shape(config: Any) -> dict[str, int]:
+    heads = int(config.decoder_attention_heads)
+    return {"layers": int(config.decoder_layers), "heads": heads, "dim": int(config.d_model) // heads}
+
+
+def transcriber_settings(model: Any) -> dict[str, Any]:
+    """A Whisper export's `ascent.speech`: what core.runtime decodes it with."""
+    from core.models.speech import MAX_SECONDS, SAMPLE_RATE, whisper_prompt
+
     positions = int(model.config.max_target_positions)
-    cross = [f"cross.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    past = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     prompt = whisper_prompt(model)
-    settings = {
+    return {
         "decoder": "decoder.onnx",
         "prompt": prompt,
         "eos_token_id": int(model.config.eos_token_id),
         "suppress_tokens": [int(t) for t in model.config.suppress_tokens or []],
         "begin_suppress_tokens": [int(t) for t in model.config.begin_suppress_tokens or []],
         "max_new_tokens": positions - len(prompt),
-        "cache": {"layers": layers, "heads": heads, "dim": dim},
+        "cache": _cache_shape(model.config),
         "sample_rate": SAMPLE_RATE,
         "max_seconds": MAX_SECONDS,
     }
+
+
+def translator_settings(config: Any) -> dict[str, Any]:
+    """A Marian export's `ascent.translation`: what core.runtime decodes it with."""
+    positions = int(config.max_position_embeddings)
+    return {
+        "decoder": "decoder.onnx",
+        "prompt": [int(config.decoder_start_token_id)],
+        "eos_token_id": int(config.eos_token_id),
+        "suppress_tokens": [int(config.pad_token_id)],
+        "pad_token_id": int(config.pad_token_id),
+        "max_new_tokens": positions - 1,
+        "max_source_tokens": positions,
+        "cache": _cache_shape(config),
+    }
+
+
+def export_transcriber(
+    model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any], opset: int = 18
+) -> None:
+    """Write a Whisper model as two graphs: `path` (model.onnx) from the raw 16 kHz wave to each
+    decoder layer's cross-attention keys and values (core.models.speech.WhisperEncode), and
+    decoder.onnx beside it, one decoding step with a self-attention cache
+    (core.models.speech.whisper_step); `tokenizer.json` beside them and `ascent.speech` (prompt,
+    end and suppressed tokens, cache shape, window) in both files' metadata. Batch, samples
+    (up to 30 s), new tokens and cached tokens are dynamic axes."""
+    from core.models.speech import (
+        WINDOW_SAMPLES,
+        WhisperEncode,
+        whisper_step,
+    )
+    from core.runtime import cache_names
+
+    settings = transcriber_settings(model)
     metadata = {
         **metadata,
         "ascent.speech": json.dumps(settings),
         "ascent.tokenizer": json.dumps({"file": "tokenizer.json"}),
     }
     batch = torch.export.Dim("batch", min=1, max=1 << 12)
+    encoder = (
+        WhisperEncode(model),
+        (torch.randn(2, 16_000),),
+        ["wave"],
+        cache_names(int(model.config.decoder_layers))[2 * int(model.config.decoder_layers) :],
+        ({0: batch, 1: torch.export.Dim("samples", min=2, max=WINDOW_SAMPLES)},),
+    )
     graphs = [
-        (
-            WhisperEncode(model),
-            (torch.randn(2, 16_000),),
-            ["wave"],
-            cross,
-            ({0: batch, 1: torch.export.Dim("samples", min=2, max=WINDOW_SAMPLES)},),
-            path,
-        ),
-        (
-            WhisperStep(model),
-            (
-                torch.randint(0, 100, (2, 3)),
-                *(torch.randn(2, heads, 2, dim) for _ in past),
-                *(torch.randn(2, heads, 1500, dim) for _ in cross),
-            ),
-            ["input_ids", *past, *cross],
-            ["logits", *present],
-            (
-                {0: batch, 1: torch.export.Dim("new", min=1, max=positions)},
-                (
-                    *({0: batch, 2: torch.export.Dim("cached", min=0, max=positions)} for _ in past),
-                    *({0: batch} for _ in cross),
-                ),
-            ),
-            path.with_name("decoder.onnx"),
-        ),
+        (*encoder, path),
+        (*_decoder_graph(whisper_step(model), model.config, 1500, batch), path.with_name("decoder.onnx")),
+    ]
+    for module, example, inputs, outputs, dynamic, dest in graphs:
+        _export_graph(module, example, inputs, outputs, dynamic, dest, metadata, dest.stem, opset)
+    atomic.write_text(path.parent / "tokenizer.json", tokenizer.backend_tokenizer.to_str())
+
+
+def export_translator(
+    model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any], opset: int = 18
+) -> None:
+    """Write a Marian model as two graphs: `path` (model.onnx) from the source's token ids and
+    mask to each decoder layer's cross-attention keys and values
+    (core.models.translation.MarianEncode), and decoder.onnx beside it, one decoding step with
+    a self-attention cache and the source's mask (core.models.translation.marian_step);
+    `tokenizer.json` beside them and `ascent.translation` (start, end and suppressed tokens,
+    cache shape, lengths) in both files' metadata. Batch, source length, new tokens and cached
+    tokens are dynamic axes."""
+    from core.models.translation import MarianEncode, marian_step
+    from core.runtime import cache_names
+
+    config = model.config
+    positions = int(config.max_position_embeddings)
+    settings = translator_settings(config)
+    metadata = {
+        **metadata,
+        "ascent.translation": json.dumps(settings),
+        "ascent.tokenizer": json.dumps({"file": "tokenizer.json"}),
+    }
+    batch = torch.export.Dim("batch", min=1, max=1 << 12)
+    source = torch.export.Dim("source", min=1, max=positions)
+    layers = int(config.decoder_layers)
+    encoder = (
+        MarianEncode(model),
+        (torch.randint(3, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)),
+        ["input_ids", "attention_mask"],
+        cache_names(layers)[2 * layers :],
+        ({0: batch, 1: source}, {0: batch, 1: source}),
+    )
+    graphs = [
+        (*encoder, path),
+        (*_decoder_graph(marian_step(model), config, 7, batch, masked=True), path.with_name("decoder.onnx")),
     ]
     for module, example, inputs, outputs, dynamic, dest in graphs:
         _export_graph(module, example, inputs, outputs, dynamic, dest, metadata, dest.stem, opset)

@@ -51,8 +51,15 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
             "hf-whisper needs the Whisper model to fine-tune: a folder or a hub id such as "
             "openai/whisper-base.en (--weights on the command line)"
         )
-    if cfg.task == "speech-recognition" and cfg.finetune == "lora":
-        raise ConfigError("speech recognition fine-tunes the whole model for now; use --finetune full")
+    if cfg.model == "hf-marian" and cfg.weights in WEIGHT_WORDS:
+        raise ConfigError(
+            "hf-marian needs the Marian model to fine-tune: a folder or a hub id such as "
+            "Helsinki-NLP/opus-mt-en-es (--weights on the command line)"
+        )
+    if cfg.model == "marian-small" and cfg.weights not in WEIGHT_WORDS:
+        raise ConfigError("marian-small trains from scratch; for pretrained weights use --model hf-marian")
+    if cfg.task in ("speech-recognition", "translation") and cfg.finetune == "lora":
+        raise ConfigError(f"{cfg.task} fine-tunes the whole model for now; use --finetune full")
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)

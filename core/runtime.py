@@ -723,19 +723,123 @@ class Transcript:
     decode_ms: float  # the batch's decoding loop
 
 
+def cache_names(layers: int) -> list[str]:
+    """The decoder step's cache inputs: each layer's self-attention key and value, then its
+    cross-attention key and value."""
+    return [
+        f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
+    ]
+
+
+def decode_tokens(
+    decoder: Any,
+    cross: Sequence[np.ndarray],
+    settings: Mapping[str, Any],
+    feeds: Mapping[str, np.ndarray] | None = None,
+    max_tokens: int | None = None,
+    beams: int = 1,
+) -> list[list[int]]:
+    """Token ids an encoder-decoder export writes for a batch: the decoder step (decoder.onnx,
+    or anything with its `run`) from the settings' prompt over the encoder's cross-attention
+    keys and values, until the end token or `max_tokens` (the settings' limit when None).
+
+    beams=1 is greedy; more keeps that many hypotheses per input and returns the one of highest
+    log-probability per token. `feeds` are further decoder inputs with one row per input (the
+    source's mask); the settings' suppressed tokens are never written."""
+    shape = settings["cache"]
+    layers, heads, dim = int(shape["layers"]), int(shape["heads"]), int(shape["dim"])
+    limit = int(settings["max_new_tokens"] if max_tokens is None else max_tokens)
+    end = int(settings["eos_token_id"])
+    suppress = np.asarray(settings.get("suppress_tokens", []), dtype=np.int64)
+    first = np.asarray(settings.get("begin_suppress_tokens", []), dtype=np.int64)
+    batch, beams = cross[0].shape[0], max(1, int(beams))
+    names = cache_names(layers)
+    rows = batch * beams
+    cross = [np.repeat(c, beams, axis=0) for c in cross] if beams > 1 else list(cross)
+    extra = {k: np.repeat(v, beams, axis=0) for k, v in (feeds or {}).items()}
+    past = [np.zeros((rows, heads, 0, dim), dtype=np.float32)] * (2 * layers)
+    ids = np.tile(np.asarray(settings["prompt"], dtype=np.int64), (rows, 1))
+    written = np.zeros((rows, 0), dtype=np.int64)
+    scores = np.zeros((batch, beams), dtype=np.float64)
+    scores[:, 1:] = -np.inf  # every beam starts as the same prompt: expand the first alone
+    alive = np.ones(rows, dtype=bool)  # greedy: rows not yet ended
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    for step in range(limit):
+        out = decoder.run(None, {"input_ids": ids, **dict(zip(names, [*past, *cross], strict=True)), **extra})
+        logits = np.array(out[0][:, -1], dtype=np.float32)
+        past = list(out[1:])
+        logits[:, suppress] = -np.inf
+        if step == 0:
+            logits[:, first] = -np.inf
+        if beams == 1:
+            chosen = logits.argmax(axis=1)
+            chosen = np.where(alive, chosen, -1)
+            alive &= chosen != end
+            written = np.concatenate([written, np.where(alive, chosen, -1)[:, None]], axis=1)
+            if not alive.any():
+                break
+            ids = np.where(alive, chosen, end)[:, None].astype(np.int64)
+            continue
+        logp = logits - logits.max(axis=1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        vocab = logp.shape[1]
+        total = (scores[:, :, None] + logp.reshape(batch, beams, vocab)).reshape(batch, -1)
+        best = np.argsort(-total, axis=1)[:, : 2 * beams]
+        keep = np.zeros(rows, dtype=np.int64)
+        chosen = np.full(rows, end, dtype=np.int64)
+        for b in range(batch):
+            taken = 0
+            for flat in best[b]:
+                score, beam, token = total[b, flat], int(flat // vocab), int(flat % vocab)
+                if not np.isfinite(score):
+                    break
+                if token == end:
+                    finished[b].append((score / (written.shape[1] + 1), written[b * beams + beam].tolist()))
+                    continue
+                keep[b * beams + taken], chosen[b * beams + taken] = b * beams + beam, token
+                scores[b, taken] = score
+                taken += 1
+                if taken == beams:
+                    break
+            scores[b, taken:] = -np.inf
+        written = np.concatenate([written[keep], chosen[:, None]], axis=1)
+        past = [p[keep] for p in past]
+        ids = chosen[:, None]
+        # Done when each input has `beams` ended hypotheses better than any still growing could
+        # become (log-probabilities only fall, so the best alive bound is its present score).
+        if all(
+            not np.isfinite(scores[b].max())
+            or (
+                len(finished[b]) >= beams
+                and min(sorted(s for s, _ in finished[b])[-beams:])
+                >= scores[b].max() / (written.shape[1] + 1)
+            )
+            for b in range(batch)
+        ):
+            break
+    if beams == 1:
+        return [[int(t) for t in row if t >= 0] for row in written]
+    found = []
+    for b in range(batch):
+        options = finished[b] or [
+            (scores[b, k] / max(1, written.shape[1]), written[b * beams + k].tolist()) for k in range(beams)
+        ]
+        found.append([int(t) for t in max(options, key=lambda o: o[0])[1]])
+    return found
+
+
 def greedy_transcripts(
     encoder: Any,
     decoder: Any,
     settings: Mapping[str, Any],
     waves: Sequence[np.ndarray],
     max_tokens: int | None = None,
+    beams: int = 1,
 ) -> tuple[list[list[int]], float, float]:
-    """Greedy token ids for a batch of 16 kHz mono waves (each at most 30 s), from an encoder
-    and a decoder step (ONNX Runtime sessions, or anything with their `run`), with Whisper's
+    """Token ids for a batch of 16 kHz mono waves (each at most 30 s), from an encoder and a
+    decoder step (ONNX Runtime sessions, or anything with their `run`), with Whisper's
     suppressed tokens; and the ms the encoder and the decoding loop took. Shorter waves are
     padded with silence to the longest: the encoder pads every wave to its 30-s window anyway."""
-    shape = settings["cache"]
-    layers, heads, dim = int(shape["layers"]), int(shape["heads"]), int(shape["dim"])
     longest = max(len(w) for w in waves)
     batch = np.zeros((len(waves), longest), dtype=np.float32)
     for row, wave in enumerate(waves):
@@ -743,34 +847,7 @@ def greedy_transcripts(
     began = time.perf_counter()
     cross = list(encoder.run(None, {"wave": batch}))
     encoded = time.perf_counter()
-    names = [
-        f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
-    ]
-    past = [np.zeros((len(waves), heads, 0, dim), dtype=np.float32)] * (2 * layers)
-    ids = np.tile(np.asarray(settings["prompt"], dtype=np.int64), (len(waves), 1))
-    end = int(settings["eos_token_id"])
-    suppress = np.asarray(settings.get("suppress_tokens", []), dtype=np.int64)
-    first = np.asarray(settings.get("begin_suppress_tokens", []), dtype=np.int64)
-    limit = int(settings["max_new_tokens"] if max_tokens is None else max_tokens)
-    tokens: list[list[int]] = [[] for _ in waves]
-    done = np.zeros(len(waves), dtype=bool)
-    for step in range(limit):
-        out = decoder.run(None, {"input_ids": ids, **dict(zip(names, [*past, *cross], strict=True))})
-        logits = np.array(out[0][:, -1], dtype=np.float32)
-        past = list(out[1:])
-        logits[:, suppress] = -np.inf
-        if step == 0:
-            logits[:, first] = -np.inf
-        chosen = logits.argmax(axis=1)
-        for row, token in enumerate(chosen):
-            if not done[row]:
-                if token == end:
-                    done[row] = True
-                else:
-                    tokens[row].append(int(token))
-        if done.all():
-            break
-        ids = np.where(done, end, chosen)[:, None].astype(np.int64)
+    tokens = decode_tokens(decoder, cross, settings, max_tokens=max_tokens, beams=beams)
     finished = time.perf_counter()
     return tokens, (encoded - began) * 1000, (finished - encoded) * 1000
 
@@ -820,16 +897,111 @@ class Transcriber:
             )
         return wave
 
-    def transcribe(self, sources: Sequence[Any], batch: int = 8) -> list[Transcript]:
-        """Transcripts of clips, `batch` at a time."""
+    def transcribe(self, sources: Sequence[Any], batch: int = 8, beams: int = 1) -> list[Transcript]:
+        """Transcripts of clips, `batch` at a time; beams > 1 searches that many hypotheses."""
         waves = [self.wave(s) for s in sources]
         found: list[Transcript] = []
         for start in range(0, len(waves), batch):
             part = waves[start : start + batch]
-            tokens, encode_ms, decode_ms = greedy_transcripts(self.encoder, self.decoder, self.settings, part)
+            tokens, encode_ms, decode_ms = greedy_transcripts(
+                self.encoder, self.decoder, self.settings, part, beams=beams
+            )
             for wave, ids in zip(part, tokens, strict=True):
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 found.append(
                     Transcript(text, ids, len(wave) / int(self.settings["sample_rate"]), encode_ms, decode_ms)
+                )
+        return found
+
+
+@dataclass
+class Translation:
+    text: str
+    tokens: list[int]
+    source_tokens: int
+    encode_ms: float  # the batch's encoder call, shared by its sentences
+    decode_ms: float  # the batch's decoding loop
+
+
+class Translator:
+    """An exported Ascent translation model: model.onnx (source tokens to cross-attention keys
+    and values) with decoder.onnx and tokenizer.json beside it."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        self.encoder = create_session(self.path, providers)
+        meta = self.encoder.get_modelmeta().custom_metadata_map
+        self.task: str = meta.get("ascent.task", "")
+        if self.task != "translation":
+            raise RuntimeInputError(
+                f"{self.path.name} is a {self.task or 'non-Ascent'} model, not a translator"
+            )
+        self.settings: dict[str, Any] = json.loads(meta["ascent.translation"])
+        parts = [self.path.parent / self.settings["decoder"], self.path.parent / "tokenizer.json"]
+        for file in parts:
+            if not file.is_file():
+                raise RuntimeInputError(
+                    f"{file.name} is missing beside {self.path.name}; copy the three files"
+                )
+        self.decoder = create_session(parts[0], providers)
+        self.tokenizer = Tokenizer.from_file(str(parts[1]))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @property
+    def provider(self) -> str:
+        return str(self.encoder.get_providers()[0])
+
+    def encode(self, text: str) -> list[int]:
+        """A sentence's token ids as the model reads them (the end token last); sentences over
+        the model's positions are refused."""
+        if not text.strip():
+            raise RuntimeInputError("the text is empty; give a sentence to translate")
+        ids = list(self.tokenizer.encode(text).ids)
+        limit = int(self.settings["max_source_tokens"])
+        if len(ids) > limit:
+            raise RuntimeInputError(
+                f"the text is {len(ids)} tokens, over the model's {limit}; translate it a sentence at a time"
+            )
+        return ids
+
+    def tokens(
+        self, ids: np.ndarray, mask: np.ndarray, max_tokens: int | None = None, beams: int = 1
+    ) -> list[list[int]]:
+        """Token ids of the translations of a padded batch of sources."""
+        cross = list(self.encoder.run(None, {"input_ids": ids, "attention_mask": mask}))
+        return decode_tokens(
+            self.decoder, cross, self.settings, {"source_mask": mask}, max_tokens=max_tokens, beams=beams
+        )
+
+    def translate(
+        self, texts: Sequence[str], batch: int = 16, beams: int = 1, max_tokens: int | None = None
+    ) -> list[Translation]:
+        """Translations of sentences, `batch` at a time; beams > 1 searches that many hypotheses."""
+        encoded = [self.encode(t) for t in texts]
+        pad = int(self.settings["pad_token_id"])
+        found: list[Translation] = []
+        for start in range(0, len(encoded), batch):
+            part = encoded[start : start + batch]
+            width = max(len(x) for x in part)
+            ids = np.full((len(part), width), pad, dtype=np.int64)
+            mask = np.zeros((len(part), width), dtype=np.int64)
+            for row, x in enumerate(part):
+                ids[row, : len(x)], mask[row, : len(x)] = x, 1
+            began = time.perf_counter()
+            cross = list(self.encoder.run(None, {"input_ids": ids, "attention_mask": mask}))
+            encoded_at = time.perf_counter()
+            out = decode_tokens(
+                self.decoder, cross, self.settings, {"source_mask": mask}, max_tokens=max_tokens, beams=beams
+            )
+            finished = time.perf_counter()
+            for x, tokens in zip(part, out, strict=True):
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                found.append(
+                    Translation(
+                        text, tokens, len(x), (encoded_at - began) * 1000, (finished - encoded_at) * 1000
+                    )
                 )
         return found

@@ -23,6 +23,7 @@ MAIN_METRIC = {
     "text-classification": "val_f1_macro",
     "audio-classification": "val_f1_macro",
     "speech-recognition": "val_wer",
+    "translation": "val_bleu",
     "object-detection": "val_map50",
     "semantic-segmentation": "val_miou",
     "text-generation": "val_loss",
@@ -45,6 +46,8 @@ METRIC_NAMES = {
     "val_perplexity": "validation perplexity",
     "val_wer": "validation word error rate",
     "val_cer": "validation character error rate",
+    "val_bleu": "validation BLEU",
+    "val_chrf": "validation chrF",
     "samples_per_sec": "samples/s",
     "lr": "learning rate",
     "export_max_abs_diff": "ONNX max |diff| from PyTorch",
@@ -53,17 +56,22 @@ METRIC_NAMES = {
     "export_pixel_agreement": "ONNX pixels alike",
     "export_token_agreement": "ONNX greedy tokens alike",
     "export_transcript_agreement": "ONNX transcripts alike",
+    "export_translation_agreement": "ONNX translations alike",
     "export_n_samples": "ONNX samples checked",
     "accuracy": "accuracy",  # the certificate's, on the whole validation split
     "rmse": "RMSE",
     "map50": "mAP@0.5",
     "miou": "mean IoU",
+    "wer": "WER",
+    "bleu": "BLEU",
 }
 # What a certificate's agreement column measures, by task (top-1 classes elsewhere).
 AGREEMENT_WORDS = {
     "object-detection": "box agreement",
     "semantic-segmentation": "pixel agreement",
     "text-generation": "token agreement",
+    "speech-recognition": "transcripts alike",
+    "translation": "translations alike",
 }
 # Metrics whose best value means nothing (a schedule, a speed, a count): only their last counts.
 NO_BEST = frozenset({"lr", "samples_per_sec", "export_n_samples"})
@@ -226,6 +234,13 @@ def certificate_table(records: list[ExportInfo], agreement: str = "top-1 agreeme
             where = (
                 "CPU" if m["provider"] == "pytorch-cpu" else m["provider"].removesuffix("ExecutionProvider")
             )
+            if "item_ms" in m:  # an encoder-decoder: the encoder, each token, each item
+                row[f"{where} encoder (ms)"] = round(m["encoder_ms"], 2)
+                row[f"{where} per token p50 (ms)"] = round(m["p50_ms"], 2)
+                row[f"{where} per item (ms)"] = round(m["item_ms"], 1)
+                if "rtf" in m:
+                    row[f"{where} real-time factor"] = round(m["rtf"], 3)
+                continue
             if "first_token_ms" in m:  # a generator: the first token, then each next one
                 row[f"{where} first token (ms)"] = round(m["first_token_ms"], 1)
                 row[f"{where} per token p50 (ms)"] = round(m["p50_ms"], 2)
@@ -390,6 +405,7 @@ ITEM_WORDS = {
     "image-classification": "images",
     "audio-classification": "clips",
     "speech-recognition": "clips",
+    "translation": "pairs",
     "text-classification": "texts",
     "object-detection": "images",
     "semantic-segmentation": "images",
@@ -482,6 +498,36 @@ def length_histogram(report: dict[str, Any]) -> pd.DataFrame:
     hist = report["length_tokens"]["histogram"]
     edges = [round(e) for e in hist["edges"][:-1]]
     return pd.DataFrame({"texts": hist["counts"]}, index=pd.Index(edges, name=report["length_unit"]))
+
+
+def pair_length_histogram(report: dict[str, Any]) -> pd.DataFrame:
+    """A translation dataset's sentence lengths in words, source beside target, per bin."""
+    bins = report["length_bins"]
+    edges = [round(e) for e in bins["edges"][:-1]]
+    return pd.DataFrame(
+        {"source": bins["source"], "target": bins["target"]}, index=pd.Index(edges, name="words")
+    )
+
+
+def word_diff_html(reference: str, text: str) -> str:
+    """`text` word by word against `reference` (difflib): words the reference lacks in red,
+    reference words `text` misses struck through in grey, the words they share plain."""
+    import difflib
+    import html
+
+    ref, hyp = reference.split(), text.split()
+    parts = []
+    inserted = '<span style="background: rgba(220,38,38,0.25); border-radius: 3px; padding: 0 2px">{}</span>'
+    missed = '<span style="color: #6b7280; text-decoration: line-through">{}</span>'
+    for op, a0, a1, b0, b1 in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape(" ".join(hyp[b0:b1])))
+            continue
+        if a1 > a0:
+            parts.append(missed.format(html.escape(" ".join(ref[a0:a1]))))
+        if b1 > b0:
+            parts.append(inserted.format(html.escape(" ".join(hyp[b0:b1]))))
+    return '<span class="ascent-diff">' + " ".join(parts) + "</span>"
 
 
 def highlight_html(text: str, tokens: list[Any]) -> str:
@@ -612,7 +658,8 @@ def fitted_value(choice: Any) -> str:
 UPLOAD_TYPES = ["csv", "tsv", "parquet", "jsonl", "zip"]
 UPLOAD_TYPES_IN_WORDS = (
     "a table as CSV, TSV, Parquet or JSON Lines (.csv, .tsv, .parquet, .jsonl), instructions among them "
-    "(prompt and response columns, or chat messages), or a zip (.zip) of "
+    "(prompt and response columns, or chat messages) and sentence pairs (source and target columns, "
+    "or columns named by language such as en and es), or a zip (.zip) of "
     "class folders holding images, .txt files or WAV/FLAC clips, of clips with their transcripts "
     "(metadata.csv with file_name,transcription, or LibriSpeech .trans.txt files), or of images with "
     "boxes (COCO, YOLO, Pascal VOC) or masks (images/ and masks/); other files (Excel, plain .txt, single images) are "

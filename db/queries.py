@@ -137,8 +137,10 @@ class ExportInfo:
 def lower_is_better(key: str) -> bool:
     """Loss-like metrics (errors, perplexity, word and character error rates) improve
     downwards; everything else upwards."""
-    return any(word in key for word in ("loss", "rmse", "mae", "mse", "error", "perplexity")) or key.endswith(
-        ("_wer", "_cer")
+    return (
+        any(word in key for word in ("loss", "rmse", "mae", "mse", "error", "perplexity"))
+        or key.endswith(("_wer", "_cer"))
+        or key in ("wer", "cer")
     )
 
 

@@ -15,6 +15,7 @@ from core.data.ingest import (
     list_datasets,
     same_file,
 )
+from core.data.translation import find_columns
 from core.errors import AscentError
 from pages.studio import notice
 from pages.studio.session import page_actor
@@ -31,6 +32,7 @@ TASK_CHOICES = {
     "table: regression": "tabular-regression",
     "text classification": "text-classification",
     "text generation (instructions)": "text-generation",
+    "translation (source and target)": "translation",
 }
 _UPLOADER = "datasets-upload-round"  # bumped after an add, so the uploader empties
 
@@ -43,7 +45,7 @@ def add_form() -> None:
         return
     upload = st.file_uploader(
         "A table (CSV, TSV, Parquet, JSON Lines) with a column to predict, a text column or instructions "
-        "(prompt and response, or chat messages), or a zip of "
+        "(prompt and response, or chat messages) or sentence pairs to translate, or a zip of "
         "class folders of images, of .txt files or of WAV/FLAC clips, of clips with transcripts, "
         "or of images with boxes or masks",
         type=summary.UPLOAD_TYPES,
@@ -81,7 +83,23 @@ def add_form() -> None:
             choice = st.radio("Task", labels, index=labels.index(current), horizontal=True)
             options["task"] = TASK_CHOICES[choice]
             columns = guess.columns
-            if options["task"] == "text-generation":
+            if options["task"] == "translation":
+                left, right = st.columns(2)
+                found = find_columns(columns) or (columns[0], columns[min(1, len(columns) - 1)])
+                options["source_column"] = left.selectbox(
+                    "Source column (to translate)",
+                    columns,
+                    index=columns.index(found[0]),
+                    format_func=summary.plain,
+                )
+                rest = [c for c in columns if c != options["source_column"]] or columns
+                options["target_column"] = right.selectbox(
+                    "Target column (its translation)",
+                    rest,
+                    index=rest.index(found[1]) if found[1] in rest else 0,
+                    format_func=summary.plain,
+                )
+            elif options["task"] == "text-generation":
                 st.caption(
                     "Instructions: prompt and response columns, a messages column of chat turns, "
                     "or one text column."
@@ -194,6 +212,14 @@ elif ds.task in ("object-detection", "semantic-segmentation"):
 elif ds.task == "text-generation":
     st.caption(f"Layout: {summary.md(report['layout'])}; the first examples as the model learns them.")
     st.dataframe(pd.DataFrame(report["examples_shown"]), hide_index=True, width="stretch")
+elif ds.task == "translation":
+    langs = report["languages"]
+    named = f" ({langs['source']} to {langs['target']})" if langs["source"] and langs["target"] else ""
+    st.caption(
+        f"Source column '{summary.md(report['columns']['source'])}', target column "
+        f"'{summary.md(report['columns']['target'])}'{named}: the first pairs."
+    )
+    st.dataframe(pd.DataFrame(report["pairs_shown"]), hide_index=True, width="stretch")
 elif ds.task == "text-classification":
     st.caption(
         f"Text column '{summary.md(ds.schema['text_column'])}', "
@@ -252,6 +278,26 @@ elif ds.task == "text-generation":
             ],
         }
     )
+elif ds.task == "translation":
+    left, right = st.columns(2)
+    words = report["length_words"]
+    left.markdown(
+        f"Words per sentence (median {words['source']['median']:g} in the source, "
+        f"{words['target']['median']:g} in the target)"
+    )
+    left.bar_chart(summary.pair_length_histogram(report), stack=False)
+    right.write(
+        {
+            "pairs": report["pairs"],
+            "left out": report["left_out"] or "none",
+            "exact duplicate pairs": report["duplicate_pairs"],
+            "target same as source (untranslated?)": report["untranslated"],
+            "lengths over 3x apart (misaligned?)": report["misaligned"],
+        }
+    )
+    if report["misaligned_shown"]:
+        st.markdown("Pairs whose lengths look misaligned")
+        st.dataframe(pd.DataFrame(report["misaligned_shown"]), hide_index=True, width="stretch")
 elif ds.task == "speech-recognition":
     left, right = st.columns(2)
     left.markdown(

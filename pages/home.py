@@ -39,7 +39,8 @@ added_banner()
 st.markdown(
     "Upload a table, a folder of images, a set of texts or sound clips, train a model from scratch or fine-tune a pretrained one, "
     "and get one ONNX file that predicts with ONNX Runtime alone. Or teach a chat model your own answers "
-    "from a set of questions and answers, or a speech model to write what your clips say.  \n"
+    "from a set of questions and answers, a speech model to write what your clips say, or a translator "
+    "on pairs of sentences.  \n"
     "Every run is stored with its metrics, curves, checkpoints and export check, so you can compare them."
 )
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from core.runtime import (
     Predictor,
     RuntimeInputError,
     Transcriber,
+    Translator,
     load_original,
     prepare_clip,
 )
@@ -51,6 +53,12 @@ def transcriber(path: str, mtime: float) -> Transcriber:
 
 
 @st.cache_resource(max_entries=4)
+def translator(path: str, mtime: float) -> Translator:
+    """A translation model's two sessions and tokenizer."""
+    return Translator(path)
+
+
+@st.cache_resource(max_entries=4)
 def generator(path: str, mtime: float) -> Generator:
     """A generator file's tokenizer and settings around the Predict page's session of it."""
     return Generator(path, session=predictor(path, mtime).session)
@@ -66,6 +74,37 @@ def wait_for_base(source: str) -> None:
     if path is not None:
         st.rerun()
     st.info(f"Base model: {summary.md(status)}.", icon=":material/hourglass_top:")
+
+
+def base_file(run: Any) -> Path | None:
+    """The exported base model `run` was fine-tuned from, once it is there; until then its
+    export is started (in the background) and awaited; None also where it has none."""
+    try:
+        source = playground.base_source(run.id)
+    except AscentError as exc:
+        st.warning(summary.md(exc))
+        return None
+    if source == "scratch":
+        st.info("This run trained from random weights: it has no base model to compare with.")
+        return None
+    found, _ = playground.base_status(source)
+    if found is None:
+        playground.prepare_base(source, run.task)
+        wait_for_base(source)
+    return found
+
+
+def side_by_side(base: str, tuned: str, what: str) -> None:
+    """The base model's output beside the run's, the run's words that differ marked."""
+    left, right = st.columns(2)
+    left.markdown(f"**Base model's {what}**  \n{summary.md(base) or '(nothing)'}")
+    right.markdown(
+        f"**This run's {what}**  \n{summary.word_diff_html(base, tuned) if tuned else '(nothing)'}",
+        unsafe_allow_html=True,
+    )
+    st.caption(
+        "Words the base model did not write are marked red; its words the run dropped are struck through."
+    )
 
 
 def chat(run: Any, path: Path, finished: list[Any]) -> None:
@@ -351,6 +390,10 @@ elif model.task == "speech-recognition":
         f"Clips are mixed to mono and resampled to {speech.settings['sample_rate']} Hz; "
         f"at most {speech.settings['max_seconds']:g} s each."
     )
+    beside = st.toggle(
+        "Beside the base model", help="The Whisper this run was fine-tuned from transcribes the clip too."
+    )
+    base = base_file(run) if beside else None
     clip = clip_input()
     if clip is not None:
         data = clip.getvalue()
@@ -358,7 +401,11 @@ elif model.task == "speech-recognition":
         try:
             with st.spinner("Transcribing"):
                 (heard,) = speech.transcribe([data])
-            st.markdown(f"**Transcript:** {summary.md(heard.text) or '(nothing heard)'}")
+                before = transcriber(str(base), base.stat().st_mtime).transcribe([data])[0] if base else None
+            if before is not None:
+                side_by_side(before.text, heard.text, "transcript")
+            else:
+                st.markdown(f"**Transcript:** {summary.md(heard.text) or '(nothing heard)'}")
             per_token = heard.decode_ms / max(1, len(heard.tokens))
             st.caption(
                 f"{heard.seconds:.1f} s of audio: encoder {heard.encode_ms:.0f} ms, {len(heard.tokens)} tokens at "
@@ -366,6 +413,52 @@ elif model.task == "speech-recognition":
             )
         except RuntimeInputError as exc:
             st.error(summary.md(exc))
+elif model.task == "translation":
+    words = translator(str(path), Path(path).stat().st_mtime)
+    st.caption(
+        f"One sentence per line, up to {words.settings['max_source_tokens']} tokens each. "
+        "Beam search keeps several candidate translations and returns the likeliest; 1 is greedy."
+    )
+    pretrained = run.model != "marian-small"
+    beside = pretrained and st.toggle(
+        "Beside the base model", help="The Marian model this run was fine-tuned from translates the text too."
+    )
+    base = base_file(run) if beside else None
+    with st.form("translate"):
+        given = st.text_area("Text to translate", height=120)
+        beams = st.slider("Beams", 1, 8, 1)
+        asked = st.form_submit_button("Translate", type="primary")
+    if asked:
+        lines = [line for line in given.splitlines() if line.strip()]
+        if not lines:
+            st.warning("Write a sentence to translate first.")
+        else:
+            try:
+                with st.spinner("Translating"):
+                    began = time.perf_counter()
+                    found = words.translate(lines, beams=beams)
+                    took_ms = (time.perf_counter() - began) * 1000
+                    before = (
+                        translator(str(base), base.stat().st_mtime).translate(lines, beams=beams)
+                        if base
+                        else None
+                    )
+            except RuntimeInputError as exc:
+                st.error(summary.md(exc))
+            else:
+                st.dataframe(
+                    pd.DataFrame({"source": lines, "translation": [f.text for f in found]}),
+                    hide_index=True,
+                    width="stretch",
+                )
+                for line, was, now in zip(lines, before or [], found, strict=False):
+                    st.markdown(f"*{summary.md(line)}*")
+                    side_by_side(was.text, now.text, "translation")
+                tokens = sum(len(f.tokens) for f in found)
+                st.caption(
+                    f"{len(lines)} sentence{'s' * (len(lines) != 1)}, {tokens} tokens written in {took_ms:.0f} ms "
+                    f"with {beams} beam{'s' * (beams != 1)}, on {words.provider}"
+                )
 elif model.task in ("object-detection", "semantic-segmentation"):
     detection = model.task == "object-detection"
     st.caption(

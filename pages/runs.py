@@ -469,6 +469,34 @@ elif report and report["kind"] == "speech":
         st.dataframe(heard.rename(columns={"answer": "transcript"}), hide_index=True, width="stretch")
     st.subheader("Validation clips with the most word errors")
     st.dataframe(numbers(pd.DataFrame(report["hardest"])), hide_index=True, width="stretch")
+elif report and report["kind"] == "translation":
+    st.subheader("Translations of fixed validation sentences, epoch by epoch")
+    t1, t2, t3 = st.columns(3)
+    t1.metric("BLEU", summary.number(report["bleu"]), help=report["scorer"])
+    t2.metric("chrF", summary.number(report["chrf"]), help=report["scorer"])
+    t3.metric(
+        "chrF of the source copied",
+        summary.number(report["copy_chrf"]),
+        help="The score of writing each source sentence unchanged: a model that learnt anything beats it.",
+    )
+    st.caption(
+        f"Greedy translations; epoch 0 is the model before training. Scores on the {report['pairs']} "
+        f"validation pairs by {summary.md(report['scorer'])}."
+    )
+    for source, reference, written in summary.answers_by_prompt(summary.generations(run.id)):
+        st.markdown(f"**{summary.md(source)}**  \nreference: {summary.md(reference)}")
+        st.dataframe(written.rename(columns={"answer": "translation"}), hide_index=True, width="stretch")
+    st.subheader("Validation pairs of lowest chrF")
+    st.caption(
+        "Words of the translation the reference lacks are marked red; words it misses, struck through."
+    )
+    for item in report["hardest"][:5]:
+        st.markdown(
+            f"{summary.md(item['source'])}  \n"
+            f"{summary.word_diff_html(item['reference'], item['translation'])} · chrF {item['chrf']:.1f}",
+            unsafe_allow_html=True,
+        )
+    st.dataframe(numbers(pd.DataFrame(report["hardest"])), hide_index=True, width="stretch")
 elif report:
     st.subheader("Predicted against true (validation split)")
     st.scatter_chart(pd.DataFrame(report["points"], columns=["true", "predicted"]), x="true", y="predicted")
@@ -487,6 +515,7 @@ if "export_max_abs_diff" in run.metrics:
         "export_pixel_agreement": "pixels alike",
         "export_token_agreement": "greedy tokens alike",
         "export_transcript_agreement": "transcripts alike",
+        "export_translation_agreement": "translations alike",
     }
     for key, words in agreements.items():
         if key in run.metrics:
@@ -495,13 +524,8 @@ if "export_max_abs_diff" in run.metrics:
 
 offered: list[Path] = []  # files the certificate offers, not offered again under Downloads
 generator = run.task == "text-generation"
-if run.status == "succeeded" and run.task == "speech-recognition":
-    st.subheader("Export certificate")
-    st.caption(
-        "Not measured for speech recognition yet: the export check above compares ONNX Runtime's "
-        "transcripts of the validation clips with PyTorch's."
-    )
-elif run.status == "succeeded":
+seq2seq = {"speech-recognition": "clip", "translation": "sentence"}.get(run.task)
+if run.status == "succeeded":
     st.subheader("Export certificate")
     records = certificate.certificate(run.id)
     agreement = summary.AGREEMENT_WORDS.get(run.task, "top-1 agreement")
@@ -521,6 +545,8 @@ elif run.status == "succeeded":
                 "box agreement": "boxes alike",
                 "pixel agreement": "pixels alike",
                 "token agreement": "tokens alike",
+                "transcripts alike": "alike",
+                "translations alike": "alike",
                 "peak memory (MB)": "peak memory",
             },
         )
@@ -528,7 +554,19 @@ elif run.status == "succeeded":
             "object-detection": " max |diff| compares the boxes' scores.",
             "semantic-segmentation": " max |diff| compares the pixels' confidences.",
         }
-        if generator:
+        if seq2seq:
+            rtf = (
+                " The real-time factor is seconds of compute per second of audio."
+                if seq2seq == "clip"
+                else ""
+            )
+            st.caption(
+                f"Every validation {seq2seq} decoded greedily by each variant's two graphs; alike: exactly "
+                f"PyTorch's tokens. Latency in ms at batch 1 over the first validation {seq2seq}s: the "
+                f"encoder, each token (p50), each whole {seq2seq}.{rtf} Size (both graphs) and peak memory "
+                "in MB; max |diff| compares the encoder's outputs on the first batch."
+            )
+        elif generator:
             st.caption(
                 "Greedy answers to the validation prompts, each variant's tokens against PyTorch's up to "
                 "the first difference; perplexity of the validation answers. Latency in ms at batch 1: "
@@ -547,18 +585,29 @@ elif run.status == "succeeded":
             st.markdown("\n".join(f"- **{r.variant}**: {r.method}" for r in records))
         buttons = st.container(horizontal=True)
         for r in records:
-            path = Path(r.path)
-            if path.exists() and path.resolve() not in {p.resolve() for p in offered}:  # one per file
-                offered.append(path)
-                buttons.download_button(
-                    f"{r.variant} ({summary.file_size(path.stat().st_size)})",  # the file, not the model
-                    path.read_bytes,  # read when clicked: a generator is hundreds of MB
-                    file_name=path.name,
-                    help=f"{path.name}: the file measured as {r.variant}",
-                    icon=":material/download:",
-                    key=f"dl-v-{r.variant}",
-                )
+            # An encoder-decoder's variant is two files: its model, then its decoding step.
+            two = seq2seq and r.variant != "pytorch"
+            files = [(Path(r.path), "")] + (
+                [(certificate.decoder_file(Path(r.path)), " decoder")] if two else []
+            )
+            for path, part in files:
+                if path.exists() and path.resolve() not in {p.resolve() for p in offered}:  # one per file
+                    offered.append(path)
+                    buttons.download_button(
+                        f"{r.variant}{part} ({summary.file_size(path.stat().st_size)})",  # the file's size
+                        path.read_bytes,  # read when clicked: a generator is hundreds of MB
+                        file_name=path.name,
+                        help=f"{path.name}: the file measured as {r.variant}",
+                        icon=":material/download:",
+                        key=f"dl-v-{r.variant}{part.strip()}",
+                    )
         show_tradeoffs([run.id], {run.id: f"{run.id} · {run.name}"})
+    elif seq2seq:
+        st.caption(
+            f"Not measured yet: fp32 and int8 (MatMul weights) variants of both graphs (fp16 on a GPU) "
+            f"decode every validation {seq2seq} as PyTorch does, and their encoder, ms per token and "
+            f"ms per {seq2seq} are timed at batch 1."
+        )
     elif generator:
         st.caption(
             "Not measured yet: fp32 and int8 (MatMul weights) variants (fp16 on a GPU) continue the "

@@ -227,6 +227,25 @@ def _files(d: Path) -> dict[str, Path]:
         d / "speech.zip",
         {"metadata.csv": b"file_name,transcription\na.wav,hello there\n", "a.wav": _wav(1.0)},
     )
+    f["speech-3.zip"] = _zip(
+        d / "speech-3.zip",
+        {
+            "metadata.csv": b"file_name,transcription\na.wav,hello there\nb.wav,good morning\nc.wav,see you\n",
+            **{f"{name}.wav": _wav(1.0, seed=i) for i, name in enumerate("abc")},
+        },
+    )
+    pairs = [
+        ("the cat sleeps", "el gato duerme"),
+        ("the dog eats", "el perro come"),
+        ("a red car", "un coche rojo"),
+    ]
+    f["pairs.csv"] = _text(
+        d / "pairs.csv", "source,target\n" + "".join(f"{a} {i},{b} {i}\n" for i in range(4) for a, b in pairs)
+    )
+    f["pairs-unnamed.csv"] = _text(
+        d / "pairs-unnamed.csv", "a,b\n" + "".join(f"{a},{b}\n" for a, b in pairs * 2)
+    )
+    f["pairs-few.csv"] = _text(d / "pairs-few.csv", "en,es\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     f["not-audio.wav"] = _text(d / "not-audio.wav", b"RIFF....WAVEnot really")
     f["rows-latin1.csv"] = _text(d / "rows-latin1.csv", b"alcohol\n\xff\xfe\x00")
     f["texts.txt"] = _text(d / "texts.txt", "a text to classify\n")
@@ -383,6 +402,48 @@ CASES: dict[str, Case] = {
     ),
     "clips without transcripts as speech": Case(
         ["datasets", "add", "{one-word.zip}", "--task", "speech-recognition"], "has no transcripts"
+    ),
+    "predict text with a speech run": Case(
+        ["predict", "--run", "{run:speech}", "--text", "hello"], "takes clips (WAV, FLAC), not text"
+    ),
+    "transcribe nothing": Case(["predict", "--run", "{run:speech}"], "give the clips to transcribe"),
+    # translation
+    "pairs without source and target columns": Case(
+        ["datasets", "add", "{pairs-unnamed.csv}", "--task", "translation"],
+        "has no source and target columns",
+    ),
+    "a source column that is not there": Case(
+        ["datasets", "add", "{pairs.csv}", "--source-column", "nope", "--target-column", "target"],
+        "has no column 'nope'",
+    ),
+    "one side of the pair named": Case(
+        ["datasets", "add", "{pairs-unnamed.csv}", "--source-column", "a"], "name both columns"
+    ),
+    "three pairs": Case(["datasets", "add", "{pairs-few.csv}"], "translation needs at least 4"),
+    "translation with LoRA": Case(
+        ["train", "--dataset", "{ds:pairs}", "--finetune", "lora"], "fine-tunes the whole model for now"
+    ),
+    "hf-marian without weights": Case(
+        ["train", "--dataset", "{ds:pairs}", "--model", "hf-marian"], "hf-marian needs the Marian model"
+    ),
+    "translate nothing": Case(["predict", "--run", "{run:translation}"], "give --text TEXT"),
+    "translate an empty text": Case(
+        ["predict", "--run", "{run:translation}", "--text", " "], "the text is empty"
+    ),
+    "translate with sampling": Case(
+        ["predict", "--run", "{run:translation}", "--text", "the cat", "--top-p", "0.9"],
+        "are for text generation",
+    ),
+    "translate past the model's length": Case(
+        ["predict", "--run", "{run:translation}", "--text", "the cat", "--max-new-tokens", "100000"],
+        "--max-new-tokens must be between 1 and",
+    ),
+    "translate with 40 beams": Case(
+        ["predict", "--run", "{run:translation}", "--text", "the cat", "--beams", "40"], "over the most, 16"
+    ),
+    "beams for a table model": Case(
+        ["predict", "--run", "{run:table}", "--beams", "2", "{wine.csv}"],
+        "--beams is for speech recognition and translation",
     ),
     "speech with LoRA": Case(
         ["train", "--dataset", "{ds:speech}", "--finetune", "lora"], "fine-tunes the whole model for now"
@@ -645,6 +706,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
     table = _ok(home, ["datasets", "add", str(files["wine.csv"])])
     home.ids["ds:table"] = table["id"]
     home.ids["ds:speech"] = _ok(home, ["datasets", "add", str(files["speech.zip"])])["id"]
+    home.ids["ds:pairs"] = _ok(home, ["datasets", "add", str(files["pairs.csv"])])["id"]
     home.ids["run:table"] = _ok(home, ["train", "--dataset", str(table["id"]), "--epochs", "2"])["id"]
     if full:
         images = fashion_mnist_zip(root.parent / "clothes.zip", per_class=12, classes=("bag", "trouser"))
@@ -681,6 +743,14 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
                 "1",
             ],
         )["id"]
+        home.ids["run:translation"] = _ok(
+            home, ["train", "--dataset", str(home.ids["ds:pairs"]), "--epochs", "1"]
+        )["id"]
+        ds = _ok(home, ["datasets", "add", str(files["speech-3.zip"])])["id"]
+        home.ids["run:speech"] = _ok(
+            home,
+            ["train", "--dataset", str(ds), "--epochs", "1", "--batch-size", "2"],
+        )["id"]
         orphan_ds = _ok(home, ["datasets", "add", str(files["wine.csv"]), "--name", "gone"])["id"]
         home.ids["run:orphan"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--epochs", "1"])["id"]
         home.ids["run:stopped"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--name", "stopped"])["id"]
@@ -698,7 +768,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         for _ in range(2 if full else 1)
     ]
     logs = [w.communicate(timeout=900)[0] for w in workers]
-    for kind in ("table", "image", "text", "audio", "masks", "chat", "orphan"):
+    for kind in ("table", "image", "text", "audio", "masks", "chat", "translation", "speech", "orphan"):
         if f"run:{kind}" in home.ids:
             run = _ok(home, ["runs", "show", str(home.ids[f"run:{kind}"])])
             assert run["status"] == "succeeded", (kind, run["error"], [log[-1000:] for log in logs])

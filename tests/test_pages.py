@@ -137,6 +137,7 @@ def test_predict_page_predicts_one_table_row(trained: list[int], data_dir: Path)
         ("words", "audio-classification"),
         ("helpdesk", "text-generation"),
         ("orbly-speech", "speech-recognition"),
+        ("apertium", "translation"),
     ],
 )
 def test_home_sample_adds_data_and_queues_a_run(home: Path, key: str, task: str) -> None:

@@ -218,6 +218,33 @@ def test_whisper_fine_tunes_on_read_speech_then_transcribes_from_onnx(home: Path
     assert not at.exception
     assert any("resampled to 16000 Hz" in c.value for c in at.caption)
 
+    # The base model it started from, exported as the playground does, transcribes the
+    # held-back clips as the run's epoch 0 (the same Whisper before training) did.
+    from core import playground
+    from core.runtime import Transcriber
+
+    source = playground.base_source(run.id)
+    base = Transcriber(playground.export_base(source, "speech-recognition"))
+    before = {s["prompt"]: s["answer"] for s in epochs[0]["samples"]}
+    clips = {c.name: c for c, _ in speech}
+    assert [t.text for t in base.transcribe([clips[n] for n in before])] == list(before.values())
+    at = AppTest.from_file(str(root / "pages" / "predict.py"), default_timeout=60).run()
+    at.toggle[0].set_value(True).run()
+    assert not at.exception and not at.warning and not at.info  # the base is ready: no wait
+
+    # The certificate's fp32: the validation clips transcribed through the same loop, their WER
+    # the run's, each clip timed with its real-time factor.
+    from core import certificate
+
+    base_record, fp32 = certificate.certify(run.id, ("fp32",))
+    assert base_record.metric_name == "wer" and base_record.metric_value == pytest.approx(
+        done.metrics["val_wer"]
+    )
+    assert fp32.top1_agreement == 1.0 and fp32.metric_change == 0.0 and fp32.n_samples == 2
+    for r in (base_record, fp32):
+        (row,) = r.measurements
+        assert row["items"] == 2 and 0 < row["rtf"] < 10 and row["encoder_ms"] < row["item_ms"]
+
 
 def test_offline_whisper_is_read_from_its_ctranslate2_file_and_transcribes(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

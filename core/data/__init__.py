@@ -12,4 +12,5 @@ TASKS = (
     "semantic-segmentation",
     "text-generation",
     "speech-recognition",
+    "translation",
 )

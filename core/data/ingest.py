@@ -62,6 +62,8 @@ def ingest_file(
     target: str | None = None,
     task: str | None = None,
     text_column: str | None = None,
+    source_column: str | None = None,
+    target_column: str | None = None,
     actor: Actor = LOCAL,
 ) -> DatasetInfo:
     """Check an uploaded file (a table, a zip of images or of texts), store it and record it."""
@@ -72,7 +74,8 @@ def ingest_file(
     except ConfigError as exc:
         raise DatasetError(str(exc)) from None
     size = _check_size(path)
-    return _ingest(path, name, size, target, task, text_column, actor.name)
+    pair = (source_column, target_column)
+    return _ingest(path, name, size, target, task, text_column, actor.name, pair)
 
 
 def _ingest(
@@ -83,6 +86,7 @@ def _ingest(
     task: str | None,
     text_column: str | None,
     created_by: str | None,
+    pair: tuple[str | None, str | None] = (None, None),
 ) -> DatasetInfo:
     """ingest_file once the caller, the name and the size are checked."""
     from core.data import tabular, text
@@ -92,8 +96,12 @@ def _ingest(
     suffix = path.suffix.lower()
     if text_column is not None and task is None:
         task = "text-classification"
+    if pair != (None, None) and task is None:
+        task = "translation"
     if task is None and suffix == ".zip":
         task = _zip_task(path, path.name)
+    elif task is None and suffix in text.TEXT_SUFFIXES and _translation_columns(path):
+        task = "translation"  # source and target columns, or two named by language
     elif task is None and suffix in text.TEXT_SUFFIXES and _instruction_columns(path):
         task = "text-generation"  # prompt and response columns, or chat messages
     elif (
@@ -123,6 +131,8 @@ def _ingest(
         return _ingest_zip(path, name, size, created_by, "speech-recognition", speech.inspect_zip, "clips")
     if task == "text-generation":
         return _ingest_instructions(path, name=name, size=size, created_by=created_by)
+    if task == "translation":
+        return _ingest_translation(path, name, size, pair, created_by)
     if task == "text-classification":
         return _ingest_texts(
             path, name=name, size=size, text_column=text_column, target=target, created_by=created_by
@@ -238,6 +248,34 @@ def _instruction_columns(path: Path) -> bool:
         ]
     )
     return found is not None and found[0] != "text"
+
+
+def _translation_columns(path: Path) -> bool:
+    """Whether a table's columns are a source and a target (by name or by language)."""
+    from core.data import text, translation
+
+    return (
+        translation.find_columns([str(c) for c in text.read_table(path, GUESS_ROWS, fields=1).columns])
+        is not None
+    )
+
+
+def _ingest_translation(
+    path: Path, name: str, size: int, pair: tuple[str | None, str | None], created_by: str | None
+) -> DatasetInfo:
+    from core.data import translation
+
+    stages.report("reading the pairs")
+    frame = translation.read(path)
+    source, target = translation.choose_columns([str(c) for c in frame.columns], *pair, path.name)
+    stages.report(f"checking {len(frame):,} pairs")
+    data, schema, report = translation.inspect(frame, source, target, path.name)
+    fmt = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
+        path.suffix.lower(), "csv"
+    )
+    with _staging() as staging:
+        data.to_parquet(staging / "data.parquet", index=False)
+        return _commit(staging, path, name, "translation", fmt, size, len(data), schema, report, created_by)
 
 
 def _ingest_instructions(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
@@ -424,7 +462,7 @@ def guess_upload(filename: str, data: bytes) -> UploadGuess:
 
 
 def _guess(safe: str, data: bytes) -> UploadGuess:
-    from core.data import instructions, tabular, text
+    from core.data import instructions, tabular, text, translation
 
     if safe.lower().endswith(".zip"):
         return UploadGuess(_zip_task(data, safe), [], None, None)
@@ -433,6 +471,8 @@ def _guess(safe: str, data: bytes) -> UploadGuess:
         path.write_bytes(data)
         df = text.read_table(path, nrows=GUESS_ROWS, fields=1, nested=instructions.MESSAGES_NAMES)
     columns = [str(c) for c in df.columns]
+    if translation.find_columns(columns) is not None:
+        return UploadGuess("translation", columns, None, None)
     found = instructions.layout(columns)
     if found is not None and found[0] != "text":
         return UploadGuess("text-generation", columns, None, None)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from core.access import LOCAL, Action, Actor, require
+from core.errors import DatasetError
 from db.queries import DatasetInfo
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -233,6 +234,54 @@ def spoken_sentences_zip(
     return dest
 
 
+# Sentences for the translation sample: every subject, verb, object and place combines.
+SUBJECTS = ("the cat", "my sister", "the old man", "our teacher", "a young doctor", "his friend",
+            "the farmer", "her brother", "the baker", "my neighbour")  # fmt: skip
+VERBS = ("sees", "buys", "wants", "likes", "finds", "sells", "carries", "paints", "needs", "cleans")
+THINGS = ("a red car", "the new house", "a small dog", "the green book", "a big table", "the white shirt",
+          "an old bicycle", "the blue chair", "a cheap phone", "the black bag")  # fmt: skip
+PLACES = ("in the garden", "near the station", "at the market", "in the city", "on Monday",
+          "every morning", "after lunch", "with great care", "at home", "in the village")  # fmt: skip
+TRANSLATION_PAIRS = 800
+
+
+def english_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` different sentences drawn from the combinations of SUBJECTS, VERBS, THINGS, PLACES."""
+    import itertools
+    import random
+
+    combos = list(itertools.product(SUBJECTS, VERBS, THINGS, PLACES))
+    chosen = random.Random(seed).sample(combos, n)
+    return [(" ".join(c) + ".")[0].upper() + (" ".join(c) + ".")[1:] for c in chosen]
+
+
+def apertium_pairs_csv(dest: Path, n: int = TRANSLATION_PAIRS) -> Path:
+    """English sentences and their Spanish from Debian's apertium-eng-spa (a rule-based
+    translator: its Spanish is often wrong), as a CSV with columns en and es."""
+    import shutil
+    import subprocess
+
+    if shutil.which("apertium") is None:
+        raise DatasetError(
+            "the translation sample needs Debian's apertium-eng-spa (apt install apertium-eng-spa)"
+        )
+    english = english_sentences(n)
+    done = subprocess.run(
+        ["apertium", "-u", "eng-spa"],
+        input="\n".join(english) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    spanish = done.stdout.splitlines()
+    if done.returncode != 0 or len(spanish) != len(english):
+        raise DatasetError(f"apertium eng-spa failed ({done.stderr.strip()[:200] or 'a line was lost'})")
+    import pandas as pd
+
+    pd.DataFrame({"en": english, "es": [s.strip() for s in spanish]}).to_csv(dest, index=False)
+    return dest
+
+
 SCENES = 300  # images in each synthetic scenes sample
 # Questions and answers of a made-up product's help desk, written for Ascent: facts the base
 # language model cannot know (a 27-month warranty, error E14, ...), so fine-tuning shows.
@@ -298,6 +347,13 @@ SAMPLES = {
             {"model": "whisper-tiny-en", "epochs": 3},
         ),
         Sample(
+            "apertium",
+            "English to Spanish (rule-based)",
+            "Translation: 800 English sentences in the Spanish of Apertium, a rule-based translator "
+            "(often wrong), for a small model from scratch",
+            {"model": "marian-small", "epochs": 12},
+        ),
+        Sample(
             "helpdesk",
             "Orbly help desk",
             "Instructions: 50 questions and answers of a made-up kettle's help desk, to teach SmolLM2",
@@ -334,6 +390,9 @@ def add_sample(key: str, *, actor: Actor = LOCAL) -> DatasetInfo:
         elif key == "orbly-speech":
             path = spoken_sentences_zip(Path(tmp) / "orbly-speech.zip")
             return ingest_file(path, name=sample.title, task="speech-recognition", actor=actor)
+        elif key == "apertium":
+            path = apertium_pairs_csv(Path(tmp) / "english-spanish.csv")
+            return ingest_file(path, name=sample.title, task="translation", actor=actor)
         elif key == "helpdesk":
             return ingest_file(HELPDESK_FILE, name=sample.title, task="text-generation", actor=actor)
         elif key == "bbc":

@@ -45,7 +45,8 @@ def register_model(
 
 
 def _load() -> None:
-    from core.models import audio, dense, llm, speech, tabular, text, vision  # noqa: F401  (register on import)
+    # Each module registers its models on import.
+    from core.models import audio, dense, llm, speech, tabular, text, translation, vision  # noqa: F401
 
 
 def all_models() -> list[ModelSpec]:

@@ -9,6 +9,7 @@ second. Any other causal model comes from a folder or the Hugging Face hub (`--w
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet()
-    print("converting SmolLM2-135M-Instruct from its GGUF file (once)", flush=True)
+    print("converting SmolLM2-135M-Instruct from its GGUF file (once)", file=sys.stderr, flush=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}

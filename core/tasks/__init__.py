@@ -170,6 +170,22 @@ class TaskData:
     samples: Callable[[], list[dict[str, str]]] | None = None
 
 
+def sequence_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of an encoder-decoder whose outputs start with each item's summed negative
+    log-likelihood and token count (core.tasks.generation.token_loss on those two columns)."""
+    from core.tasks.generation import token_loss
+
+    return token_loss(out[:, :2], y)
+
+
+def decode_ids(ids: torch.Tensor, tokenizer: Any) -> list[str]:
+    """Texts of greedy token ids [batch, tokens] (-1 after the end)."""
+    return [
+        tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
+        for row in ids.long().tolist()
+    ]
+
+
 class SavedOnce(torch.nn.Module):
     """A module whose `state_dict` holds what `_kept` names: by default each tensor once (tied
     weights, such as a language model's output layer that is its input embedding, under their
@@ -273,6 +289,8 @@ class Reference:
     compared_output: int = 0
     # A text generator's certificate continues prompts and scores examples instead of `inputs`.
     generation: GenerationCheck | None = None
+    # A speech recogniser's or translator's certificate decodes the validation split instead.
+    seq2seq: Seq2SeqCheck | None = None
 
 
 @dataclass
@@ -283,6 +301,23 @@ class GenerationCheck:
     settings: dict[str, Any]  # the export's ascent.generation (cache shape, end tokens)
     prompts: list[list[int]]  # token ids each variant continues greedily
     examples: list[tuple[list[int], list[int]]]  # (ids, labels; IGNORE where not learnt)
+
+
+@dataclass
+class Seq2SeqCheck:
+    """What an encoder-decoder's certificate measures its variants on: the validation split
+    decoded greedily by core.runtime.decode_tokens over PyTorch's graphs or a variant's."""
+
+    settings: dict[str, Any]  # the export's ascent.speech or ascent.translation
+    encoder: Any  # PyTorch's encoder behind a session's `run` (core.models.seq2seq.TorchGraph)
+    decoder: Any  # and its decoding step
+    # Per validation batch: the encoder's feeds and the decoder's further feeds (the source mask).
+    batches: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+    max_tokens: int
+    texts: Callable[[list[list[int]]], list[str]]  # token ids -> texts
+    score: Callable[[list[str]], tuple[str, float]]  # texts -> (metric name, value)
+    seconds: list[float] | None = None  # each item's seconds of audio (speech: real-time factor)
+    unit: str = "sentence"  # what one item is, in words ("clip", "sentence")
 
 
 CALIBRATION_POOL = 256  # training samples a Reference carries for calibration and its check
@@ -375,11 +410,21 @@ class Task(Protocol):
 
 def get_task(name: str) -> Task:
     """The module that implements `name` (each task module satisfies the Task protocol)."""
-    from core.tasks import audio, detection, generation, image, segmentation, speech, tabular, text
+    from core.tasks import (
+        audio,
+        detection,
+        generation,
+        image,
+        segmentation,
+        speech,
+        tabular,
+        text,
+        translation,
+    )
 
     modules: dict[str, Task] = {
         t: m
-        for m in (tabular, image, text, audio, detection, segmentation, generation, speech)
+        for m in (tabular, image, text, audio, detection, segmentation, generation, speech, translation)
         for t in m.TASKS
     }
     if name not in modules:

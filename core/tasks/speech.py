@@ -4,7 +4,7 @@ The module the loop trains takes the raw 16 kHz waves (Whisper's log-mel feature
 inside, as the exported file computes them) and the decoder's input and target tokens: the
 prompt (start of transcript, no timestamps), the transcript, the end token; the loss counts the
 transcript's tokens and the end. In evaluation it also transcribes each clip greedily with the
-very modules the export writes (core.models.speech.WhisperEncode and WhisperStep), so the
+very modules the export writes (core.models.speech.WhisperEncode and whisper_step), so the
 validation word error rate is the exported model's, and the export check compares ONNX
 Runtime's transcripts with those.
 
@@ -27,7 +27,17 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
 from core.models import get_model
-from core.tasks import DeviceLoader, ExportCheck, Reference, SavedOnce, TaskData, read_index, split_indices
+from core.tasks import (
+    DeviceLoader,
+    ExportCheck,
+    Reference,
+    SavedOnce,
+    TaskData,
+    decode_ids,
+    read_index,
+    sequence_loss,
+    split_indices,
+)
 from db.queries import DatasetInfo
 
 TASKS: tuple[str, ...] = ("speech-recognition",)
@@ -126,49 +136,17 @@ class SpeechLoss(SavedOnce):
     @torch.no_grad()
     def transcribe(self, waves: torch.Tensor) -> torch.Tensor:
         """Greedy token ids [batch, max_tokens] (-1 after the end) from the export's modules."""
-        from core.models.speech import WhisperEncode, WhisperStep
+        from core.models.seq2seq import greedy
+        from core.models.speech import WhisperEncode, whisper_step
 
-        encode, step = WhisperEncode(self.model), WhisperStep(self.model)
-        batch = waves.shape[0]
-        cross = encode(waves)
-        layers = len(cross) // 2
-        heads, dim = cross[0].shape[1], cross[0].shape[3]
-        past: list[torch.Tensor] = [waves.new_zeros(batch, heads, 0, dim) for _ in range(2 * layers)]
-        ids = torch.tensor([self.prompt], device=waves.device).repeat(batch, 1)
-        found = torch.full((batch, self.max_tokens), -1, dtype=torch.long, device=waves.device)
-        done = torch.zeros(batch, dtype=torch.bool, device=waves.device)
-        for i in range(self.max_tokens):
-            out = step(ids, *past, *cross)
-            logits, past = out[0][:, -1].float(), list(out[1:])
-            logits[:, self.suppress] = -math.inf
-            if i == 0:
-                logits[:, self.first] = -math.inf
-            chosen = logits.argmax(dim=1)
-            done = done | (chosen == self.end)
-            found[:, i] = torch.where(done, torch.full_like(chosen, -1), chosen)
-            if bool(done.all()):
-                break
-            ids = torch.where(done, torch.full_like(chosen, self.end), chosen)[:, None]
-        return found
-
-
-def token_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from core.tasks.generation import token_loss as per_token
-
-    return per_token(out[:, :2], y)
-
-
-def decode(ids: torch.Tensor, tokenizer: Any) -> list[str]:
-    """Texts of greedy token ids [batch, tokens] (-1 after the end)."""
-    return [
-        tokenizer.decode([t for t in row if t >= 0], skip_special_tokens=True).strip()
-        for row in ids.long().tolist()
-    ]
+        cross = WhisperEncode(self.model)(waves)
+        step = whisper_step(self.model)
+        return greedy(step, cross, self.prompt, self.end, self.max_tokens, self.suppress, self.first)
 
 
 def transcripts(out: torch.Tensor, tokenizer: Any) -> list[str]:
     """The decoded greedy transcripts of SpeechLoss's evaluation outputs."""
-    return decode(out[:, 2:], tokenizer)
+    return decode_ids(out[:, 2:], tokenizer)
 
 
 def load_clips(dataset: DatasetInfo) -> tuple[list[Path], list[str]]:
@@ -236,7 +214,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         waves, _inputs, _labels = collate([val_set[i] for i in shown])[0]
         was = module.training
         module.eval()
-        found = decode(module.transcribe(waves.to(next(module.parameters()).device)).cpu(), tokenizer)
+        found = decode_ids(module.transcribe(waves.to(next(module.parameters()).device)).cpu(), tokenizer)
         module.train(was)
         return [{"prompt": names[i], "expected": references[i], "answer": found[i]} for i in shown]
 
@@ -246,7 +224,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         val=DeviceLoader(val_loader, device),
         n_train=len(train_rows),
         n_val=len(val_rows),
-        loss_fn=token_loss,
+        loss_fn=sequence_loss,
         evaluate=evaluate,
         main_metric="val_wer",
         mode="min",
@@ -340,4 +318,42 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
 
 
 def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference:
-    raise ConfigError("certificates for speech recognition are not measured yet")
+    """The certificate's view of the run: the validation clips transcribed greedily by PyTorch's
+    graphs (the export's modules) or a variant's, scored by word error rate."""
+    from core.export import transcriber_settings
+    from core.models.seq2seq import TorchGraph
+    from core.models.speech import WhisperEncode, whisper_step
+    from core.runtime import cache_names
+    from core.tasks import Seq2SeqCheck
+
+    module = data.model
+    assert isinstance(module, SpeechLoss)
+    module.to("cpu").eval()
+    model = module.model
+    rows = json.loads(data.extra["val_rows"])
+    index = read_index(dataset, "clips")
+    references = [str(index["transcript"][i]) for i in rows]
+    layers = int(model.config.decoder_layers)
+    batches: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+    for (waves, _inputs, _labels), _ in data.val:
+        assert waves is not None
+        batches.append(({"wave": waves.cpu().numpy()}, {}))
+    check = Seq2SeqCheck(
+        settings=transcriber_settings(model),
+        encoder=TorchGraph(WhisperEncode(model), ["wave"]),
+        decoder=TorchGraph(whisper_step(model), ["input_ids", *cache_names(layers)]),
+        batches=batches,
+        max_tokens=module.max_tokens,
+        texts=lambda ids: [module.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids],
+        score=lambda texts: ("wer", error_rates(references, texts)["wer"]),
+        seconds=[float(index["seconds"][i]) for i in rows],
+        unit="clip",
+    )
+    return Reference(
+        module=module,
+        inputs=(),
+        targets=np.zeros(0),
+        classification=False,
+        agreement="transcript_agreement",
+        seq2seq=check,
+    )
