@@ -734,21 +734,6 @@ def _generation(args: argparse.Namespace) -> None:
 READ_SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
-class _TorchGraph:
-    """A PyTorch module behind an ONNX Runtime session's `run`, for the same decoding loop."""
-
-    def __init__(self, module: Any, names: list[str]) -> None:
-        self.module, self.names = module.eval(), names
-
-    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
-        import numpy as np
-        import torch
-
-        with torch.inference_mode():
-            out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names))
-        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
 def _speech_child(mode: str, path: Path, threads: int) -> dict[str, float]:
     """Per clip of READ_SPEECH, batch 1: encoder ms, decoding ms per token and the real-time
     factor (compute seconds per second of audio); medians over the clips of three passes after
@@ -763,15 +748,15 @@ def _speech_child(mode: str, path: Path, threads: int) -> dict[str, float]:
     if mode == "ort":
         encoder, decoder = _session(path, threads), _session(path.with_name("decoder.onnx"), threads)
     else:
+        from core.models.seq2seq import TorchGraph
         from core.models.speech import WhisperEncode, load_whisper, whisper_folder, whisper_step
+        from core.runtime import cache_names
 
         model = load_whisper(str(whisper_folder())).module
-        layers = int(model.config.decoder_layers)
-        past = [
-            f"{kind}.{i}.{kv}" for kind in ("past", "cross") for i in range(layers) for kv in ("key", "value")
-        ]
-        encoder = _TorchGraph(WhisperEncode(model), ["wave"])
-        decoder = _TorchGraph(whisper_step(model), ["input_ids", *past])
+        encoder = TorchGraph(WhisperEncode(model), ["wave"])
+        decoder = TorchGraph(
+            whisper_step(model), ["input_ids", *cache_names(int(model.config.decoder_layers))]
+        )
     waves = [transcriber.wave(clip) for clip in sorted(READ_SPEECH.glob("*.wav"))]
     rows = []
     for attempt in range(4):
@@ -860,6 +845,7 @@ def _translation_child(mode: str, folder: Path, threads: int) -> dict[str, float
     else:
         from safetensors.torch import load_file
 
+        from core.models.seq2seq import TorchGraph
         from core.models.translation import MarianEncode, load_tokenizer, marian_step, small_marian
         from core.tasks.translation import TranslationLoss
 
@@ -868,8 +854,8 @@ def _translation_child(mode: str, folder: Path, threads: int) -> dict[str, float
         module.load_state_dict(load_file(str(folder / "best.safetensors")))
         model = module.model.eval()
         names = cache_names(int(model.config.decoder_layers))
-        encoder = _TorchGraph(MarianEncode(model), ["input_ids", "attention_mask"])
-        decoder = _TorchGraph(marian_step(model), ["input_ids", *names, "source_mask"])
+        encoder = TorchGraph(MarianEncode(model), ["input_ids", "attention_mask"])
+        decoder = TorchGraph(marian_step(model), ["input_ids", *names, "source_mask"])
     sentences = english_sentences(1100, seed=1)[1000:]  # mostly combinations the sample lacks
     rows: dict[int, list[tuple[float, float, float]]] = {1: [], 4: []}
     for attempt in range(3):

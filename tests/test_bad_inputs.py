@@ -227,13 +227,6 @@ def _files(d: Path) -> dict[str, Path]:
         d / "speech.zip",
         {"metadata.csv": b"file_name,transcription\na.wav,hello there\n", "a.wav": _wav(1.0)},
     )
-    f["speech-3.zip"] = _zip(
-        d / "speech-3.zip",
-        {
-            "metadata.csv": b"file_name,transcription\na.wav,hello there\nb.wav,good morning\nc.wav,see you\n",
-            **{f"{name}.wav": _wav(1.0, seed=i) for i, name in enumerate("abc")},
-        },
-    )
     pairs = [
         ("the cat sleeps", "el gato duerme"),
         ("the dog eats", "el perro come"),
@@ -403,10 +396,6 @@ CASES: dict[str, Case] = {
     "clips without transcripts as speech": Case(
         ["datasets", "add", "{one-word.zip}", "--task", "speech-recognition"], "has no transcripts"
     ),
-    "predict text with a speech run": Case(
-        ["predict", "--run", "{run:speech}", "--text", "hello"], "takes clips (WAV, FLAC), not text"
-    ),
-    "transcribe nothing": Case(["predict", "--run", "{run:speech}"], "give the clips to transcribe"),
     # translation
     "pairs without source and target columns": Case(
         ["datasets", "add", "{pairs-unnamed.csv}", "--task", "translation"],
@@ -746,11 +735,6 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         home.ids["run:translation"] = _ok(
             home, ["train", "--dataset", str(home.ids["ds:pairs"]), "--epochs", "1"]
         )["id"]
-        ds = _ok(home, ["datasets", "add", str(files["speech-3.zip"])])["id"]
-        home.ids["run:speech"] = _ok(
-            home,
-            ["train", "--dataset", str(ds), "--epochs", "1", "--batch-size", "2"],
-        )["id"]
         orphan_ds = _ok(home, ["datasets", "add", str(files["wine.csv"]), "--name", "gone"])["id"]
         home.ids["run:orphan"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--epochs", "1"])["id"]
         home.ids["run:stopped"] = _ok(home, ["train", "--dataset", str(orphan_ds), "--name", "stopped"])["id"]
@@ -768,7 +752,7 @@ def _build_home(root: Path, url: str, files: dict[str, Path], *, full: bool) -> 
         for _ in range(2 if full else 1)
     ]
     logs = [w.communicate(timeout=900)[0] for w in workers]
-    for kind in ("table", "image", "text", "audio", "masks", "chat", "translation", "speech", "orphan"):
+    for kind in ("table", "image", "text", "audio", "masks", "chat", "translation", "orphan"):
         if f"run:{kind}" in home.ids:
             run = _ok(home, ["runs", "show", str(home.ids[f"run:{kind}"])])
             assert run["status"] == "succeeded", (kind, run["error"], [log[-1000:] for log in logs])

@@ -204,6 +204,12 @@ def test_whisper_fine_tunes_on_read_speech_then_transcribes_from_onnx(home: Path
         text=True,
     )
     assert out.returncode != 0 and "takes clips (WAV, FLAC), not text" in out.stderr
+    # (These refusals are checked here, not in the bad-input battery: a Whisper run in its home
+    # cost CI about 100 s.)
+    out = subprocess.run(
+        [sys.executable, "-m", "core", "predict", "--run", str(run.id)], capture_output=True, text=True
+    )
+    assert out.returncode == 1 and out.stderr.strip() == "error: give the clips to transcribe (WAV or FLAC)"
 
     root = Path(__file__).resolve().parents[1]
     at = AppTest.from_file(str(root / "pages" / "train.py"), default_timeout=60).run()

@@ -252,12 +252,10 @@ def _instruction_columns(path: Path) -> bool:
 
 def _translation_columns(path: Path) -> bool:
     """Whether a table's columns are a source and a target (by name or by language)."""
-    from core.data import text, translation
+    from core.data import instructions, text, translation
 
-    return (
-        translation.find_columns([str(c) for c in text.read_table(path, GUESS_ROWS, fields=1).columns])
-        is not None
-    )
+    columns = text.read_table(path, GUESS_ROWS, fields=1, nested=instructions.MESSAGES_NAMES).columns
+    return translation.find_columns([str(c) for c in columns]) is not None
 
 
 def _ingest_translation(
