@@ -5,7 +5,7 @@ a throwaway ASCENT_HOME, measures the base Whisper tiny.en on the run's held-bac
 trains the sample's quick start (as the Home page does) and prints the word and character error
 rates after each epoch, the time, and the base and trained transcripts of the fixed clips.
 
-    python bench/speech.py [--epochs 3]
+    python bench/speech.py [--epochs 3] [--finetune lora]
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=None, help="instead of the quick start's")
+    parser.add_argument(
+        "--finetune", choices=("full", "lora"), default=None, help="instead of the quick start's"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ASCENT_HOME"] = tmp
@@ -40,6 +43,8 @@ def main() -> None:
         quick = dict(SAMPLES["orbly-speech"].quick_start)
         if args.epochs:
             quick["epochs"] = args.epochs
+        if args.finetune:
+            quick["finetune"] = args.finetune
         run = jobs.submit(jobs.config_for(dataset.id, **quick))
         cfg = RunConfig.model_validate(jobs.get_run(run.id).config)
         base = evaluate(get_task(cfg.task).prepare(dataset, cfg, "cpu"))
@@ -54,7 +59,8 @@ def main() -> None:
         ]
         done = jobs.get_run(run.id)
     print(
-        f"Orbly spoken: {dataset.n_items} clips, {cfg.epochs} epochs, lr {cfg.lr:g}, batch {cfg.batch_size}"
+        f"Orbly spoken: {dataset.n_items} clips, {cfg.epochs} epochs, {cfg.finetune} fine-tuning, "
+        f"lr {cfg.lr:g}, batch {cfg.batch_size}"
     )
     print("| after | validation WER | validation CER |")
     print("|---|---|---|")

@@ -321,12 +321,11 @@ def _decoder_graph(
     """The arguments of _export_graph for an encoder-decoder's decoding step
     (core.models.seq2seq.DecoderStep): inputs, outputs and dynamic axes named as
     core.runtime.decode_tokens feeds them, and the source's mask last when `masked`."""
+    from core.models.seq2seq import shape_of
     from core.runtime import cache_names
 
-    layers = int(config.decoder_layers)
-    heads = int(config.decoder_attention_heads)
-    dim = int(config.d_model) // heads
-    positions = int(getattr(config, "max_target_positions", 0) or config.max_position_embeddings)
+    shape = shape_of(config)
+    layers, heads, dim, positions = shape["layers"], shape["heads"], shape["dim"], shape["positions"]
     names = cache_names(layers)
     past, cross = names[: 2 * layers], names[2 * layers :]
     present = [n.replace("past.", "present.") for n in past]
@@ -350,8 +349,10 @@ def _decoder_graph(
 
 
 def _cache_shape(config: Any) -> dict[str, int]:
-    heads = int(config.decoder_attention_heads)
-    return {"layers": int(config.decoder_layers), "heads": heads, "dim": int(config.d_model) // heads}
+    from core.models.seq2seq import shape_of
+
+    shape = shape_of(config)
+    return {"layers": shape["layers"], "heads": shape["heads"], "dim": shape["dim"]}
 
 
 def transcriber_settings(model: Any) -> dict[str, Any]:
@@ -374,8 +375,10 @@ def transcriber_settings(model: Any) -> dict[str, Any]:
 
 
 def translator_settings(config: Any) -> dict[str, Any]:
-    """A Marian export's `ascent.translation`: what core.runtime decodes it with."""
-    positions = int(config.max_position_embeddings)
+    """A Marian or T5 export's `ascent.translation`: what core.runtime decodes it with."""
+    from core.models.seq2seq import shape_of
+
+    positions = shape_of(config)["positions"]
     return {
         "decoder": "decoder.onnx",
         "prompt": [int(config.decoder_start_token_id)],
@@ -430,18 +433,19 @@ def export_transcriber(
 def export_translator(
     model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any], opset: int = 18
 ) -> None:
-    """Write a Marian model as two graphs: `path` (model.onnx) from the source's token ids and
-    mask to each decoder layer's cross-attention keys and values
-    (core.models.translation.MarianEncode), and decoder.onnx beside it, one decoding step with
-    a self-attention cache and the source's mask (core.models.translation.marian_step);
+    """Write a Marian or T5 model as two graphs: `path` (model.onnx) from the source's token ids
+    and mask to each decoder layer's cross-attention keys and values
+    (core.models.translation.encoder_of), and decoder.onnx beside it, one decoding step with
+    a self-attention cache and the source's mask (core.models.translation.step_of);
     `tokenizer.json` beside them and `ascent.translation` (start, end and suppressed tokens,
     cache shape, lengths) in both files' metadata. Batch, source length, new tokens and cached
     tokens are dynamic axes."""
-    from core.models.translation import MarianEncode, marian_step
+    from core.models.seq2seq import shape_of
+    from core.models.translation import encoder_of, step_of
     from core.runtime import cache_names
 
     config = model.config
-    positions = int(config.max_position_embeddings)
+    positions = shape_of(config)["positions"]
     settings = translator_settings(config)
     metadata = {
         **metadata,
@@ -450,9 +454,9 @@ def export_translator(
     }
     batch = torch.export.Dim("batch", min=1, max=1 << 12)
     source = torch.export.Dim("source", min=1, max=positions)
-    layers = int(config.decoder_layers)
+    layers = shape_of(config)["layers"]
     encoder = (
-        MarianEncode(model),
+        encoder_of(model),
         (torch.randint(3, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)),
         ["input_ids", "attention_mask"],
         cache_names(layers)[2 * layers :],
@@ -460,7 +464,7 @@ def export_translator(
     )
     graphs = [
         (*encoder, path),
-        (*_decoder_graph(marian_step(model), config, 7, batch, masked=True), path.with_name("decoder.onnx")),
+        (*_decoder_graph(step_of(model), config, 7, batch, masked=True), path.with_name("decoder.onnx")),
     ]
     for module, example, inputs, outputs, dynamic, dest in graphs:
         _export_graph(module, example, inputs, outputs, dynamic, dest, metadata, dest.stem, opset)

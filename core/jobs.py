@@ -56,13 +56,26 @@ def submit(cfg: RunConfig, *, actor: Actor = LOCAL) -> RunInfo:
             "hf-marian needs the Marian model to fine-tune: a folder or a hub id such as "
             "Helsinki-NLP/opus-mt-en-es (--weights on the command line)"
         )
+    if cfg.model == "hf-t5" and cfg.weights in WEIGHT_WORDS:
+        raise ConfigError(
+            "hf-t5 needs the T5 model to fine-tune: a folder or a hub id such as t5-small "
+            "(--weights on the command line)"
+        )
     if cfg.model == "marian-small" and cfg.weights not in WEIGHT_WORDS:
-        raise ConfigError("marian-small trains from scratch; for pretrained weights use --model hf-marian")
-    if cfg.task in ("speech-recognition", "translation") and cfg.finetune == "lora":
-        raise ConfigError(f"{cfg.task} fine-tunes the whole model for now; use --finetune full")
+        raise ConfigError(
+            "marian-small trains from scratch; for pretrained weights use --model hf-marian or hf-t5"
+        )
+    if cfg.model == "marian-small" and cfg.finetune == "lora":
+        raise ConfigError(
+            "LoRA adapts pretrained weights and marian-small starts from scratch; use --finetune full"
+        )
     if cfg.init_from_run is not None:
         _check_seed_run(cfg.init_from_run)
     cfg = _checked_weights(cfg, actor)
+    if cfg.model in ("hf-marian", "hf-t5"):
+        from core.models.translation import check_family
+
+        check_family(cfg.weights, cfg.model.removeprefix("hf-"))
     if cfg.weights.startswith("hub:") and not _hub_id(cfg.weights.removeprefix("hub:")):
         raise ConfigError(f"'{cfg.weights}' names no Hugging Face repo; give hub:ORG/NAME")
     if cfg.task in DENSE and cfg.weights not in WEIGHT_WORDS and not cfg.weights.startswith("hub:"):
@@ -100,7 +113,8 @@ def _checked_weights(cfg: RunConfig, actor: Actor) -> RunConfig:
     read from a server folder of the same name."""
     if cfg.weights in WEIGHT_WORDS or can(actor, Action.SERVER_FILES):
         return cfg
-    if cfg.task in ("text-classification", "text-generation", *DENSE):  # these load from the hub
+    if cfg.task in ("text-classification", "text-generation", "speech-recognition", "translation", *DENSE):
+        # these load from the hub
         hub = cfg.weights.removeprefix("hub:")
         if _hub_id(hub):
             return cfg.model_copy(update={"weights": f"hub:{hub}"})
@@ -166,7 +180,11 @@ def config_for(dataset_id: int, **overrides: object) -> RunConfig:
         if choice.key == "image_size" and "image_size" not in values:
             values["fit_image_size"] = True
         values.setdefault(choice.key, choice.value)
-    for key, value in get_model(model, dataset.task).defaults.items():
+    defaults = dict(get_model(model, dataset.task).defaults)
+    lora_lr = defaults.pop("lora_lr", None)  # adapters learn at a higher rate than whole models
+    if lora_lr is not None and values.get("finetune", defaults.get("finetune")) == "lora":
+        values.setdefault("lr", lora_lr)
+    for key, value in defaults.items():
         values.setdefault(key, value)
     if no_budget:
         values["budget_s"] = None

@@ -115,9 +115,9 @@ def _write_base(source: str, task: str, path: Path) -> None:
         return
     if task == "translation":
         from core.export import export_translator
-        from core.models.translation import load_marian
+        from core.models.translation import load_pretrained
 
-        marian = load_marian(source)
+        marian = load_pretrained(source)
         inputs = [{"name": "input_ids"}, {"name": "attention_mask"}]
         with torch.no_grad():
             export_translator(

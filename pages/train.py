@@ -13,6 +13,54 @@ from core.plan import parse_budget
 from pages.studio.edge import guarded
 from pages.studio.session import page_actor
 
+# The models that need a pretrained model named (--weights) and how the page asks for one.
+WEIGHTS_ASKED = {
+    "hf-transformer": ("Hugging Face model", "the Hugging Face model", "distilbert-base-uncased"),
+    "hf-causal-lm": ("Chat model", "the chat model", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    "hf-whisper": ("Whisper model", "the Whisper model", "openai/whisper-base.en"),
+    "hf-marian": ("Marian model", "the Marian model", "Helsinki-NLP/opus-mt-en-es"),
+    "hf-t5": ("T5 model", "the T5 model", "t5-small"),
+}
+# Encoder-decoder models fine-tuned whole by default, or with LoRA adapters when chosen.
+ADAPTABLE = ("whisper-tiny-en", "hf-whisper", "hf-marian", "hf-t5")
+
+
+def lora_options(options: dict[str, object]) -> None:
+    """The LoRA settings of a run that trains adapters (inside the form)."""
+    c7, c8, c9 = st.columns(3)
+    options["lora_rank"] = c7.number_input(
+        "LoRA rank", 1, 512, 16, help="Larger adapters learn more and cost more memory."
+    )
+    options["lora_targets"] = c8.text_input(
+        "Layers with adapters",
+        value="all-linear",
+        help="all-linear, or layer names separated by commas, such as q_proj,v_proj.",
+    )
+    options["lora_alpha"] = c9.number_input(
+        "LoRA alpha",
+        1,
+        4096,
+        value=None,
+        placeholder="twice the rank",
+        help="The adapters' scale is alpha / rank.",
+    )
+    options["lora_dropout"] = c7.number_input("LoRA dropout", 0.0, 0.9, 0.05)
+
+
+def weights_input(label: str, example: str) -> str | None:
+    return (
+        st.text_input(
+            label,
+            placeholder=(
+                f"a local folder, or a hub id such as {example}"
+                if can(actor, Action.SERVER_FILES)
+                else f"a hub id such as {example}"
+            ),
+        )
+        or None
+    )
+
+
 actor = page_actor()
 st.title("Train")
 
@@ -34,6 +82,21 @@ with st.container(border=True):
     fitted = {c.key: c for c in jobs.fitted(ds, spec.name)}
     # What the run uses unless changed below: fitted to the data and device, else the model's.
     d = {**get_model(spec.name, ds.task).defaults, **{k: c.value for k, c in fitted.items()}}
+    finetune = None
+    if spec.name in ADAPTABLE:
+        chosen = st.radio(
+            "Fine-tuning",
+            ["every weight", "LoRA adapters"],
+            horizontal=True,
+            help=(
+                "Every weight: the whole model learns (best on a small model such as Whisper tiny). "
+                "LoRA: small low-rank adapters beside the frozen model learn, at a higher rate; the "
+                "export folds them into the weights."
+            ),
+        )
+        finetune = "lora" if chosen == "LoRA adapters" else "full"
+        if finetune == "lora":
+            d["lr"] = d.get("lora_lr", d.get("lr"))
     if fitted:
         st.markdown(
             f"**Fitted to your data and this device** ({summary.md(describe_device())}), unless you change them below:\n"
@@ -222,20 +285,8 @@ with st.container(border=True):
                     value=bool(fitted["head_first"].value),
                     help="Fit the new head on the frozen transformer's pooled features first, then fine-tune all of it.",
                 )
-            if spec.name == "hf-transformer":
-                options["weights"] = (
-                    st.text_input(
-                        "Hugging Face model",
-                        placeholder=(
-                            "a local folder, or a hub id such as distilbert-base-uncased"
-                            if can(actor, Action.SERVER_FILES)
-                            else "a hub id such as distilbert-base-uncased"
-                        ),
-                    )
-                    or None
-                )
         if ds.task == "text-generation":
-            c7, c8, c9 = st.columns(3)
+            c7, c8 = st.columns(2)
             full = c7.selectbox(
                 "Fine-tuning",
                 ["LoRA adapters", "every weight"],
@@ -245,16 +296,8 @@ with st.container(border=True):
                 ),
             )
             options["finetune"] = "full" if full == "every weight" else "lora"
-            options["lora_rank"] = c8.number_input(
-                "LoRA rank", 1, 512, 16, help="Larger adapters learn more and cost more memory."
-            )
-            options["lora_targets"] = c9.text_input(
-                "Layers with adapters",
-                value="all-linear",
-                help="all-linear, or layer names separated by commas, such as q_proj,v_proj.",
-            )
             longest = ds.schema.get("max_tokens")
-            options["max_length"] = c7.number_input(
+            options["max_length"] = c8.number_input(
                 "Context (tokens)",
                 8,
                 4096,
@@ -262,27 +305,14 @@ with st.container(border=True):
                 placeholder=f"longest: {longest}" if longest else "from the data",
                 help="Examples longer than this are left out. Empty: the longest example, at most 512.",
             )
-            options["lora_alpha"] = c8.number_input(
-                "LoRA alpha",
-                1,
-                4096,
-                value=None,
-                placeholder="twice the rank",
-                help="The adapters' scale is alpha / rank.",
-            )
-            options["lora_dropout"] = c9.number_input("LoRA dropout", 0.0, 0.9, 0.05)
-            if spec.name == "hf-causal-lm":
-                options["weights"] = (
-                    st.text_input(
-                        "Chat model",
-                        placeholder=(
-                            "a local folder, or a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct"
-                            if can(actor, Action.SERVER_FILES)
-                            else "a hub id such as HuggingFaceTB/SmolLM2-360M-Instruct"
-                        ),
-                    )
-                    or None
-                )
+            lora_options(options)
+        if finetune is not None:
+            options["finetune"] = finetune
+            if finetune == "lora":
+                lora_options(options)
+        if spec.name in WEIGHTS_ASKED:
+            label, _, example = WEIGHTS_ASKED[spec.name]
+            options["weights"] = weights_input(label, example)
         name = st.text_input("Run name (optional)")
         launch = st.form_submit_button(
             "Launch", type="primary", icon=":material/play_arrow:", disabled=not can(actor, Action.TRAIN)
@@ -293,12 +323,9 @@ with st.container(border=True):
                 options["budget_s"] = parse_budget(str(options.pop("budget_text")))
             if "image_size" in fitted and options.get("image_size") == fitted["image_size"].value:
                 options["image_size"] = None  # left as fitted: a time budget may lower it
-            if spec.name == "hf-transformer" and not options.get("weights"):
-                raise ConfigError("give the Hugging Face model to fine-tune, e.g. distilbert-base-uncased")
-            if spec.name == "hf-causal-lm" and not options.get("weights"):
-                raise ConfigError(
-                    "give the chat model to fine-tune, e.g. HuggingFaceTB/SmolLM2-360M-Instruct"
-                )
+            if spec.name in WEIGHTS_ASKED and not options.get("weights"):
+                _, noun, example = WEIGHTS_ASKED[spec.name]
+                raise ConfigError(f"give {noun} to fine-tune, e.g. {example}")
             cfg = jobs.config_for(
                 ds.id,
                 model=spec.name,

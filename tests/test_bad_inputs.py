@@ -114,6 +114,9 @@ def _files(d: Path) -> dict[str, Path]:
     f["structs.parquet"] = d / "structs.parquet"
     f["corrupt.parquet"] = _text(d / "corrupt.parquet", b"PAR1 this is not parquet")
     f["wine.csv"] = _text(d / "wine.csv", _wine_rows())
+    f["marian-folder"] = d / "marian-folder"  # a config.json is all the check before a run reads
+    f["marian-folder"].mkdir()
+    _text(f["marian-folder"] / "config.json", '{"model_type": "marian"}')
     f["no-target-values.csv"] = _text(d / "no-target-values.csv", "a,b,target\n1,2,\n3,4,\n")
     f["one-class.csv"] = _text(d / "one-class.csv", "a,b,target\n1,2,x\n3,4,x\n5,1,x\n")
     f["constant.csv"] = _text(d / "constant.csv", "a,b,target\n1,7,0\n1,7,1\n1,7,0\n")
@@ -409,8 +412,15 @@ CASES: dict[str, Case] = {
         ["datasets", "add", "{pairs-unnamed.csv}", "--source-column", "a"], "name both columns"
     ),
     "three pairs": Case(["datasets", "add", "{pairs-few.csv}"], "translation needs at least 4"),
-    "translation with LoRA": Case(
-        ["train", "--dataset", "{ds:pairs}", "--finetune", "lora"], "fine-tunes the whole model for now"
+    "LoRA on a model from scratch": Case(
+        ["train", "--dataset", "{ds:pairs}", "--finetune", "lora"], "marian-small starts from scratch"
+    ),
+    "hf-t5 without weights": Case(
+        ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5"], "hf-t5 needs the T5 model"
+    ),
+    "a Marian folder for hf-t5": Case(
+        ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5", "--weights", "{marian-folder}"],
+        "is a marian model; train it with --model hf-marian",
     ),
     "hf-marian without weights": Case(
         ["train", "--dataset", "{ds:pairs}", "--model", "hf-marian"], "hf-marian needs the Marian model"
@@ -433,9 +443,6 @@ CASES: dict[str, Case] = {
     "beams for a table model": Case(
         ["predict", "--run", "{run:table}", "--beams", "2", "{wine.csv}"],
         "--beams is for speech recognition and translation",
-    ),
-    "speech with LoRA": Case(
-        ["train", "--dataset", "{ds:speech}", "--finetune", "lora"], "fine-tunes the whole model for now"
     ),
     "hf-whisper without weights": Case(
         ["train", "--dataset", "{ds:speech}", "--model", "hf-whisper"], "hf-whisper needs the Whisper model"

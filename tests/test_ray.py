@@ -67,6 +67,9 @@ def ray_worker(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
     monkeypatch.setenv("RAY_TMPDIR", ray_dir)
     monkeypatch.setenv("HOME", str(home.parent))  # Ray writes ~/.ray
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # A lost run here is found by Ray (its task's worker crashed), not by a late heartbeat: the
+    # tests' 3-s limit marked a healthy run lost in CI while the other test process trained.
+    monkeypatch.setenv("ASCENT_LOST_AFTER_S", "60")
     proc = subprocess.Popen(
         [sys.executable, "-m", "core", "worker", "--poll", "0.2"],
         cwd=ROOT,

@@ -333,3 +333,67 @@ def test_whisper_exports_as_two_graphs_that_transcribe_as_pytorch_does(home: Pat
     (path.parent / "decoder.onnx").unlink()
     with pytest.raises(RuntimeInputError, match="decoder.onnx is missing beside model.onnx"):
         Transcriber(path)
+
+
+def test_whisper_lora_trains_adapters_alone_and_folds_them_in(home: Path, tmp_path: Path) -> None:
+    """--finetune lora: adapters on Whisper's attention and feed-forward layers learn at the
+    LoRA rate (1e-3) while its own weights stay as they were; the checkpoint holds the adapters
+    alone and resumes into a fresh model; folded in (what the export writes), the plain Whisper
+    transcribes the held-back clips exactly as the adapted one did."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from safetensors.torch import load_file
+
+    from core.models.speech import load_whisper, whisper_folder
+    from core.tasks import get_task
+    from core.tasks.speech import SpeechLoss
+    from core.train import BEST, train
+
+    speech = read_speech()[:6]
+    ds = ingest_file(audiofolder_zip(tmp_path / "af.zip", [(c.name, c, t) for c, t in speech]))
+    cfg = jobs.config_for(ds.id, epochs=1, batch_size=4, finetune="lora", lora_rank=4)
+    assert cfg.lr == 1e-3 and jobs.config_for(ds.id).lr == 3e-5  # LoRA's rate; the whole model's
+    data = get_task(cfg.task).prepare(ds, cfg, "cpu")
+    module = data.model
+    assert isinstance(module, SpeechLoss) and module.adapters_only
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    assert {n.split(".")[-4] for n in trained} == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+
+    runs = tmp_path / "run"
+    train(cfg, data, device="cpu", run_dir=runs)
+    saved = load_file(str(runs / BEST))
+    assert set(saved) == trained  # the adapters alone
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in saved.items())  # they learnt
+    base = load_whisper(str(whisper_folder())).module.state_dict()
+    for name, tensor in module.model.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(tensor, base[name.replace(".base_layer", "")]), name
+
+    again = get_task(cfg.task).prepare(ds, cfg, "cpu").model
+    again.load_state_dict(saved)
+    (waves, _inputs, _labels), _ = next(iter(data.val))
+    module.eval()
+    again.eval()
+    adapted = module.transcribe(waves)
+    assert torch.equal(again.transcribe(waves), adapted)
+    folded = module.merged()
+    assert not module.adapters_only and not any(isinstance(m, LoraLayer) for m in folded.modules())
+    assert set(folded.state_dict()) == set(base)
+    assert torch.equal(module.transcribe(waves), adapted)
+
+    # The Train page: choosing LoRA shows its settings and LoRA's rate, and queues such a run.
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "pages" / "train.py"), default_timeout=60).run()
+    lr = next(w for w in at.number_input if w.label == "Learning rate")
+    assert lr.value == pytest.approx(3e-5) and not [w for w in at.number_input if w.label == "LoRA rank"]
+    next(r for r in at.radio if r.label == "Fine-tuning").set_value("LoRA adapters").run()
+    assert next(w for w in at.number_input if w.label == "Learning rate").value == pytest.approx(1e-3)
+    next(w for w in at.number_input if w.label == "LoRA rank").set_value(8)
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert not at.exception and not at.error
+    (queued,) = jobs.list_runs()
+    assert (queued.config["finetune"], queued.config["lora_rank"], queued.config["lr"]) == ("lora", 8, 1e-3)

@@ -172,6 +172,106 @@ def test_marian_graphs_compute_what_transformers_computes() -> None:
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
 
 
+def pairs_csv(path: Path) -> Path:
+    pd.DataFrame({"source": [s for s, _ in PAIRS], "target": [t for _, t in PAIRS]}).to_csv(path, index=False)
+    return path
+
+
+def tiny_t5(tok, gated: bool):  # type: ignore[no-untyped-def]
+    """A small T5 with the given tokenizer (pad 0, end 1, unk 2: T5's own ids); its inner
+    width (heads × d_kv) differs from its model width, as flan-t5's does."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=len(tok),
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=3,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=not gated,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["t5", "flan-t5"])
+def test_t5_graphs_compute_what_transformers_computes(gated: bool) -> None:
+    """T5Encode and T5Step (relative position biases from the cache's length) against
+    T5ForConditionalGeneration's forward pass, over a padded batch and a cache filled in two
+    steps, past the exact buckets into the logarithmic ones."""
+    import torch
+
+    from core.models.translation import T5Encode, T5Step, train_tokenizer
+
+    tok = train_tokenizer([s for pair in PAIRS for s in pair] * 3)
+    model = tiny_t5(tok, gated)
+    src = tok([PAIRS[3][0], PAIRS[0][0]], padding=True, return_tensors="pt")
+    assert int(src.attention_mask.sum()) < src.attention_mask.numel()  # padded
+    dec = torch.tensor([[0, *range(5, 16)], [0, *range(20, 31)]])
+    with torch.no_grad():
+        expected = model(
+            input_ids=src.input_ids, attention_mask=src.attention_mask, decoder_input_ids=dec
+        ).logits
+        cross = T5Encode(model)(src.input_ids, src.attention_mask)
+        step = T5Step(model)
+        past = [torch.zeros(2, 3, 0, 16)] * 4
+        first = step(dec[:, :5], *past, *cross, src.attention_mask)
+        second = step(dec[:, 5:6], *first[1:], *cross, src.attention_mask)
+        third = step(dec[:, 6:], *second[1:], *cross, src.attention_mask)
+    got = torch.cat([first[0], second[0], third[0]], dim=1)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_a_pretrained_t5_fine_tunes_exports_and_translates_as_pytorch_does(
+    home: Path, tmp_path: Path
+) -> None:
+    """hf-t5 from a local folder (saved as t5-small is): trained, exported as two graphs whose
+    ONNX Runtime translations are PyTorch's, predicted from the command line; a Marian folder
+    given to hf-t5 and hf-t5 without weights are refused in one line."""
+    from core.models.translation import small_marian, train_tokenizer
+    from tests.conftest import train_here
+
+    ds = ingest_file(pairs_csv(tmp_path / "p.csv"))
+    tok = train_tokenizer([s for pair in PAIRS for s in pair] * 3)
+    folder = tmp_path / "t5-tiny"
+    tiny_t5(tok, gated=True).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    marian = tmp_path / "marian"
+    small_marian(tok, 0.0).save_pretrained(marian)
+    tok.save_pretrained(marian)
+    with pytest.raises(ConfigError, match="hf-t5 needs the T5 model"):
+        jobs.submit(jobs.config_for(ds.id, model="hf-t5"))
+
+    cfg = jobs.config_for(ds.id, model="hf-t5", weights=str(folder), epochs=1)
+    assert cfg.lr == 3e-4 and cfg.finetune == "full"
+    run = jobs.submit(cfg)
+    train_here(run.id)
+    done = jobs.get_run(run.id)
+    assert done.status == "succeeded", done.error
+    assert done.metrics["export_translation_agreement"] == 1.0 and done.metrics["export_max_abs_diff"] < 1e-4
+    out = subprocess.run(
+        [sys.executable, "-m", "core", "predict", "--run", str(run.id), "--text", PAIRS[0][0], "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    (found,) = json.loads(out.stdout)["translations"]
+    assert found["source"] == PAIRS[0][0] and found["tokens"]
+
+    runs = len(jobs.list_runs())
+    with pytest.raises(ConfigError, match="is a marian model; train it with --model hf-marian"):
+        jobs.submit(jobs.config_for(ds.id, model="hf-t5", weights=str(marian), epochs=1))
+    assert len(jobs.list_runs()) == runs
+
+
 needs_apertium = pytest.mark.skipif(
     shutil.which("apertium") is None, reason="needs Debian's apertium-eng-spa (.ci/run installs it)"
 )
@@ -292,16 +392,40 @@ def test_marian_learns_apertium_spanish_and_translates_from_onnx(home: Path, tmp
     assert not at.exception and "translations alike" in at.dataframe[-1].value.columns
 
 
-def test_lora_and_weights_are_refused_for_translation_models(home: Path, tmp_path: Path) -> None:
-    csv_path = tmp_path / "p.csv"
-    pd.DataFrame({"source": [s for s, _ in PAIRS], "target": [t for _, t in PAIRS]}).to_csv(
-        csv_path, index=False
-    )
-    ds = ingest_file(csv_path)
-    with pytest.raises(ConfigError, match="fine-tunes the whole model for now"):
+def test_a_pretrained_marian_fine_tunes_with_lora_and_exports_folded(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hf-marian from a local folder (a small Marian saved as opus-mt models are) with LoRA:
+    the adapters alone train and are checkpointed, the export folds them in and translates as
+    PyTorch does. LoRA on marian-small (from scratch) and hf-marian without weights are refused."""
+    from safetensors.torch import load_file
+
+    from core.models.translation import small_marian, train_tokenizer
+    from core.train import BEST
+    from tests.conftest import train_here
+
+    ds = ingest_file(pairs_csv(tmp_path / "p.csv"))
+    with pytest.raises(ConfigError, match="marian-small starts from scratch"):
         jobs.submit(jobs.config_for(ds.id, finetune="lora"))
     with pytest.raises(ConfigError, match="hf-marian needs the Marian model"):
         jobs.submit(jobs.config_for(ds.id, model="hf-marian"))
+
+    folder = tmp_path / "opus-mt-tiny"
+    tok = train_tokenizer([s for pair in PAIRS for s in pair] * 3)
+    small_marian(tok, 0.0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = jobs.config_for(
+        ds.id, model="hf-marian", weights=str(folder), finetune="lora", epochs=2, lora_rank=4
+    )
+    assert cfg.lr == 5e-4 and cfg.lora_targets == "all-linear"
+    run = jobs.submit(cfg)
+    train_here(run.id)
+    done = jobs.get_run(run.id)
+    assert done.status == "succeeded", done.error
+    assert done.metrics["export_translation_agreement"] == 1.0, done.metrics
+    saved = load_file(str(jobs.run_dir(run.id) / BEST))
+    assert saved and all("lora_" in k for k in saved)  # the adapters alone
+    assert "LoRA of rank 4 on q_proj, k_proj, v_proj, out_proj, fc1, fc2" in capsys.readouterr().out
 
 
 def test_word_differences_mark_what_was_added_and_strike_what_was_dropped() -> None:

@@ -124,9 +124,31 @@ class DecoderStep(nn.Module):
         return (logits + self.bias if self.bias is not None else logits, *grown)
 
 
+def shape_of(config: Any) -> dict[str, int]:
+    """An encoder-decoder's decoder shape: layers, heads, head size (the cache's) and the
+    positions it takes (T5's relative positions have no hard limit: its n_positions)."""
+    if getattr(config, "model_type", "") == "t5":
+        layers = int(getattr(config, "num_decoder_layers", None) or config.num_layers)
+        positions = int(getattr(config, "n_positions", 0) or 512)
+        return {
+            "layers": layers,
+            "heads": int(config.num_heads),
+            "dim": int(config.d_kv),
+            "positions": positions,
+        }
+    heads = int(config.decoder_attention_heads)
+    positions = int(getattr(config, "max_target_positions", 0) or config.max_position_embeddings)
+    return {
+        "layers": int(config.decoder_layers),
+        "heads": heads,
+        "dim": int(config.d_model) // heads,
+        "positions": positions,
+    }
+
+
 @torch.no_grad()
 def greedy(
-    step: DecoderStep,
+    step: nn.Module,
     cross: tuple[torch.Tensor, ...],
     prompt: list[int],
     end: int,
@@ -173,3 +195,69 @@ class TorchGraph:
         with torch.inference_mode():
             out = self.module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.names))
         return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+# The linear layers of a BART-family encoder-decoder that LoRA adapts by default ("all-linear"):
+# attention projections and feed-forward layers; the output layer is the tied embedding.
+# T5's are q, k, v, o and wi (or gated wi_0, wi_1), wo; its output layer is lm_head.
+ADAPTED = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "fc1",
+    "fc2",
+    "q",
+    "k",
+    "v",
+    "o",
+    "wi",
+    "wi_0",
+    "wi_1",
+    "wo",
+)
+
+
+def add_adapters(model: nn.Module, rank: int, alpha: int | None, dropout: float, targets: str) -> None:
+    """LoRA adapters (peft) on the model's linear layers named by `targets` ("all-linear":
+    ADAPTED), in place, so the modules the export writes call them unchanged; every other weight
+    is frozen. An unknown layer name is refused with the names there are."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from core.errors import ConfigError
+
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    names = (
+        [n for n in ADAPTED if n in linear]
+        if targets == "all-linear"
+        else [t.strip() for t in targets.split(",")]
+    )
+    unknown = [n for n in names if n not in linear]
+    if unknown:
+        raise ConfigError(
+            f"no layer of the model is named {', '.join(unknown)}; its linear layers are: {', '.join(linear)}"
+        )
+    config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout, target_modules=names)
+    inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    print(
+        f"LoRA of rank {rank} on {', '.join(names)}: "
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} of "
+        f"{sum(p.numel() for p in model.parameters()):,} weights train",
+        flush=True,
+    )
+
+
+def merge_adapters(model: nn.Module) -> bool:
+    """Fold LoRA adapters into their base layers and put the plain layers back, in place (what
+    is exported and certified is then the model's own architecture); False when it had none."""
+    from peft.tuners.lora import LoraLayer
+
+    adapted = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    for name, layer in adapted:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer.get_base_layer())
+    return bool(adapted)

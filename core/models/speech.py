@@ -341,7 +341,8 @@ def whisper_prompt(model: Any) -> list[int]:
 
 
 SPEECH = ("speech-recognition",)
-# Fine-tuning the whole of Whisper tiny on a small set: a gentle rate, no early stop.
+# Fine-tuning the whole of Whisper tiny on a small set: a gentle rate, no early stop (LoRA's
+# adapters, starting from zero, learn at a higher one).
 SPEECH_DEFAULTS = {
     "lr": 3e-5,
     "batch_size": 8,
@@ -350,13 +351,14 @@ SPEECH_DEFAULTS = {
     "warmup_fraction": 0.1,
     "patience": 0,
     "finetune": "full",
+    "lora_lr": 1e-3,  # with --finetune lora
 }
 
 
 @register_model(
     tasks=SPEECH,
     name="whisper-tiny-en",
-    description="Whisper tiny.en (39M, English, shipped offline), fine-tuned whole",
+    description="Whisper tiny.en (39M, English, shipped offline), fine-tuned whole or with LoRA",
     default=True,
     defaults=SPEECH_DEFAULTS,
 )

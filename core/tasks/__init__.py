@@ -215,6 +215,27 @@ class SavedOnce(torch.nn.Module):
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
+class Adaptable(SavedOnce):
+    """A task module around an encoder-decoder `model` that may carry LoRA adapters
+    (core.models.seq2seq.add_adapters): with `adapters_only` its checkpoints hold the adapters
+    alone; `merged` folds them into the model's weights for the export and the certificate."""
+
+    model: Any
+    adapters_only: bool = False
+
+    def _kept(self) -> set[str]:
+        if self.adapters_only:
+            return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        return super()._kept()
+
+    def merged(self) -> Any:
+        from core.models.seq2seq import merge_adapters
+
+        merge_adapters(self.model)
+        self.adapters_only = False
+        return self.model
+
+
 class Probabilities(torch.nn.Module):
     """What every exported classifier computes: softmax over the model's logits, in float32.
 

@@ -25,13 +25,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.config import RunConfig
-from core.errors import ConfigError, DatasetError
+from core.errors import DatasetError
 from core.models import get_model
 from core.tasks import (
+    Adaptable,
     DeviceLoader,
     ExportCheck,
     Reference,
-    SavedOnce,
     TaskData,
     decode_ids,
     read_index,
@@ -105,18 +105,27 @@ class Collate:
         return (waves, inputs, labels), (labels != IGNORE).sum(1).float()
 
 
-class SpeechLoss(SavedOnce):
+class SpeechLoss(Adaptable):
     """(waves, decoder inputs, targets) -> [batch, 2 + max_tokens]: each clip's summed negative
     log-likelihood of its learnt tokens, their count, then (in evaluation) its greedy transcript's
-    token ids, -1 after the end. Its checkpoints keep the tied output layer once."""
+    token ids, -1 after the end. Its checkpoints keep the tied output layer once, or with LoRA
+    (`adapters_only`) the adapters alone."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, prompt: list[int], end: int, suppress: list[int], first: list[int]
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompt: list[int],
+        end: int,
+        suppress: list[int],
+        first: list[int],
+        adapters_only: bool = False,
     ) -> None:
         super().__init__()
         from core.models.speech import WhisperFeatures
 
         self.model = model
+        self.adapters_only = adapters_only
         self.tokenizer = tokenizer  # the transformers tokenizer the transcripts were encoded with
         self.features = WhisperFeatures(int(model.config.num_mel_bins))
         self.prompt, self.end = prompt, end
@@ -164,10 +173,14 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         raise DatasetError(f"dataset {dataset.id} has {len(paths)} clip; a run needs at least 2")
     net = get_model(cfg.model, cfg.task).build(cfg)
     model, tokenizer = net.module, net.processor.tokenizer
-    if cfg.finetune == "lora":
-        raise ConfigError("speech recognition fine-tunes the whole model for now; use --finetune full")
-    for p in model.parameters():
-        p.requires_grad_(True)
+    lora = cfg.finetune == "lora"
+    if lora:
+        from core.models.seq2seq import add_adapters
+
+        add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
     prompt = whisper_prompt(model)
     end = int(model.config.eos_token_id)
     positions = int(model.config.max_target_positions)
@@ -186,6 +199,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         end,
         [int(t) for t in model.config.suppress_tokens or []],
         [int(t) for t in model.config.begin_suppress_tokens or []],
+        adapters_only=lora,
     )
     longest = max(len(sequences[i]) for i in val_rows) - len(prompt)
     module.max_tokens = min(positions - len(prompt), int(longest * 1.5) + 8)
@@ -230,11 +244,11 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         mode="min",
         extra={
             "task": cfg.task,
-            "arch": json.dumps({"source": net.source, "finetune": "full"}),
+            "arch": json.dumps({"source": net.source, "finetune": cfg.finetune}),
             "val_rows": json.dumps(val_rows),
             "normaliser": NORMALISER,
         },
-        param_groups=[{"params": list(module.model.parameters()), "lr_mult": 1.0}],
+        param_groups=[{"params": [p for p in module.model.parameters() if p.requires_grad], "lr_mult": 1.0}],
         samples=samples,
         report=lambda out, y: speech_report(out, references, names, tokenizer),
     )
@@ -283,9 +297,10 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         "clips mixed to mono and resampled to 16 kHz, at most 30 s; decode with decoder.onnx (ascent.speech)",
         output="cross",
     )
-    export_transcriber(module.model, module.tokenizer, path, meta)
+    model = module.merged()
+    export_transcriber(model, module.tokenizer, path, meta)
     transcriber = Transcriber(path)
-    encode = WhisperEncode(module.model).eval()
+    encode = WhisperEncode(model).eval()
     same = total = 0
     largest = 0.0
     for (batch, _inputs, _labels), _ in data.val:
@@ -329,7 +344,7 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     module = data.model
     assert isinstance(module, SpeechLoss)
     module.to("cpu").eval()
-    model = module.model
+    model = module.merged()
     rows = json.loads(data.extra["val_rows"])
     index = read_index(dataset, "clips")
     references = [str(index["transcript"][i]) for i in rows]

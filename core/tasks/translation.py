@@ -3,7 +3,7 @@
 The module the loop trains takes the source's token ids and mask and the decoder's input and
 target tokens (the start token, then the target, then the end); the loss counts the target's
 tokens and the end. In evaluation it also translates each source greedily with the very modules
-the export writes (core.models.translation.MarianEncode and marian_step), so the validation
+the export writes (core.models.translation.encoder_of and step_of), so the validation
 scores are the exported model's, and the export check compares ONNX Runtime's translations
 with those.
 
@@ -28,10 +28,10 @@ from core.config import RunConfig
 from core.errors import ConfigError, DatasetError
 from core.models import get_model
 from core.tasks import (
+    Adaptable,
     DeviceLoader,
     ExportCheck,
     Reference,
-    SavedOnce,
     TaskData,
     decode_ids,
     sequence_loss,
@@ -88,15 +88,18 @@ class Collate:
         return (source, mask, inputs, labels), (labels != IGNORE).sum(1).float()
 
 
-class TranslationLoss(SavedOnce):
+class TranslationLoss(Adaptable):
     """(source ids, source mask, decoder inputs, targets) -> [batch, 2 + max_tokens]: each
     pair's summed negative log-likelihood of its target tokens, their count, then (in
     evaluation) its greedy translation's token ids, -1 after the end. Its checkpoints keep the
-    tied embeddings once."""
+    tied embeddings once, or with LoRA (`adapters_only`) the adapters alone."""
 
-    def __init__(self, model: Any, tokenizer: Any, smoothing: float = 0.0) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, smoothing: float = 0.0, adapters_only: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
+        self.adapters_only = adapters_only
         self.tokenizer = tokenizer
         self.smoothing = smoothing  # label smoothing of the training loss (not of val_loss)
         self.start = int(model.config.decoder_start_token_id)
@@ -124,10 +127,10 @@ class TranslationLoss(SavedOnce):
     def translate(self, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Greedy token ids [batch, max_tokens] (-1 after the end) from the export's modules."""
         from core.models.seq2seq import greedy
-        from core.models.translation import MarianEncode, marian_step
+        from core.models.translation import encoder_of, step_of
 
-        cross = MarianEncode(self.model)(source, mask)
-        step = marian_step(self.model)
+        cross = encoder_of(self.model)(source, mask)
+        step = step_of(self.model)
         return greedy(step, cross, [self.start], self.end, self.max_tokens, self.suppress, extra=(mask,))
 
 
@@ -154,8 +157,6 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     from core.data.translation import load
 
     torch.manual_seed(cfg.seed)
-    if cfg.finetune == "lora":
-        raise ConfigError("translation trains the whole model for now; use --finetune full")
     sources, targets = load(Path(dataset.path))
     if len(sources) < 4:
         raise DatasetError(f"dataset {dataset.id} has {len(sources)} pairs; a run needs at least 4")
@@ -165,13 +166,26 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
     train_rows, val_rows = [int(i) for i in train_idx], [int(i) for i in val_idx]
     net = build(cfg, [sources[i] for i in train_rows] + [targets[i] for i in train_rows], run_dir)
     model, tokenizer = net.module, net.tokenizer
-    positions = int(model.config.max_position_embeddings)
+    lora = cfg.finetune == "lora"
+    if lora:
+        from core.models.seq2seq import add_adapters
+
+        if net.source == "scratch":
+            raise ConfigError(
+                "LoRA adapts pretrained weights and marian-small starts from scratch; use --finetune full"
+            )
+        add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    from core.models.seq2seq import shape_of
+
+    positions = shape_of(model.config)["positions"]
     limit = cfg.max_length or positions
     if limit > positions:
         raise ConfigError(f"--max-length {limit} is over the model's {positions} positions")
     src_ids = [_cut(list(x), limit) for x in tokenizer(sources)["input_ids"]]
     tgt_ids = [_cut(list(x), limit) for x in tokenizer(text_target=targets)["input_ids"]]
-    module = TranslationLoss(model, tokenizer, smoothing=0.1 if net.source == "scratch" else 0.0)
+    module = TranslationLoss(
+        model, tokenizer, smoothing=0.1 if net.source == "scratch" else 0.0, adapters_only=lora
+    )
     longest = max(len(tgt_ids[i]) for i in val_rows)
     module.max_tokens = min(positions, int(longest * 1.5) + 8)
     collate = Collate(int(model.config.pad_token_id), module.start)
@@ -222,7 +236,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         mode="max",
         extra={
             "task": cfg.task,
-            "arch": json.dumps({"source": net.source, "finetune": "full"}),
+            "arch": json.dumps({"source": net.source, "finetune": cfg.finetune}),
             "val_rows": json.dumps(val_rows),
             "scorer": SCORER,
         },
@@ -270,7 +284,7 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
     validation pairs: the share of sources whose ONNX Runtime translation has exactly PyTorch's
     tokens, and the largest difference of the encoder's outputs."""
     from core.export import export_translator
-    from core.models.translation import MarianEncode
+    from core.models.translation import encoder_of
     from core.runtime import Translator
     from core.tasks import export_metadata
 
@@ -286,9 +300,10 @@ def export(data: TaskData, cfg: RunConfig, dataset: DatasetInfo, path: Path, run
         "(ascent.translation)",
         output="cross",
     )
-    export_translator(module.model, module.tokenizer, path, meta)
+    model = module.merged()
+    export_translator(model, module.tokenizer, path, meta)
     translator = Translator(path)
-    encode = MarianEncode(module.model).eval()
+    encode = encoder_of(model).eval()
     same = total = 0
     largest = 0.0
     for (source, mask, _inputs, _labels), _ in data.val:
@@ -319,18 +334,18 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
     PyTorch's graphs (the export's modules) or a variant's, scored by BLEU."""
     from core.data.translation import load
     from core.export import translator_settings
-    from core.models.seq2seq import TorchGraph
-    from core.models.translation import MarianEncode, marian_step
+    from core.models.seq2seq import TorchGraph, shape_of
+    from core.models.translation import encoder_of, step_of
     from core.runtime import cache_names
     from core.tasks import Seq2SeqCheck
 
     module = data.model
     assert isinstance(module, TranslationLoss)
     module.to("cpu").eval()
-    model = module.model
+    model = module.merged()
     _, targets = load(Path(dataset.path))
     references = [targets[i] for i in json.loads(data.extra["val_rows"])]
-    layers = int(model.config.decoder_layers)
+    layers = shape_of(model.config)["layers"]
     batches: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
     for (source, mask, _inputs, _labels), _ in data.val:
         assert source is not None and mask is not None
@@ -338,8 +353,8 @@ def reference(data: TaskData, cfg: RunConfig, dataset: DatasetInfo) -> Reference
         batches.append(({"input_ids": ids, "attention_mask": allowed}, {"source_mask": allowed}))
     check = Seq2SeqCheck(
         settings=translator_settings(model.config),
-        encoder=TorchGraph(MarianEncode(model), ["input_ids", "attention_mask"]),
-        decoder=TorchGraph(marian_step(model), ["input_ids", *cache_names(layers), "source_mask"]),
+        encoder=TorchGraph(encoder_of(model), ["input_ids", "attention_mask"]),
+        decoder=TorchGraph(step_of(model), ["input_ids", *cache_names(layers), "source_mask"]),
         batches=batches,
         max_tokens=module.max_tokens,
         texts=lambda ids: [module.tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids],
