@@ -397,3 +397,18 @@ def test_whisper_lora_trains_adapters_alone_and_folds_them_in(home: Path, tmp_pa
     assert not at.exception and not at.error
     (queued,) = jobs.list_runs()
     assert (queued.config["finetune"], queued.config["lora_rank"], queued.config["lr"]) == ("lora", 8, 1e-3)
+
+
+def test_the_export_modules_live_where_the_model_does() -> None:
+    """A run on a GPU transcribes after each epoch with a fresh WhisperEncode: its front end's
+    fixed matrices must be on the model's device, not the CPU (seen on an H200; the meta device
+    stands in for it here)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from core.models.speech import WhisperEncode
+
+    config = WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16)  # fmt: skip
+    model = WhisperForConditionalGeneration(config).to("meta")
+    encode = WhisperEncode(model)
+    assert {b.device.type for b in encode.buffers()} == {"meta"}

@@ -313,7 +313,9 @@ class WhisperEncode(nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        self.features = WhisperFeatures(int(model.config.num_mel_bins))
+        # On the model's device: a run transcribes with a fresh one on the GPU after each epoch.
+        where = next(model.parameters()).device
+        self.features = WhisperFeatures(int(model.config.num_mel_bins)).to(where)
         self.encoder = model.model.encoder
         self.layers = model.model.decoder.layers
         self.heads = int(model.config.decoder_attention_heads)
