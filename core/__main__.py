@@ -504,6 +504,40 @@ def cmd_runs_resume(a: argparse.Namespace) -> tuple[Any, str]:
     return _run_document(run.id), f"run {run.id} queued again; it continues {how}"
 
 
+def cmd_runs_diff(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import compare
+
+    found = compare.diff(a.a, a.b, label=a.label, limit=a.limit)
+    if found["kind"] == "regression":
+        head = (
+            f"runs {a.a} and {a.b} on {found['common']} validation rows of dataset {found['dataset']}: "
+            f"mean absolute error {found['mae_a']:.4g} against {found['mae_b']:.4g}; run {a.b} came closer "
+            f"on {found['closer_b']}, run {a.a} on {found['closer_a']}"
+        )
+        rows = [
+            [str(s["item"]), f"{s['true']:.4g}", f"{s['a']:.4g}", f"{s['b']:.4g}", s["closer"]]
+            for s in found["samples"]
+        ]
+        return found, head + "\n" + _table(rows, ["item", "true", f"run {a.a}", f"run {a.b}", "closer"])
+    head = (
+        f"runs {a.a} and {a.b} on {found['common']} validation items of dataset {found['dataset']}: "
+        f"accuracy {found['accuracy_a']:.3f} against {found['accuracy_b']:.3f}; they disagree on "
+        f"{found['disagree']}: run {a.b} fixed {found['fixed']} and broke {found['broken']}"
+    )
+    per_class = _table(
+        [[c["label"], str(c["support"]), str(c["right_a"]), str(c["right_b"]), str(c["fixed"]), str(c["broken"])]
+         for c in found["per_class"]],
+        ["label", "items", f"right in {a.a}", f"right in {a.b}", "fixed", "broken"],
+    )  # fmt: skip
+    rows = [[str(s["item"]), s["true"], s["a"], s["b"], s["right"]] for s in found["samples"]]
+    shown = (
+        _table(rows, ["item", "true", f"run {a.a}", f"run {a.b}", "right"])
+        if rows
+        else "no disagreement" + (f" on '{a.label}'" if a.label else "")
+    )
+    return found, "\n\n".join([head, per_class, shown])
+
+
 def _read_rows(path: Path) -> dict[str, list[Any]]:
     import pandas as pd
 
@@ -1189,6 +1223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     add(runs, "show", cmd_runs_show, "a run with metrics and artifacts").add_argument("id", type=int)
     add(runs, "cancel", cmd_runs_cancel, "cancel a queued or running run").add_argument("id", type=int)
+    p = add(runs, "diff", cmd_runs_diff, "two runs of one dataset compared on their validation samples")
+    p.add_argument("a", type=int, help="the first run (the one a second run fixes or breaks)")
+    p.add_argument("b", type=int, help="the second run")
+    p.add_argument("--label", help="list only the disagreements that involve this label")
+    p.add_argument("--limit", type=_positive, default=200, help="disagreements listed (200 by default)")
     p = add(runs, "resume", cmd_runs_resume, "queue a lost, failed or cancelled run again")
     p.add_argument("id", type=int)
     p.add_argument("--wait", action="store_true")

@@ -292,6 +292,11 @@ def attempt(run_id: int, began: float, *, ranks: Ranks | None = None, device: st
         report = data.report(outputs, targets) if data.report else build_report(outputs, targets, data.extra)
         atomic.write_json(out / "report.json", report)
         jobs.record_artifact(run_id, "report", out / "report.json")
+        if data.val_ids is not None and report.get("kind") in ("classification", "regression"):
+            from core.compare import PREDICTIONS, write_predictions
+
+            write_predictions(out / PREDICTIONS, outputs, targets, data.val_ids, data.extra)
+            jobs.record_artifact(run_id, "predictions", out / PREDICTIONS)
         check = task.export(data, cfg, dataset, out / "model.onnx", run_id)
         values = {"export_max_abs_diff": check.max_abs_diff, "export_n_samples": float(check.n_samples)}
         if check.top1_agreement is not None:

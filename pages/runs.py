@@ -158,6 +158,92 @@ def halves() -> tuple[DeltaGenerator, DeltaGenerator]:
     return row.container(width=HALF), row.container(width=HALF)
 
 
+SAMPLES_SHOWN = 24  # disagreements the page shows with their content
+
+
+def show_sample_diff(first: Any, second: Any) -> None:
+    """Two runs of one dataset on the validation items both held back: where they disagree,
+    which is right, what the second fixed and broke, per class, and the items themselves."""
+    from core import compare
+
+    a, b = sorted((first.id, second.id))
+    st.subheader(f"Compare samples: run {a} against run {b}")
+    try:
+        found = compare.diff(a, b, limit=10_000)
+    except AscentError as exc:
+        st.info(summary.md(exc), icon=":material/info:")
+        return
+    if found["kind"] == "regression":
+        c1, c2, c3 = st.columns(3)
+        c1.metric(f"Mean absolute error, run {a}", f"{found['mae_a']:.4g}")
+        c2.metric(
+            f"Mean absolute error, run {b}",
+            f"{found['mae_b']:.4g}",
+            delta=f"{found['mae_b'] - found['mae_a']:.3g}",
+            delta_color="inverse",
+        )
+        c3.metric(f"Rows where run {b} came closer", f"{found['closer_b']} of {found['common']}")
+        st.dataframe(pd.DataFrame(found["samples"][:200]), width="stretch", hide_index=True)
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Validation items in both", found["common"])
+    c2.metric("They disagree on", found["disagree"])
+    c3.metric(f"Fixed by run {b}", found["fixed"], help=f"run {a} got them wrong, run {b} right")
+    c4.metric(f"Broken by run {b}", found["broken"], help=f"run {a} got them right, run {b} wrong")
+    st.caption(
+        f"Accuracy on these items: run {a} {found['accuracy_a']:.3f}, run {b} {found['accuracy_b']:.3f}."
+        + (
+            f" {found['only_a'] + found['only_b']} items only one run held back (another seed) are left out."
+            if found["only_a"] or found["only_b"]
+            else ""
+        )
+    )
+    per_class = pd.DataFrame(found["per_class"]).rename(
+        columns={"right_a": f"right in run {a}", "right_b": f"right in run {b}", "support": "items"}
+    )
+    st.dataframe(per_class, width="stretch", hide_index=True)
+    labels = ["every label", *[c["label"] for c in found["per_class"]]]
+    label = st.selectbox("Disagreements involving", labels, key=f"diff-label-{a}-{b}")
+    shown = [s for s in found["samples"] if label == "every label" or label in (s["true"], s["a"], s["b"])]
+    if not shown:
+        st.caption(
+            "They agree on every item" + ("" if label == "every label" else f" involving {label}") + "."
+        )
+        return
+    content = compare.items(found["dataset"], [s["item"] for s in shown[:SAMPLES_SHOWN]])
+    verdict = {"a": f"run {a} right", "b": f"run {b} right", "neither": "both wrong"}
+    table = pd.DataFrame(
+        [
+            {
+                "item": s["item"],
+                "true": s["true"],
+                f"run {a}": s["a"],
+                f"run {b}": s["b"],
+                "who is right": verdict[s["right"]],
+            }
+            for s in shown
+        ]
+    )
+    if content.kind == "row" and content.rows is not None:
+        table = pd.concat(
+            [table.head(SAMPLES_SHOWN).reset_index(drop=True), content.rows.reset_index(drop=True)], axis=1
+        )
+    elif content.kind == "text" and content.texts is not None:
+        table = table.head(SAMPLES_SHOWN).assign(text=content.texts)
+    st.dataframe(table, width="stretch", hide_index=True)
+    if content.paths is not None:
+        st.caption(f"The first {min(len(shown), SAMPLES_SHOWN)} of {len(shown)}, with both predictions:")
+        columns = st.columns(4)
+        for i, (s, path) in enumerate(zip(shown, content.paths, strict=False)):
+            with columns[i % 4]:
+                caption = f"#{s['item']} · true {s['true']} · run {a}: {s['a']} · run {b}: {s['b']}"
+                if content.kind == "image":
+                    st.image(str(path), caption=caption, width="stretch")
+                else:
+                    st.audio(str(path))
+                    st.caption(caption)
+
+
 def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
     """Validation metric against latency and against size, best trade-offs marked."""
     points = summary.tradeoffs(ids, labels)
@@ -342,6 +428,8 @@ if len(selected) >= 2:
     )
 
     show_tradeoffs(ids, labels)
+    if len(selected) == 2:
+        show_sample_diff(*selected)
 
 run = selected[0] if len(selected) == 1 else None
 if run is None:

@@ -415,6 +415,22 @@ CASES: dict[str, Case] = {
     "LoRA on a model from scratch": Case(
         ["train", "--dataset", "{ds:pairs}", "--finetune", "lora"], "marian-small starts from scratch"
     ),
+    "diff a run with itself": Case(["runs", "diff", "{run:table}", "{run:table}"], "give two different runs"),
+    "diff runs of two datasets": Case(
+        ["runs", "diff", "{run:table}", "{run:image}"], "compare runs of one dataset"
+    ),
+    "diff a run not trained yet": Case(
+        ["runs", "diff", "{run:table}", "{run:queued}"], "has no stored validation predictions: it is queued"
+    ),
+    "diff a translation run": Case(
+        ["runs", "diff", "{run:translation}", "{run:table}"], "(translation) keeps none yet"
+    ),
+    "diff a run whose dataset was deleted": Case(
+        ["runs", "diff", "{run:table}", "{run:orphan}"], "dataset was deleted"
+    ),
+    "diff listing no samples": Case(
+        ["runs", "diff", "{run:table}", "{run:image}", "--limit", "0"], "0 is not a positive whole number"
+    ),
     "hf-t5 without weights": Case(
         ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5"], "hf-t5 needs the T5 model"
     ),

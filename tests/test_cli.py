@@ -177,6 +177,17 @@ def test_images_end_to_end(home: Path, tmp_path: Path) -> None:
     run = cli_json("train", "--dataset", str(ds["id"]), "--image-size", "64", "--epochs", "3", "--wait")
     assert run["model"] == "efficientnet-lite0" and run["config"]["weights"] == "default"
     assert run["status"] == "succeeded" and run["metrics"]["export_top1_agreement"] == 1.0
+    # Its validation predictions are stored by item: the index's images, their own labels.
+    import pandas as pd
+
+    from core.compare import items
+
+    stored = pd.read_parquet(run["artifacts"]["predictions"])
+    index = pd.read_parquet(Path(ds["path"]) / "index.parquet")
+    assert len(stored) == 24 and (stored["true"] == index["label"].iloc[stored["item"]].to_numpy()).all()
+    shown = items(ds["id"], stored["item"].tolist()[:3])
+    assert shown.kind == "image" and shown.paths is not None
+    assert [p.parent.name for p in shown.paths] == stored["true"].tolist()[:3]
 
     held_out = fashion_mnist_zip(tmp_path / "new.zip", per_class=3, classes=("trouser", "bag"), offset=500)
     with zipfile.ZipFile(held_out) as zf:

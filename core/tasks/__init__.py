@@ -165,6 +165,10 @@ class TaskData:
     # The run report from the best model's validation outputs and targets, where the task's
     # differs from the classification/regression one (core.report.build_report).
     report: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+    # The dataset's items (rows of its table or index) of the validation split, in data.val's
+    # order: the run's validation predictions are stored by them (core.compare), so two runs on
+    # one dataset can be compared sample by sample.
+    val_ids: np.ndarray | None = None
     # What the model now makes of a few fixed validation inputs (a generator's answers to its
     # prompts): called before training and after each validation, kept in the run's folder.
     samples: Callable[[], list[dict[str, str]]] | None = None

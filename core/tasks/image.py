@@ -177,6 +177,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         val=DeviceLoader(val_loader, device),
         n_train=len(train_idx),
         n_val=len(val_idx),
+        val_ids=val_idx,
         loss_fn=cross_entropy,
         evaluate=classification_metrics,
         main_metric="val_f1_macro",

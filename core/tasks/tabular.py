@@ -126,6 +126,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         val=TensorBatches(val_in, val_y, max(cfg.batch_size, 1024), shuffle=False),
         n_train=len(train_idx),
         n_val=len(val_idx),
+        val_ids=val_idx,
         loss_fn=cross_entropy if classification else _mse,
         evaluate=classification_metrics
         if classification
