@@ -538,6 +538,17 @@ def cmd_runs_diff(a: argparse.Namespace) -> tuple[Any, str]:
     return found, "\n\n".join([head, per_class, shown])
 
 
+def cmd_runs_slices(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import compare
+
+    found = compare.slices(a.runs, by=a.by, bins=a.bins)
+    what = "accuracy" if found["metric"] == "accuracy" else "mean absolute error"
+    runs = [f"run {r}" for r in found["runs"]]
+    rows = [[s["slice"], str(s["items"]), *(f"{s[r]:.4g}" for r in runs)] for s in found["slices"]]
+    head = f"{what} by {found['by']} on {found['items']} validation items of dataset {found['dataset']}"
+    return found, head + "\n" + _table(rows, [found["by"], "items", *runs])
+
+
 def _read_rows(path: Path) -> dict[str, list[Any]]:
     import pandas as pd
 
@@ -1228,6 +1239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=int, help="the second run")
     p.add_argument("--label", help="list only the disagreements that involve this label")
     p.add_argument("--limit", type=_positive, default=200, help="disagreements listed (200 by default)")
+    p = add(runs, "slices", cmd_runs_slices, "a run's validation metric per slice, or two runs' side by side")
+    p.add_argument("runs", type=int, nargs="+", metavar="RUN", help="one run, or two runs of one dataset")
+    p.add_argument(
+        "--by", default="class", help="class (default), length (texts), duration (clips) or a table's column"
+    )
+    p.add_argument("--bins", type=int, default=4, help="ranges a number is cut into (2-20, 4 by default)")
     p = add(runs, "resume", cmd_runs_resume, "queue a lost, failed or cancelled run again")
     p.add_argument("id", type=int)
     p.add_argument("--wait", action="store_true")

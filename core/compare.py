@@ -229,3 +229,108 @@ def items(dataset_id: int, ids: list[int]) -> Items:
     return Items(
         "image" if folder == "images" else "clip", paths=[root / folder / index["path"].iloc[i] for i in ids]
     )
+
+
+SLICE_CATEGORIES = 8  # a categorical column's commonest values get a slice each; the rest "other"
+
+
+def slice_choices(dataset_id: int) -> list[str]:
+    """What a run of this dataset can be sliced by: "class" (or the target's value range), the
+    text length or clip duration, and a table's columns."""
+    from core.data.ingest import get_dataset
+
+    dataset = get_dataset(dataset_id)
+    found = ["class"]
+    if dataset.task == "text-classification":
+        found.append("length")
+    if dataset.task == "audio-classification":
+        found.append("duration")
+    if dataset.task.startswith("tabular-"):
+        target = dataset.schema.get("target")
+        found += [str(c) for c in pd.read_parquet(Path(dataset.path) / "data.parquet").columns if c != target]
+    return found
+
+
+def _binned(values: pd.Series, bins: int) -> pd.Series:
+    """Numbers in up to `bins` ranges of about equal counts, labelled "low – high"."""
+    cut = pd.qcut(values.astype(float), q=bins, duplicates="drop")
+    return cut.map(lambda iv: f"{iv.left:.4g} – {iv.right:.4g}" if pd.notna(iv) else "(missing)").astype(str)
+
+
+def _slice_keys(dataset_id: int, joined: pd.DataFrame, by: str, bins: int, classification: bool) -> pd.Series:
+    from core.data.ingest import get_dataset
+
+    dataset = get_dataset(dataset_id)
+    root = Path(dataset.path)
+    ids = joined["item"].to_numpy()
+    choices = slice_choices(dataset_id)
+    if by not in choices:
+        raise ConfigError(f"'{by}' is no slice of dataset {dataset_id}; slice by: {', '.join(choices)}")
+    if by == "class":
+        return joined["true"].astype(str) if classification else _binned(joined["true"], bins)
+    if by == "length":
+        texts = pd.read_parquet(root / "data.parquet")["text"].iloc[ids]
+        words = texts.map(lambda t: len(str(t).split())).reset_index(drop=True)
+        return _binned(words, bins).rename("words")
+    if by == "duration":
+        seconds = pd.read_parquet(root / "index.parquet")["seconds"].iloc[ids].reset_index(drop=True)
+        return _binned(seconds, bins)
+    column = pd.read_parquet(root / "data.parquet", columns=[by])[by].iloc[ids].reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(column) and column.nunique() > bins:
+        return _binned(column, bins)
+    text = column.astype(str).where(column.notna(), "(missing)")
+    common = text.value_counts().index[:SLICE_CATEGORIES]
+    return text.where(text.isin(common), "other")
+
+
+def slices(run_ids: list[int], by: str = "class", bins: int = 4) -> dict[str, Any]:
+    """One or two runs' validation metrics per slice of the items both held back: accuracy (or
+    mean absolute error) and count per class, per range of a table column's values (or its
+    commonest values), per text length or per clip duration."""
+    if not 1 <= len(run_ids) <= 2 or len(set(run_ids)) != len(run_ids):
+        raise ConfigError("give one run, or two different runs of one dataset, to slice")
+    if not 2 <= bins <= 20:
+        raise ConfigError(f"--bins must be between 2 and 20, not {bins}")
+    stored = [read_predictions(r) for r in run_ids]
+    if len(stored) == 2:
+        diff(run_ids[0], run_ids[1], limit=1)  # the same refusals: another dataset, no shared item
+    joined = stored[0].frame[["item", "true"]]
+    for s in stored:
+        joined = joined.merge(
+            s.frame[["item", "predicted"]].rename(columns={"predicted": f"run {s.run_id}"}), on="item"
+        )
+    joined = joined.reset_index(drop=True)
+    classification = stored[0].classification
+    keys = _slice_keys(stored[0].dataset_id, joined, by, bins, classification).to_numpy()
+    metric = "accuracy" if classification else "mae"
+    rows = []
+    order = sorted({str(k) for k in keys}, key=_slice_rank)
+    for key in order:
+        part = joined[keys == key]
+        row: dict[str, Any] = {"slice": str(key), "items": len(part)}
+        for s in stored:
+            predicted = part[f"run {s.run_id}"]
+            row[f"run {s.run_id}"] = (
+                float((predicted == part["true"]).mean())
+                if classification
+                else float((predicted - part["true"]).abs().mean())
+            )
+        rows.append(row)
+    return {
+        "runs": run_ids,
+        "dataset": stored[0].dataset_id,
+        "by": by,
+        "metric": metric,
+        "items": len(joined),
+        "slices": rows,
+    }
+
+
+def _slice_rank(key: str) -> tuple[int, float, str]:
+    """Ranges by their low end (numeric labels by value), then named values, then "(missing)"
+    and "other"."""
+    head = key.split(" – ")[0]
+    try:
+        return (0, float(head), key)
+    except ValueError:
+        return (2 if key in ("other", "(missing)") else 1, 0.0, key)

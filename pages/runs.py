@@ -158,12 +158,14 @@ def halves() -> tuple[DeltaGenerator, DeltaGenerator]:
     return row.container(width=HALF), row.container(width=HALF)
 
 
-SAMPLES_SHOWN = 24  # disagreements the page shows with their content
+SAMPLES_SHOWN = 24  # disagreements the page shows as images or players
+ROWS_SHOWN = 500  # disagreements the page lists with their rows or texts
 
 
-def show_sample_diff(first: Any, second: Any) -> None:
+def show_sample_diff(first: Any, second: Any) -> dict[str, Any] | None:
     """Two runs of one dataset on the validation items both held back: where they disagree,
-    which is right, what the second fixed and broke, per class, and the items themselves."""
+    which is right, what the second fixed and broke, per class, and the items themselves.
+    Returns the comparison (None when the runs cannot be compared)."""
     from core import compare
 
     a, b = sorted((first.id, second.id))
@@ -172,7 +174,7 @@ def show_sample_diff(first: Any, second: Any) -> None:
         found = compare.diff(a, b, limit=10_000)
     except AscentError as exc:
         st.info(summary.md(exc), icon=":material/info:")
-        return
+        return None
     if found["kind"] == "regression":
         c1, c2, c3 = st.columns(3)
         c1.metric(f"Mean absolute error, run {a}", f"{found['mae_a']:.4g}")
@@ -184,7 +186,7 @@ def show_sample_diff(first: Any, second: Any) -> None:
         )
         c3.metric(f"Rows where run {b} came closer", f"{found['closer_b']} of {found['common']}")
         st.dataframe(pd.DataFrame(found["samples"][:200]), width="stretch", hide_index=True)
-        return
+        return found
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Validation items in both", found["common"])
     c2.metric("They disagree on", found["disagree"])
@@ -209,8 +211,9 @@ def show_sample_diff(first: Any, second: Any) -> None:
         st.caption(
             "They agree on every item" + ("" if label == "every label" else f" involving {label}") + "."
         )
-        return
-    content = compare.items(found["dataset"], [s["item"] for s in shown[:SAMPLES_SHOWN]])
+        return found
+    shown = shown[:ROWS_SHOWN]
+    content = compare.items(found["dataset"], [s["item"] for s in shown])
     verdict = {"a": f"run {a} right", "b": f"run {b} right", "neither": "both wrong"}
     table = pd.DataFrame(
         [
@@ -225,16 +228,14 @@ def show_sample_diff(first: Any, second: Any) -> None:
         ]
     )
     if content.kind == "row" and content.rows is not None:
-        table = pd.concat(
-            [table.head(SAMPLES_SHOWN).reset_index(drop=True), content.rows.reset_index(drop=True)], axis=1
-        )
+        table = pd.concat([table, content.rows.reset_index(drop=True)], axis=1)
     elif content.kind == "text" and content.texts is not None:
-        table = table.head(SAMPLES_SHOWN).assign(text=content.texts)
+        table = table.assign(text=content.texts)
     st.dataframe(table, width="stretch", hide_index=True)
     if content.paths is not None:
         st.caption(f"The first {min(len(shown), SAMPLES_SHOWN)} of {len(shown)}, with both predictions:")
         columns = st.columns(4)
-        for i, (s, path) in enumerate(zip(shown, content.paths, strict=False)):
+        for i, (s, path) in enumerate(zip(shown[:SAMPLES_SHOWN], content.paths, strict=False)):
             with columns[i % 4]:
                 caption = f"#{s['item']} · true {s['true']} · run {a}: {s['a']} · run {b}: {s['b']}"
                 if content.kind == "image":
@@ -242,6 +243,53 @@ def show_sample_diff(first: Any, second: Any) -> None:
                 else:
                     st.audio(str(path))
                     st.caption(caption)
+    return found
+
+
+def show_slices(run_ids: list[int], dataset_id: int) -> None:
+    """The validation metric per slice (class, a table column's ranges, text length, clip
+    duration) of one run, or two side by side."""
+    from core import compare
+
+    try:
+        choices = compare.slice_choices(dataset_id)
+    except AscentError:
+        return
+    key = "-".join(map(str, run_ids))
+    by = st.selectbox(
+        "Slice by",
+        choices,
+        key=f"slice-by-{key}",
+        help="The validation items cut by their class, by ranges of a column's values (about equal "
+        "counts), by text length or by clip duration.",
+    )
+    try:
+        found = compare.slices(run_ids, by=by)
+    except AscentError as exc:
+        st.info(summary.md(exc), icon=":material/info:")
+        return
+    runs = [f"run {r}" for r in run_ids]
+    what = "accuracy" if found["metric"] == "accuracy" else "mean absolute error"
+    frame = pd.DataFrame(found["slices"])
+    long = frame.melt(id_vars=["slice", "items"], value_vars=runs, var_name="run", value_name=what)
+    chart = (
+        alt.Chart(long)
+        .mark_bar()
+        .encode(
+            y=alt.Y("slice:N", sort=list(frame["slice"]), title=by),
+            x=alt.X(
+                f"{what}:Q",
+                title=what,
+                axis=alt.Axis(format=".0%" if what == "accuracy" else "~s", tickCount=5),
+            ),
+            yOffset="run:N",
+            color=alt.Color("run:N", legend=alt.Legend(orient="bottom") if len(runs) > 1 else None),
+            tooltip=["slice", "run", alt.Tooltip(f"{what}:Q", format=".3f"), "items"],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+    shown = {r: "{:.1%}" if what == "accuracy" else "{:.4g}" for r in runs}
+    st.dataframe(frame.style.format(shown), hide_index=True, width="stretch")
 
 
 def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
@@ -428,8 +476,10 @@ if len(selected) >= 2:
     )
 
     show_tradeoffs(ids, labels)
-    if len(selected) == 2:
-        show_sample_diff(*selected)
+    if len(selected) == 2 and (compared := show_sample_diff(*selected)) is not None:
+        what = "accuracy" if compared["kind"] == "classification" else "mean absolute error"
+        st.markdown(f"**By slice** ({what} of each run on the items both held back)")
+        show_slices(sorted(r.id for r in selected), compared["dataset"])
 
 run = selected[0] if len(selected) == 1 else None
 if run is None:
@@ -592,6 +642,11 @@ elif report:
     r1.metric("mean error", summary.number(report["residuals"]["mean"]))
     r2.metric("error spread (std)", summary.number(report["residuals"]["std"]))
     r3.metric("largest |error|", summary.number(report["residuals"]["max_abs"]))
+
+stored = (jobs.run_dir(run.id) / "predictions.parquet").is_file()
+if report and report["kind"] in ("classification", "regression") and run.dataset_id is not None and stored:
+    st.subheader("Metrics by slice (validation split)")
+    show_slices([run.id], run.dataset_id)
 
 if "export_max_abs_diff" in run.metrics:
     st.subheader("Export check")

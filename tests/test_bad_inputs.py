@@ -431,6 +431,15 @@ CASES: dict[str, Case] = {
     "diff listing no samples": Case(
         ["runs", "diff", "{run:table}", "{run:image}", "--limit", "0"], "0 is not a positive whole number"
     ),
+    "slice by a column the table lacks": Case(
+        ["runs", "slices", "{run:table}", "--by", "nope"], "'nope' is no slice of dataset"
+    ),
+    "slice three runs": Case(
+        ["runs", "slices", "{run:table}", "{run:image}", "{run:text}"], "give one run, or two different runs"
+    ),
+    "slice into one range": Case(
+        ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
+    ),
     "hf-t5 without weights": Case(
         ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5"], "hf-t5 needs the T5 model"
     ),

@@ -1,7 +1,8 @@
 """Two runs of one dataset compared sample by sample: the validation predictions each run
 stores, `runs diff A B` (which run is right where they disagree, fixed and broken counts, per
-class, a label filter; for regression which came closer), recounted here from the two runs'
-stored files, and the refusals."""
+class, a label filter; for regression which came closer) and `runs slices` (the metric per
+class or per range of a column), recounted here from the two runs' stored files, and the
+refusals."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from core import jobs
-from core.compare import PREDICTIONS, diff
+from core.compare import PREDICTIONS, diff, slices
 from core.data.ingest import ingest_file
 from tests.conftest import ROOT, train_here
 
@@ -83,9 +84,28 @@ def test_two_classifiers_are_diffed_as_their_stored_predictions_say(home: Path, 
         found["disagree"]
     )
     if found["disagree"]:
-        shown = at.dataframe[-1].value
+        shown = next(d.value for d in at.dataframe if "who is right" in d.value.columns)
         assert list(shown["item"]) == [s["item"] for s in found["samples"]][: len(shown)]
         assert "alcohol" in shown.columns  # the wine rows beside the predictions
+
+    # Slices: per class the accuracies recounted, per range of a column four bins of about
+    # equal counts covering every item, the plain text, and the Runs page's chart and table.
+    by_class = slices([a, b])
+    for row in by_class["slices"]:
+        part = both[both["true_a"] == row["slice"]]
+        assert row["items"] == len(part)
+        assert row[f"run {a}"] == pytest.approx((part["predicted_a"] == part["true_a"]).mean())
+        assert row[f"run {b}"] == pytest.approx((part["predicted_b"] == part["true_b"]).mean())
+    by_alcohol = slices([b], by="alcohol")
+    counts = [r["items"] for r in by_alcohol["slices"]]
+    assert len(counts) == 4 and sum(counts) == len(stored[b]) and max(counts) - min(counts) <= 2
+    lows = [float(r["slice"].split(" – ")[0]) for r in by_alcohol["slices"]]
+    assert lows == sorted(lows)
+    text = _cli("runs", "slices", str(a), str(b), "--by", "alcohol")
+    assert text.returncode == 0 and "accuracy by alcohol on" in text.stdout and f"run {b}" in text.stdout
+    assert any(
+        d.value.columns.tolist()[:4] == ["slice", "items", f"run {a}", f"run {b}"] for d in at.dataframe
+    )
 
     # Another seed holds back other rows: only the shared ones are compared.
     partly = diff(b, other_seed)
@@ -107,6 +127,16 @@ def test_two_classifiers_are_diffed_as_their_stored_predictions_say(home: Path, 
         refused = _cli("runs", "diff", *argv)
         assert refused.returncode != 0 and said in refused.stderr, (argv, refused.stderr)
         assert len(refused.stderr.strip().splitlines()) == 1
+    for argv, said in (
+        ([str(a), "--by", "nope"], "'nope' is no slice of dataset"),
+        ([str(a), "--by", "length"], "'length' is no slice of dataset"),
+        ([str(a), str(b), str(other_seed)], "give one run, or two different runs"),
+        ([str(a), "--bins", "1"], "--bins must be between 2 and 20"),
+        ([str(a), str(elsewhere)], "compare runs of one dataset"),
+    ):
+        refused = _cli("runs", "slices", *argv)
+        assert refused.returncode != 0 and said in refused.stderr, (argv, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_regression_runs_say_which_came_closer(home: Path, data_dir: Path) -> None:
@@ -125,5 +155,7 @@ def test_regression_runs_say_which_came_closer(home: Path, data_dir: Path) -> No
     assert found["kind"] == "regression" and found["common"] == len(both)
     assert (found["closer_b"], found["closer_a"]) == (int((err_b < err_a).sum()), int((err_a < err_b).sum()))
     assert found["mae_a"] == pytest.approx(err_a.mean()) and len(found["samples"]) == 5
+    by_target = slices([a, b], by="class")  # regression: ranges of the true value
+    assert by_target["metric"] == "mae" and sum(r["items"] for r in by_target["slices"]) == len(both)
     rmse = jobs.get_run(a).metrics["val_rmse"]
     assert rmse == pytest.approx(float(((both["predicted_a"] - both["true_a"]) ** 2).mean() ** 0.5), rel=1e-4)
