@@ -574,6 +574,94 @@ def _read_rows(path: Path) -> dict[str, list[Any]]:
     return {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
 
 
+MAX_EXPLAINED = 100  # rows or texts one explain command takes
+
+
+def cmd_explain(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+
+    run = jobs.get_run(a.run)
+    if run.task == "text-classification":
+        return _explain_texts(a)
+    if run.task not in ("tabular-classification", "tabular-regression"):
+        raise PredictError(
+            f"run {a.run} is {run.task}: explain takes table and text runs for now "
+            "(the text runs' token shading, the tables' feature attributions)"
+        )
+    return _explain_rows(a)
+
+
+def _explain_texts(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import jobs
+    from core.explain import TextExplainer
+
+    texts = [t for t in (a.text or [])]
+    if a.files:
+        raise PredictError("a text run explains texts: give them with --text TEXT")
+    if not texts or any(not t.strip() for t in texts):
+        raise PredictError("give the texts to explain with --text TEXT (not empty)")
+    if len(texts) > MAX_EXPLAINED:
+        raise PredictError(f"{len(texts)} texts; explain at most {MAX_EXPLAINED} at a time")
+    explainer = TextExplainer(jobs.run_dir(a.run))
+    if a.label is not None and a.label not in explainer.classes:
+        raise PredictError(
+            f"'{a.label}' is no class of run {a.run}; its classes: {', '.join(explainer.classes)}"
+        )
+    found = [explainer.explain(t, label=a.label) for t in texts]
+    doc = {
+        "run": a.run,
+        "method": "integrated gradients through the token embeddings (captum), from padding tokens",
+        "explanations": [to_jsonable(e) for e in found],
+    }
+    lines = []
+    for e in found:
+        top = sorted(e.tokens, key=lambda t: -abs(t.score))[:5]
+        lines.append(
+            f"{e.text[:60]!r}: {e.label} ({e.probability:.1%}); strongest tokens: "
+            + ", ".join(f"{t.token} {t.score:+.2f}" for t in top)
+        )
+    return doc, "\n".join(lines)
+
+
+def _explain_rows(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.errors import NotFoundError
+    from core.explain import TableExplainer
+
+    if a.text:
+        raise PredictError("a table run explains rows: give a CSV or Parquet file of them")
+    if not a.files:
+        raise PredictError("give the rows to explain: a CSV or Parquet file with the feature columns")
+    rows: list[dict[str, Any]] = []
+    for path in a.files:
+        table = _read_rows(Path(path))
+        count = len(next(iter(table.values()), []))
+        rows += [{c: v[i] for c, v in table.items()} for i in range(count)]
+    if not rows:
+        raise PredictError("the files hold no rows to explain")
+    if len(rows) > MAX_EXPLAINED:
+        raise PredictError(f"{len(rows)} rows; explain at most {MAX_EXPLAINED} at a time")
+    try:
+        explainer = TableExplainer(a.run)
+        found = [explainer.explain(r, label=a.label) for r in rows]
+    except NotFoundError as exc:
+        raise PredictError(str(exc)) from exc
+    doc = {
+        "run": a.run,
+        "method": found[0].method,
+        "baseline": explainer.baseline,
+        "explanations": [to_jsonable(e) for e in found],
+    }
+    lines = [found[0].method]
+    for i, e in enumerate(found, 1):
+        what = f"{e.label} {e.output:.1%}" if e.label is not None else f"{e.output:.4g}"
+        base = f"{e.baseline_output:.1%}" if e.label is not None else f"{e.baseline_output:.4g}"
+        lines.append(
+            f"row {i}: {what} (baseline row {base}); "
+            + ", ".join(f"{f.feature}={f.value} {f.score:+.3g}" for f in e.features[:5])
+        )
+    return doc, "\n".join(lines)
+
+
 def cmd_predict(a: argparse.Namespace) -> tuple[Any, str]:
     from core import jobs
     from core.runtime import Predictor, RuntimeInputError
@@ -1249,6 +1337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int)
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float)
+
+    p = add(sub, "explain", cmd_explain, "which features or tokens drove a run's predictions")
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument("files", nargs="*", help="tables: CSV or Parquet files of rows")
+    p.add_argument("--text", action="append", help="texts: a text to explain (repeat for more)")
+    p.add_argument("--label", help="explain this class (default: the predicted one)")
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)

@@ -13,7 +13,7 @@ import streamlit as st
 from core import jobs, overlays, playground, summary
 from core.data.ingest import get_dataset
 from core.errors import AscentError
-from core.explain import TextExplainer
+from core.explain import TableExplainer, TextExplainer
 from core.models.audio import log_mel
 from core.runtime import (
     DEFAULT_THRESHOLD,
@@ -233,6 +233,63 @@ def explain(run_id: int, text: str) -> None:
     st.caption(
         f"Integrated gradients through the token embeddings, 32 steps from a padding baseline; "
         f"completeness error {found.convergence_delta:.2g}."
+    )
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def table_explainer(run_id: int, mtime: float) -> TableExplainer:
+    """The run's PyTorch model rebuilt on its dataset, for feature attributions."""
+    return TableExplainer(run_id)
+
+
+FEATURES_DRAWN = 15  # features the explanation's chart shows, the strongest first
+
+
+def explain_row(run_id: int, row: dict[str, Any]) -> None:
+    """Which features drove the row's prediction: signed Shapley values as bars."""
+    checkpoint = summary.artifact_paths(run_id)["checkpoint"]
+    try:
+        with st.spinner("Attributing the prediction to the features (Shapley values)…"):
+            found = table_explainer(run_id, checkpoint.stat().st_mtime).explain(row)
+    except (AscentError, OSError) as exc:
+        st.warning(f"No feature attribution: {summary.md(exc)}")
+        return
+    shown = found.features[:FEATURES_DRAWN]
+    frame = pd.DataFrame(
+        {
+            "feature": [f.feature for f in shown],
+            "value": [summary.plain(f.value) for f in shown],
+            "baseline": [summary.plain(f.baseline) for f in shown],
+            "score": [f.score for f in shown],
+            "direction": ["towards" if f.score >= 0 else "against" for f in shown],
+        }
+    )
+    what = f"{summary.md(found.label)}" if found.label is not None else "the value"
+    output = (lambda v: summary.percent(v)) if found.label is not None else (lambda v: summary.number(v, 4))
+    st.markdown(f"**Why {what}?** Blue features push towards it, red ones against it.")
+    chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            y=alt.Y("feature:N", sort=list(frame["feature"]), title=None, axis=alt.Axis(labelLimit=220)),
+            x=alt.X(
+                "score:Q",
+                title="contribution" + (" to the probability" if found.label is not None else ""),
+                axis=alt.Axis(tickCount=6),
+            ),
+            color=alt.Color(
+                "direction:N",
+                scale=alt.Scale(domain=["towards", "against"], range=["#1f77b4", "#d62728"]),
+                legend=None,
+            ),
+            tooltip=["feature", "value", "baseline", alt.Tooltip("score:Q", format="+.3g")],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+    st.caption(
+        f"The baseline row (each feature at the dataset's median or commonest value) gives "
+        f"{output(found.baseline_output)}, this row {output(found.output)}: the bars add up to the "
+        f"difference. {found.method}; {found.evaluations} model evaluations, {found.seconds:.2f} s."
     )
 
 
@@ -621,6 +678,8 @@ else:
                     else:
                         show_top(pred)
                     st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
+                    if run.dataset_id is not None:
+                        explain_row(run.id, {column: values[0] for column, values in row.items()})
     with many:
         upload = st.file_uploader(
             "CSV with the feature columns",

@@ -440,6 +440,22 @@ CASES: dict[str, Case] = {
     "slice into one range": Case(
         ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
     ),
+    "explain an image run": Case(
+        ["explain", "--run", "{run:image}", "{wine.csv}"], "explain takes table and text runs for now"
+    ),
+    "explain a run not trained yet": Case(
+        ["explain", "--run", "{run:queued}", "{wine.csv}"], "only a finished run can be explained"
+    ),
+    "explain rows for a class the run lacks": Case(
+        ["explain", "--run", "{run:table}", "{wine.csv}", "--label", "sideways"], "'sideways' is no class"
+    ),
+    "explain a table run without rows": Case(["explain", "--run", "{run:table}"], "give the rows to explain"),
+    "explain a text run with a file": Case(
+        ["explain", "--run", "{run:text}", "{wine.csv}"], "a text run explains texts"
+    ),
+    "explain a table run with a text": Case(
+        ["explain", "--run", "{run:table}", "--text", "hello"], "a table run explains rows"
+    ),
     "hf-t5 without weights": Case(
         ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5"], "hf-t5 needs the T5 model"
     ),
@@ -928,6 +944,7 @@ def test_the_battery_is_large_and_covers_every_surface() -> None:
     assert len(CASES) >= 50
     commands = {c.argv[0] for c in CASES.values()}
     assert commands == {
+        "explain",
         "datasets",
         "train",
         "runs",
