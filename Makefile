@@ -30,7 +30,7 @@ lint: $(VENV)/.dev-deps
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 bench: $(VENV)/.run-deps
 	$(PY) bench/train_overhead.py

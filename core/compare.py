@@ -25,6 +25,18 @@ PREDICTIONS = "predictions.parquet"
 SHOWN = 200  # disagreements a diff lists unless asked for more
 
 
+def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A dataset's stored table or index, or a DatasetError saying to add it again."""
+    from core.errors import DatasetError
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:
+        raise DatasetError(
+            f"the dataset's stored {path.name} cannot be read ({type(exc).__name__}); add the dataset again"
+        ) from exc
+
+
 def write_predictions(
     path: Path, outputs: torch.Tensor, targets: torch.Tensor, items: np.ndarray, extra: dict[str, Any]
 ) -> None:
@@ -83,7 +95,11 @@ def read_predictions(run_id: int) -> Stored:
         raise ConfigError(f"run {run_id} has no stored validation predictions: {why}")
     if run.dataset_id is None:
         raise ConfigError(f"run {run_id}'s dataset was deleted; compare runs of a dataset that is there")
-    return Stored(run_id, run.dataset_id, pd.read_parquet(path))
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        raise ConfigError(f"run {run_id}'s stored predictions cannot be read ({type(exc).__name__})") from exc
+    return Stored(run_id, run.dataset_id, frame)
 
 
 def diff(a: int, b: int, label: str | None = None, limit: int = SHOWN) -> dict[str, Any]:
@@ -218,13 +234,13 @@ def items(dataset_id: int, ids: list[int]) -> Items:
     dataset = get_dataset(dataset_id)
     root = Path(dataset.path)
     if dataset.task.startswith("tabular-"):
-        frame = pd.read_parquet(root / "data.parquet")
+        frame = _read(root / "data.parquet")
         target = dataset.schema.get("target")
         return Items("row", rows=frame.iloc[ids].drop(columns=[target] if target in frame else []))
     if dataset.task == "text-classification":
-        texts = pd.read_parquet(root / "data.parquet")["text"]
+        texts = _read(root / "data.parquet")["text"]
         return Items("text", texts=[str(texts.iloc[i]) for i in ids])
-    index = pd.read_parquet(root / "index.parquet")
+    index = _read(root / "index.parquet")
     folder = "images" if dataset.task == "image-classification" else "clips"
     return Items(
         "image" if folder == "images" else "clip", paths=[root / folder / index["path"].iloc[i] for i in ids]
@@ -247,7 +263,7 @@ def slice_choices(dataset_id: int) -> list[str]:
         found.append("duration")
     if dataset.task.startswith("tabular-"):
         target = dataset.schema.get("target")
-        found += [str(c) for c in pd.read_parquet(Path(dataset.path) / "data.parquet").columns if c != target]
+        found += [str(c) for c in _read(Path(dataset.path) / "data.parquet").columns if c != target]
     return found
 
 
@@ -269,13 +285,13 @@ def _slice_keys(dataset_id: int, joined: pd.DataFrame, by: str, bins: int, class
     if by == "class":
         return joined["true"].astype(str) if classification else _binned(joined["true"], bins)
     if by == "length":
-        texts = pd.read_parquet(root / "data.parquet")["text"].iloc[ids]
+        texts = _read(root / "data.parquet")["text"].iloc[ids]
         words = texts.map(lambda t: len(str(t).split())).reset_index(drop=True)
         return _binned(words, bins).rename("words")
     if by == "duration":
-        seconds = pd.read_parquet(root / "index.parquet")["seconds"].iloc[ids].reset_index(drop=True)
+        seconds = _read(root / "index.parquet")["seconds"].iloc[ids].reset_index(drop=True)
         return _binned(seconds, bins)
-    column = pd.read_parquet(root / "data.parquet", columns=[by])[by].iloc[ids].reset_index(drop=True)
+    column = _read(root / "data.parquet", [by])[by].iloc[ids].reset_index(drop=True)
     if pd.api.types.is_numeric_dtype(column) and column.nunique() > bins:
         return _binned(column, bins)
     text = column.astype(str).where(column.notna(), "(missing)")

@@ -185,7 +185,9 @@ def show_sample_diff(first: Any, second: Any) -> dict[str, Any] | None:
             delta_color="inverse",
         )
         c3.metric(f"Rows where run {b} came closer", f"{found['closer_b']} of {found['common']}")
-        st.dataframe(pd.DataFrame(found["samples"][:200]), width="stretch", hide_index=True)
+        st.dataframe(
+            pd.DataFrame(found["samples"][:200]), width="stretch", hide_index=True, placeholder=BLANK
+        )
         return found
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Validation items in both", found["common"])
@@ -203,7 +205,7 @@ def show_sample_diff(first: Any, second: Any) -> dict[str, Any] | None:
     per_class = pd.DataFrame(found["per_class"]).rename(
         columns={"right_a": f"right in run {a}", "right_b": f"right in run {b}", "support": "items"}
     )
-    st.dataframe(per_class, width="stretch", hide_index=True)
+    st.dataframe(per_class, width="stretch", hide_index=True, placeholder=BLANK)
     labels = ["every label", *[c["label"] for c in found["per_class"]]]
     label = st.selectbox("Disagreements involving", labels, key=f"diff-label-{a}-{b}")
     shown = [s for s in found["samples"] if label == "every label" or label in (s["true"], s["a"], s["b"])]
@@ -213,7 +215,11 @@ def show_sample_diff(first: Any, second: Any) -> dict[str, Any] | None:
         )
         return found
     shown = shown[:ROWS_SHOWN]
-    content = compare.items(found["dataset"], [s["item"] for s in shown])
+    try:
+        content = compare.items(found["dataset"], [s["item"] for s in shown])
+    except AscentError as exc:
+        st.info(summary.md(exc), icon=":material/info:")
+        return found
     verdict = {"a": f"run {a} right", "b": f"run {b} right", "neither": "both wrong"}
     table = pd.DataFrame(
         [
@@ -231,7 +237,7 @@ def show_sample_diff(first: Any, second: Any) -> dict[str, Any] | None:
         table = pd.concat([table, content.rows.reset_index(drop=True)], axis=1)
     elif content.kind == "text" and content.texts is not None:
         table = table.assign(text=content.texts)
-    st.dataframe(table, width="stretch", hide_index=True)
+    st.dataframe(table, width="stretch", hide_index=True, placeholder=BLANK)
     if content.paths is not None:
         st.caption(f"The first {min(len(shown), SAMPLES_SHOWN)} of {len(shown)}, with both predictions:")
         columns = st.columns(4)
@@ -289,7 +295,7 @@ def show_slices(run_ids: list[int], dataset_id: int) -> None:
     )
     st.altair_chart(chart, width="stretch")
     shown = {r: "{:.1%}" if what == "accuracy" else "{:.4g}" for r in runs}
-    st.dataframe(frame.style.format(shown), hide_index=True, width="stretch")
+    st.dataframe(frame.style.format(shown), hide_index=True, width="stretch", placeholder=BLANK)
 
 
 def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:

@@ -20,32 +20,6 @@ PG_ADMIN_URL = os.environ.get("ASCENT_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite", "postgresql"]
 
 
-# `make test` spreads tests over two processes one by one (pytest-xdist's loadgroup), so the
-# long files do not wait for each other; these run whole in one process: they share
-# module-scoped fixtures (a trained home, an export) or time heartbeats that a second Ray
-# cluster beside them would slow. The battery's SQLite and PostgreSQL homes are two groups.
-TOGETHER = {
-    "test_concurrency.py",
-    "test_faults.py",
-    "test_generation.py",
-    "test_pages.py",
-    "test_ray.py",
-    "test_runs_page.py",
-    "test_runtime.py",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        if item.path.name in TOGETHER:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
-        elif item.path.name == "test_bad_inputs.py":
-            backend = "postgres" if "postgres" in item.name else "sqlite"
-            item.add_marker(pytest.mark.xdist_group(f"battery-{backend}"))
-
-
 def _fresh_postgres_db() -> tuple[str, str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url

@@ -93,7 +93,7 @@ def test_wine_classification_end_to_end(home: Path, data_dir: Path, tmp_path: Pa
     listed = cli_json("runs", "list")
     assert [r["id"] for r in listed] == [run["id"]] and listed[0]["status"] == "succeeded"
     shown = cli_json("runs", "show", str(run["id"]))
-    assert set(shown["artifacts"]) == {"log", "checkpoint", "config", "report", "onnx"}
+    assert set(shown["artifacts"]) == {"log", "checkpoint", "config", "report", "predictions", "onnx"}
     text = cli("runs", "list").stdout
     assert "mlp-wine" in text and "succeeded" in text
 

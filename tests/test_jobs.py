@@ -56,7 +56,7 @@ def test_worker_runs_a_queued_run_to_success(
     assert run.status == "succeeded", run.error
     assert run.device == "cpu" and run.started_at and run.finished_at and run.heartbeat_at
     kinds = {a.kind: a for a in jobs.artifacts(run_id)}
-    assert set(kinds) == {"log", "checkpoint", "config", "report", "onnx"}
+    assert set(kinds) == {"log", "checkpoint", "config", "report", "predictions", "onnx"}
     assert kinds["onnx"].sha256 and kinds["onnx"].bytes == Path(kinds["onnx"].path).stat().st_size
     log = Path(kinds["log"].path).read_text()
     assert "epoch 4/4" in log and "exported" in log

@@ -38,7 +38,8 @@ def _bars(at: AppTest) -> list[tuple[str, float]]:
     """(label, probability) in the order the last top-k chart's data holds them, and its sort."""
     import pyarrow as pa
 
-    chart = at.get("vega_lite_chart")[-1]
+    # The last chart with layers (bars and their labels): a table row's explanation follows it.
+    chart = next(c for c in reversed(at.get("vega_lite_chart")) if "layer" in json.loads(c.proto.spec))
     layers = json.loads(chart.proto.spec)["layer"]
     assert all(layer["encoding"]["y"]["sort"] == "-x" for layer in layers)  # drawn highest first
     (data,) = chart.proto.datasets
