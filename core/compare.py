@@ -37,6 +37,20 @@ def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
         ) from exc
 
 
+def _columns(path: Path) -> list[str]:
+    """A stored table's column names, from its Parquet footer alone (the page asks on each run)."""
+    import pyarrow.parquet as pq
+
+    from core.errors import DatasetError
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception as exc:
+        raise DatasetError(
+            f"the dataset's stored {path.name} cannot be read ({type(exc).__name__}); add the dataset again"
+        ) from exc
+
+
 def write_predictions(
     path: Path, outputs: torch.Tensor, targets: torch.Tensor, items: np.ndarray, extra: dict[str, Any]
 ) -> None:
@@ -263,7 +277,7 @@ def slice_choices(dataset_id: int) -> list[str]:
         found.append("duration")
     if dataset.task.startswith("tabular-"):
         target = dataset.schema.get("target")
-        found += [str(c) for c in _read(Path(dataset.path) / "data.parquet").columns if c != target]
+        found += [str(c) for c in _columns(Path(dataset.path) / "data.parquet") if c != target]
     return found
 
 
