@@ -98,6 +98,12 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The signed-in user who added it (None: the command line, or a studio without users).
     created_by: Mapped[str | None] = mapped_column(String(NAME_MAX))
+    # The dataset this one was revised from (relabelled or with items excluded), and its number
+    # in that line: 1 for an upload. The parent's row and files are never changed.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL", name="fk_datasets_parent_id")
+    )
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
 
 
 _STATUSES = ", ".join(f"'{s.value}'" for s in RunStatus)

@@ -53,6 +53,8 @@ class DatasetInfo:
     report: dict[str, Any]
     created_at: datetime
     created_by: str | None = None
+    parent_id: int | None = None
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class DatasetSummary:
     n_items: int
     created_at: datetime
     created_by: str | None = None
+    parent_id: int | None = None
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ def _dataset(row: Dataset) -> DatasetInfo:
         report=dict(row.report),
         created_at=row.created_at,
         created_by=row.created_by,
+        parent_id=row.parent_id,
+        version=row.version,
     )
 
 
@@ -206,9 +212,13 @@ def add_dataset(
     schema: dict[str, Any],
     report: dict[str, Any],
     created_by: str | None = None,
+    parent_id: int | None = None,
+    version: int = 1,
 ) -> DatasetInfo:
     row = Dataset(
         created_by=created_by,
+        parent_id=parent_id,
+        version=version,
         name=name,
         task=task,
         format=format,
@@ -244,9 +254,11 @@ def list_datasets(*, session: Session) -> list[DatasetSummary]:
             Dataset.n_items,
             Dataset.created_at,
             Dataset.created_by,
+            Dataset.parent_id,
+            Dataset.version,
         ).order_by(Dataset.id.desc())
     )
-    return [DatasetSummary(*r) for r in rows]
+    return [DatasetSummary(**r._asdict()) for r in rows]
 
 
 def delete_dataset(*, session: Session, dataset_id: int) -> bool:

@@ -30,6 +30,19 @@ def _dataset(s) -> int:  # type: ignore[no-untyped-def]
     ).id
 
 
+def _old_dataset(s) -> int:  # type: ignore[no-untyped-def]
+    """A dataset row as releases before dataset versions (revision 0005 and older) wrote it."""
+    s.execute(
+        text(
+            "INSERT INTO datasets (name, task, format, path, sha256, bytes, n_items, schema, report, "
+            "created_at) VALUES ('d', 'tabular-classification', 'csv', '/x', :sha, 10, 10, "
+            "'{\"target\": \"y\"}', '{}', CURRENT_TIMESTAMP)"
+        ),
+        {"sha": "0" * 64},
+    )
+    return int(s.execute(text("SELECT max(id) FROM datasets")).scalar())
+
+
 def _run(s, dataset_id: int | None, name: str = "r") -> int:  # type: ignore[no-untyped-def]
     return queries.create_run(
         session=s,
@@ -64,7 +77,7 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
 
 
 def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_home: Path) -> None:
@@ -87,7 +100,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     tables = set(inspect(eng).get_table_names())
     assert "ascent_alembic_version" in tables and "alembic_version" not in tables
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
     with session_scope() as s:
         assert queries.get_dataset(session=s, dataset_id=ds) is not None
 
@@ -98,7 +111,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     upgrade(eng)
     with eng.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:
@@ -389,7 +402,7 @@ def test_revision_0005_lets_runs_end_pruned_and_keeps_them(any_home: Path) -> No
     old = create_engine(url)
     upgrade(old, to="0004")
     with Session(old) as s, s.begin():
-        run_id = _run(s, _dataset(s))
+        run_id = _run(s, _old_dataset(s))
     old.dispose()
 
     eng = engine(url)
@@ -400,3 +413,50 @@ def test_revision_0005_lets_runs_end_pruned_and_keeps_them(any_home: Path) -> No
         assert run is not None and run.status == RunStatus.PRUNED and run.config == {"lr": 0.001}
     with pytest.raises(IntegrityError), eng.begin() as conn:
         conn.execute(text("UPDATE runs SET status = 'bogus' WHERE id = :id"), {"id": run_id})
+
+
+def test_revision_0006_makes_every_dataset_version_one_and_a_parent_delete_orphans_its_versions(
+    any_home: Path,
+) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from db.session import upgrade
+
+    url = database()
+    if url.startswith("sqlite"):
+        any_home.mkdir(parents=True, exist_ok=True)
+    old = create_engine(url)
+    upgrade(old, to="0005")
+    with Session(old) as s, s.begin():
+        first = _old_dataset(s)
+        run_id = _run(s, first)
+    old.dispose()
+
+    engine(url)
+    with session_scope() as s:
+        info = queries.get_dataset(session=s, dataset_id=first)
+        assert info is not None and (info.version, info.parent_id) == (1, None)
+        second = queries.add_dataset(
+            session=s,
+            name="d",
+            task="tabular-classification",
+            format="csv",
+            path="/y",
+            sha256="1" * 64,
+            bytes=5,
+            n_items=9,
+            schema={"target": "y"},
+            report={},
+            parent_id=first,
+            version=2,
+        ).id
+    with session_scope() as s:
+        listed = {d.id: (d.version, d.parent_id) for d in queries.list_datasets(session=s)}
+        assert listed == {first: (1, None), second: (2, first)}
+        queries.delete_dataset(session=s, dataset_id=first)
+    with session_scope() as s:
+        revised = queries.get_dataset(session=s, dataset_id=second)
+        assert revised is not None and (revised.version, revised.parent_id) == (2, None)
+        run = queries.get_run(session=s, run_id=run_id)
+        assert run is not None and run.dataset_id is None

@@ -159,9 +159,9 @@ def _ingest(
         shutil.copyfile(path, staging / f"original{suffix}")
 
     fmt = "parquet" if suffix in {".parquet", ".pq"} else "csv"
-    with _staging() as staging:
+    with staging_folder() as staging:
         write(staging)
-        return _commit(staging, path, name, task, fmt, size, len(df), schema, report, created_by)
+        return commit(staging, path, name, task, fmt, size, len(df), schema, report, created_by)
 
 
 def _zip_limits() -> images.ZipLimits:
@@ -184,9 +184,9 @@ def _ingest_annotated(path: Path, *, name: str, size: int, task: str, created_by
     from core.data import detection, segmentation
 
     stage = detection.stage_zip if task == layouts.DETECTION else segmentation.stage_zip
-    with _staging() as staging:
+    with staging_folder() as staging:
         schema, report = stage(path, _zip_limits(), staging)
-        return _commit(staging, path, name, task, "zip", size, report["images"], schema, report, created_by)
+        return commit(staging, path, name, task, "zip", size, report["images"], schema, report, created_by)
 
 
 def _ingest_zip(
@@ -202,7 +202,7 @@ def _ingest_zip(
     under `folder` with an index row each, then committed."""
     import pandas as pd
 
-    with _staging() as staging:
+    with staging_folder() as staging:
         files, items, report = inspect(path, _zip_limits(), staging / images.UNPACKED)
         schema: dict[str, Any] = {"task": task, "source": path.name, "index": "index.parquet"}
         if "class_counts" in report:
@@ -216,7 +216,7 @@ def _ingest_zip(
         pd.DataFrame([dataclasses.asdict(i) for i in items]).to_parquet(
             staging / "index.parquet", index=False
         )
-        return _commit(staging, path, name, task, "zip", size, len(items), schema, report, created_by)
+        return commit(staging, path, name, task, "zip", size, len(items), schema, report, created_by)
 
 
 def _ingest_texts(
@@ -228,11 +228,11 @@ def _ingest_texts(
     target: str | None,
     created_by: str | None,
 ) -> DatasetInfo:
-    with _staging() as staging:
+    with staging_folder() as staging:
         data, schema, report, fmt = _read_texts(path, text_column, target, staging)
         data.to_parquet(staging / "data.parquet", index=False)
         shutil.rmtree(staging / images.UNPACKED, ignore_errors=True)
-        return _commit(
+        return commit(
             staging, path, name, "text-classification", fmt, size, len(data), schema, report, created_by
         )
 
@@ -271,9 +271,9 @@ def _ingest_translation(
     fmt = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
         path.suffix.lower(), "csv"
     )
-    with _staging() as staging:
+    with staging_folder() as staging:
         data.to_parquet(staging / "data.parquet", index=False)
-        return _commit(staging, path, name, "translation", fmt, size, len(data), schema, report, created_by)
+        return commit(staging, path, name, "translation", fmt, size, len(data), schema, report, created_by)
 
 
 def _ingest_instructions(path: Path, *, name: str, size: int, created_by: str | None) -> DatasetInfo:
@@ -286,9 +286,9 @@ def _ingest_instructions(path: Path, *, name: str, size: int, created_by: str | 
     fmt = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(
         path.suffix.lower(), "csv"
     )
-    with _staging() as staging:
+    with staging_folder() as staging:
         data.to_parquet(staging / "data.parquet", index=False)
-        return _commit(
+        return commit(
             staging, path, name, "text-generation", fmt, size, len(data), schema, report, created_by
         )
 
@@ -318,7 +318,7 @@ def _read_texts(
 
 
 @contextlib.contextmanager
-def _staging() -> Iterator[Path]:
+def staging_folder() -> Iterator[Path]:
     """A temporary folder beside the datasets, removed unless _commit moved it into place."""
     settings = get_settings()
     settings.datasets_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def _staging() -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _commit(
+def commit(
     staging: Path,
     path: Path,
     name: str,
@@ -340,8 +340,11 @@ def _commit(
     schema: dict[str, Any],
     report: dict[str, Any],
     created_by: str | None,
+    *,
+    parent: DatasetInfo | None = None,
 ) -> DatasetInfo:
-    """Move the staged files into place in the same transaction that writes the dataset row."""
+    """Move the staged files into place in the same transaction that writes the dataset row
+    (a new version of `parent` when given: its number one past the highest in that line)."""
     from core.data import tabular
 
     settings = get_settings()
@@ -364,6 +367,8 @@ def _commit(
                 n_items=n_items,
                 schema=schema,
                 report=report,
+                parent_id=None if parent is None else parent.id,
+                version=1 if parent is None else _next_version(session, parent),
             )
             final = settings.datasets_dir / str(info.id)
             if final.exists():
@@ -375,6 +380,21 @@ def _commit(
         if final is not None:
             shutil.rmtree(final, ignore_errors=True)
         raise
+
+
+def _next_version(session: Any, parent: DatasetInfo) -> int:
+    """One past the highest version among `parent`'s line: its first version and every
+    dataset revised from it, directly or not."""
+    known = {d.id: d for d in queries.list_datasets(session=session)}
+    root = parent.id
+    while known.get(root) is not None and known[root].parent_id in known:
+        root = known[root].parent_id  # type: ignore[assignment]
+    line, grew = {root}, True
+    while grew:
+        more = {d.id for d in known.values() if d.parent_id in line} - line
+        line |= more
+        grew = bool(more)
+    return 1 + max(known[i].version for i in line if i in known)
 
 
 def _upload_name(filename: str) -> str:

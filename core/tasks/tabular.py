@@ -73,7 +73,9 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
             f"dataset {dataset.id}'s stored table cannot be read ({type(exc).__name__}: {exc}); "
             "add the file again"
         ) from exc
-    df = df[df[target].notna()].reset_index(drop=True)
+    labelled = df[target].notna().to_numpy()
+    rows = np.flatnonzero(labelled)  # dataset item ids: positions in the stored table
+    df = df[labelled].reset_index(drop=True)
     numeric, categorical = encode_features(df, schema)
     if classification:
         index = {c: i for i, c in enumerate(schema["classes"])}
@@ -126,7 +128,7 @@ def prepare(dataset: DatasetInfo, cfg: RunConfig, device: str, run_dir: Path | N
         val=TensorBatches(val_in, val_y, max(cfg.batch_size, 1024), shuffle=False),
         n_train=len(train_idx),
         n_val=len(val_idx),
-        val_ids=val_idx,
+        val_ids=rows[val_idx],
         loss_fn=cross_entropy if classification else _mse,
         evaluate=classification_metrics
         if classification
