@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -202,8 +203,19 @@ def cmd_datasets_list(a: argparse.Namespace) -> tuple[Any, str]:
     from core.data.ingest import list_datasets
 
     items = list_datasets()
-    rows = [[str(d.id), d.name, d.task, str(d.n_items), _fmt_time(d.created_at)] for d in items]
-    return items, _table(rows, ["id", "name", "task", "rows", "created"]) if rows else "no datasets yet"
+    rows = [
+        [
+            str(d.id),
+            d.name,
+            f"v{d.version}" + (f" of {d.parent_id}" if d.parent_id is not None else ""),
+            d.task,
+            str(d.n_items),
+            _fmt_time(d.created_at),
+        ]
+        for d in items
+    ]
+    headers = ["id", "name", "version", "task", "rows", "created"]
+    return items, _table(rows, headers) if rows else "no datasets yet"
 
 
 def cmd_datasets_show(a: argparse.Namespace) -> tuple[Any, str]:
@@ -211,6 +223,74 @@ def cmd_datasets_show(a: argparse.Namespace) -> tuple[Any, str]:
 
     ds = get_dataset(a.id)
     return ds, json.dumps(to_jsonable(ds), indent=2)
+
+
+def cmd_datasets_revise(a: argparse.Namespace) -> tuple[Any, str]:
+    from core.data.versions import parse_relabels, revise
+
+    ds = revise(a.id, exclude=a.exclude or [], relabel=parse_relabels(a.relabel or []))
+    change = ds.report["revision"]
+    text = (
+        f"dataset {ds.id} '{ds.name}' v{ds.version}, made from dataset {a.id}: {ds.n_items} items "
+        f"({len(change['excluded'])} excluded, {len(change['relabelled'])} relabelled); "
+        f"dataset {a.id} and its runs are unchanged"
+    )
+    return ds, text
+
+
+def cmd_doctor(a: argparse.Namespace) -> tuple[Any, str]:
+    from contextlib import nullcontext
+
+    from core import doctor
+    from core.data import stages
+
+    line: Any = _StageLine() if not a.json and sys.stderr.isatty() else None
+    progress = os.environ.get(doctor.PROGRESS_FILE)
+    if progress:  # the studio follows the examination through this file
+        from core import atomic
+
+        def line(stage: str, done: int, total: int) -> None:
+            atomic.write_json(Path(progress), {"stage": stage, "done": done, "total": total})
+
+    try:
+        with stages.reporting(line) if line is not None else nullcontext():
+            found = doctor.examine(a.dataset, run_id=a.run, limit=a.limit, folds=a.folds)
+    finally:
+        if isinstance(line, _StageLine):
+            line.close()
+    return found, doctor_text(found)
+
+
+def doctor_text(r: dict[str, Any]) -> str:
+    """The doctor's report as a few paragraphs for a terminal."""
+    out = [
+        f"dataset {r['dataset']} '{r['name']}' v{r['version']}: {r['judged']} of {r['items']} items judged "
+        f"by {r['method']}; out-of-sample accuracy {r['accuracy']:.1%} ({r['seconds']:g} s)",
+        f"likely label errors: {r['label_issues_found']}",
+    ]
+    rows = [[str(s["item"]), s["given"], s["suggested"], f"{s['quality']:.3g}"] for s in r["label_issues"]]
+    if rows:
+        out.append(_table(rows, ["item", "given", "suggested", "label quality"]))
+    out.append(f"near-duplicate pairs: {r['duplicates_found']} ({r['leaks']} across train and validation)")
+    rows = [
+        [f"{d['a']}, {d['b']}", " / ".join(d["labels"]), f"{d['similarity']:.4f}", "yes" if d["leak"] else ""]
+        for d in r["duplicates"]
+    ]
+    if rows:
+        out.append(_table(rows, ["items", "labels", "similarity", "leak"]))
+    out.append(f"outliers: {r['outliers_found']}")
+    rows = [
+        [str(o["item"]), o["label"], f"{o['distance']:.3g} (typical {o['typical']:.3g})"]
+        for o in r["outliers"]
+    ]
+    if rows:
+        out.append(_table(rows, ["item", "label", "distance to neighbours"]))
+    if r["overlap"]:
+        out.append(
+            "classes the model mixes up: "
+            + "; ".join(f"{o['a']} / {o['b']} ({o['items']} items)" for o in r["overlap"][:5])
+        )
+    return "\n".join(out)
 
 
 def cmd_datasets_delete(a: argparse.Namespace) -> tuple[Any, str]:
@@ -1216,6 +1296,16 @@ def build_parser() -> argparse.ArgumentParser:
         "id", type=int
     )
     add(ds, "delete", cmd_datasets_delete, "delete a dataset and its files").add_argument("id", type=int)
+    p = add(ds, "revise", cmd_datasets_revise, "a new version with items excluded or relabelled")
+    p.add_argument("id", type=int)
+    p.add_argument("--exclude", type=int, nargs="+", metavar="ITEM", help="items to leave out")
+    p.add_argument("--relabel", nargs="+", metavar="ITEM=LABEL", help="items to give another class")
+
+    p = add(sub, "doctor", cmd_doctor, "likely label errors, duplicates, leaks and outliers of a dataset")
+    p.add_argument("--dataset", type=int, required=True)
+    p.add_argument("--run", type=int, help="judge labels by this run's validation predictions")
+    p.add_argument("--limit", type=int, default=50, help="suspects listed of each kind (default 50)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
 
     p = add(sub, "sweep", cmd_sweep, "queue a hyperparameter sweep (Optuna): each trial a run")
     p.add_argument("--dataset", type=int, required=True)

@@ -413,8 +413,18 @@ ITEM_WORDS = {
 }
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 item", "3 items"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def dataset_name(ds: DatasetInfo | DatasetSummary) -> str:
+    """A dataset's name, with its version once it has been revised ("clothes v2")."""
+    return f"{ds.name} v{ds.version}" if ds.version > 1 else ds.name
+
+
 def dataset_label(ds: DatasetInfo | DatasetSummary) -> str:
-    return f"{ds.id} · {plain(ds.name)} ({ds.task}, {ds.n_items} {ITEM_WORDS.get(ds.task, 'rows')})"
+    return f"{ds.id} · {plain(dataset_name(ds))} ({ds.task}, {ds.n_items} {ITEM_WORDS.get(ds.task, 'rows')})"
 
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&=^\"'@%])")

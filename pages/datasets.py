@@ -17,6 +17,7 @@ from core.data.ingest import (
 )
 from core.data.translation import find_columns
 from core.errors import AscentError
+from pages.studio import doctor as doctor_view
 from pages.studio import notice
 from pages.studio.session import page_actor
 
@@ -165,6 +166,7 @@ st.dataframe(
             {
                 "id": d.id,
                 "name": d.name,
+                "version": d.version,
                 "task": d.task,
                 "items": d.n_items,
                 "MB": round(d.bytes / 1e6, 2),
@@ -180,6 +182,7 @@ st.dataframe(
 # The dataset just added is shown first; a choice whose dataset is gone falls back to the first.
 if "datasets-chosen" in st.session_state:
     chosen = st.session_state.pop("datasets-chosen")
+    st.session_state["datasets-tab"] = "Preview and quality"  # a new dataset opens on its preview
     st.session_state["datasets-choice"] = next((d for d in datasets if d.id == chosen), datasets[0])
 if st.session_state.get("datasets-choice") not in datasets:
     st.session_state.pop("datasets-choice", None)
@@ -187,214 +190,242 @@ choice = st.selectbox("Dataset", datasets, format_func=summary.dataset_label, ke
 ds = get_dataset(choice.id)
 report = ds.report
 
-st.subheader(f"Dataset {ds.id} · {summary.md(ds.name)}: preview")
-if ds.task == "image-classification":
-    for label, paths in summary.sample_images(ds).items():
-        st.markdown(f"**{summary.md(label)}**")
-        st.image([str(p) for p in paths], width=96)
-elif ds.task == "audio-classification":
-    for label, paths in summary.sample_clips(ds).items():
-        st.markdown(f"**{summary.md(label)}**")
-        for column, clip in zip(st.columns(len(paths)), paths, strict=True):
-            column.audio(str(clip))
-elif ds.task == "speech-recognition":
-    st.caption(f"Layout: {summary.md(report['layout'])}; the first clips with their transcripts.")
-    for clip, transcript in summary.sample_transcripts(ds):
-        left, right = st.columns([2, 3], vertical_alignment="center")
-        left.audio(str(clip))
-        right.markdown(summary.md(transcript))
-elif ds.task in ("object-detection", "semantic-segmentation"):
-    drawn = "box outlined" if ds.task == "object-detection" else "mask tinted"
-    st.caption(f"Every {drawn} over its image: a few images per class.")
-    for label, pictures in overlays.scene_preview(ds).items():
-        st.markdown(f"**{summary.md(label)}**")
-        st.image(pictures, width=160)
-elif ds.task == "text-generation":
-    st.caption(f"Layout: {summary.md(report['layout'])}; the first examples as the model learns them.")
-    st.dataframe(pd.DataFrame(report["examples_shown"]), hide_index=True, width="stretch")
-elif ds.task == "translation":
-    langs = report["languages"]
-    named = f" ({langs['source']} to {langs['target']})" if langs["source"] and langs["target"] else ""
-    st.caption(
-        f"Source column '{summary.md(report['columns']['source'])}', target column "
-        f"'{summary.md(report['columns']['target'])}'{named}: the first pairs."
-    )
-    st.dataframe(pd.DataFrame(report["pairs_shown"]), hide_index=True, width="stretch")
-elif ds.task == "text-classification":
-    st.caption(
-        f"Text column '{summary.md(ds.schema['text_column'])}', "
-        f"label column '{summary.md(ds.schema['label_column'])}'"
-    )
-    st.dataframe(summary.sample_texts(ds), hide_index=True, width="stretch")
-else:
-    st.dataframe(summary.preview_table(ds), width="stretch")
+# Keyed, so the chosen tab stays chosen when the page above it changes (a notice goes); only
+# the chosen tab's content runs.
+overview, doctor_tab = st.tabs(["Preview and quality", "Doctor"], key="datasets-tab", on_change="rerun")
+with overview:
+    if overview.open:
+        st.subheader(f"Dataset {ds.id} · {summary.md(summary.dataset_name(ds))}: preview")
+        if "revision" in report:
+            change = report["revision"]
+            st.caption(
+                f"Version {ds.version}, made from dataset {change['from']}: "
+                f"{summary.counted(len(change['excluded']), 'item')} excluded, "
+                f"{len(change['relabelled'])} relabelled "
+                "(item numbers below are this version's)."
+            )
+        if ds.task == "image-classification":
+            for label, paths in summary.sample_images(ds).items():
+                st.markdown(f"**{summary.md(label)}**")
+                st.image([str(p) for p in paths], width=96)
+        elif ds.task == "audio-classification":
+            for label, paths in summary.sample_clips(ds).items():
+                st.markdown(f"**{summary.md(label)}**")
+                for column, clip in zip(st.columns(len(paths)), paths, strict=True):
+                    column.audio(str(clip))
+        elif ds.task == "speech-recognition":
+            st.caption(f"Layout: {summary.md(report['layout'])}; the first clips with their transcripts.")
+            for clip, transcript in summary.sample_transcripts(ds):
+                left, right = st.columns([2, 3], vertical_alignment="center")
+                left.audio(str(clip))
+                right.markdown(summary.md(transcript))
+        elif ds.task in ("object-detection", "semantic-segmentation"):
+            drawn = "box outlined" if ds.task == "object-detection" else "mask tinted"
+            st.caption(f"Every {drawn} over its image: a few images per class.")
+            for label, pictures in overlays.scene_preview(ds).items():
+                st.markdown(f"**{summary.md(label)}**")
+                st.image(pictures, width=160)
+        elif ds.task == "text-generation":
+            st.caption(
+                f"Layout: {summary.md(report['layout'])}; the first examples as the model learns them."
+            )
+            st.dataframe(pd.DataFrame(report["examples_shown"]), hide_index=True, width="stretch")
+        elif ds.task == "translation":
+            langs = report["languages"]
+            named = (
+                f" ({langs['source']} to {langs['target']})" if langs["source"] and langs["target"] else ""
+            )
+            st.caption(
+                f"Source column '{summary.md(report['columns']['source'])}', target column "
+                f"'{summary.md(report['columns']['target'])}'{named}: the first pairs."
+            )
+            st.dataframe(pd.DataFrame(report["pairs_shown"]), hide_index=True, width="stretch")
+        elif ds.task == "text-classification":
+            st.caption(
+                f"Text column '{summary.md(ds.schema['text_column'])}', "
+                f"label column '{summary.md(ds.schema['label_column'])}'"
+            )
+            st.dataframe(summary.sample_texts(ds), hide_index=True, width="stretch")
+        else:
+            st.dataframe(summary.preview_table(ds), width="stretch")
 
-st.subheader(f"Dataset {ds.id} · {summary.md(ds.name)}: quality report")
-if ds.task == "object-detection":
-    left, right = st.columns(2)
-    left.markdown(f"Boxes per class ({report['boxes']} boxes)")
-    left.bar_chart(pd.Series(report["class_counts"], name="boxes"))
-    right.markdown("Box sizes (small under 32×32 px, large over 96×96)")
-    sizes = pd.DataFrame({"size": list(report["box_sizes"]), "boxes": list(report["box_sizes"].values())})
-    right.bar_chart(sizes, x="size", y="boxes", sort=False)
-    st.write(
-        {
-            "images without objects (kept as background)": report["background_images"],
-            "objects per image": report["objects_per_image"],
-            "box side / image side": report["box_relative_side"],
-            "crowd boxes (not trained on)": report["crowd_boxes"],
-            "unreadable (left out)": report["unreadable"],
-            "width": report["width"],
-            "height": report["height"],
-        }
-    )
-elif ds.task == "semantic-segmentation":
-    left, right = st.columns(2)
-    left.markdown("Share of labelled pixels per class")
-    left.bar_chart(pd.Series(report["class_pixel_share"], name="pixels"))
-    right.markdown("Images holding each class")
-    right.bar_chart(pd.Series(report["class_counts"], name="images"))
-    st.write(
-        {
-            "ignored pixels (255)": report["ignored_pixel_share"],
-            "images with background only": report["background_only_images"],
-            "unreadable (left out)": report["unreadable"],
-            "width": report["width"],
-            "height": report["height"],
-        }
-    )
-elif ds.task == "text-generation":
-    left, right = st.columns(2)
-    left.markdown(f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})")
-    left.bar_chart(summary.length_histogram(report))
-    right.write(
-        {
-            "examples": report["examples"],
-            "left out": report["left_out"] or "none",
-            "exact duplicates": report["duplicate_examples"],
-            "turns per example": report["turns"],
-            f"over {report['context']} tokens (left out of a run unless its context is raised)": report[
-                "over_context"
-            ],
-        }
-    )
-elif ds.task == "translation":
-    left, right = st.columns(2)
-    words = report["length_words"]
-    left.markdown(
-        f"Words per sentence (median {words['source']['median']:g} in the source, "
-        f"{words['target']['median']:g} in the target)"
-    )
-    left.bar_chart(summary.pair_length_histogram(report), stack=False)
-    right.write(
-        {
-            "pairs": report["pairs"],
-            "left out": report["left_out"] or "none",
-            "exact duplicate pairs": report["duplicate_pairs"],
-            "target same as source (untranslated?)": report["untranslated"],
-            "lengths over 3x apart (misaligned?)": report["misaligned"],
-        }
-    )
-    if report["misaligned_shown"]:
-        st.markdown("Pairs whose lengths look misaligned")
-        st.dataframe(pd.DataFrame(report["misaligned_shown"]), hide_index=True, width="stretch")
-elif ds.task == "speech-recognition":
-    left, right = st.columns(2)
-    left.markdown(
-        f"Durations (median {report['seconds']['median']:.2f} s; {report['minutes']:g} minutes in all)"
-    )
-    left.bar_chart(summary.duration_histogram(report))
-    words = report["words"]
-    right.write(
-        {
-            "words": f"{words['total']} in all, median {words['median']:g} per clip, {words['vocabulary']} different",
-            "words per second (median)": report["words_per_second"]["median"],
-            "words per second unlike speech (wrong transcript?)": report["odd_rate"],
-            "left out": report["left_out"] or "none",
-        }
-    )
-    st.write(
-        {
-            "clips without a transcript (left out)": report["untranscribed"],
-            "rows whose clip is missing (left out)": report["missing_clips"],
-            "sample rates (Hz: clips)": report["sample_rates"],
-            "unreadable (left out)": report["unreadable"],
-            f"over {report['max_clip_seconds']:g} s (left out)": report["too_long"],
-            "silent clips": report["silent"],
-            "clipped clips": report["clipped"],
-        }
-    )
-elif "class_counts" in report:
-    left, right = st.columns(2)
-    left.markdown(f"Class balance (imbalance ratio {report['imbalance_ratio']})")
-    left.bar_chart(pd.Series(report["class_counts"], name="items"))
-    if ds.task == "image-classification":
-        right.markdown("Files")
-        right.write(
-            {
-                "unreadable (left out)": report["unreadable"],
-                "exact duplicates": report["duplicate_images"],
-                "same image in several classes": report["cross_class_duplicates"],
-                "width": report["width"],
-                "height": report["height"],
-                "colour modes": report["modes"],
-            }
-        )
-    if ds.task == "audio-classification":
-        right.markdown(
-            f"Durations (median {report['seconds']['median']:.2f} s; runs use clips of "
-            f"{ds.schema['clip_seconds']:g} s)"
-        )
-        right.bar_chart(summary.duration_histogram(report))
-        st.write(
-            {
-                "sample rates (Hz: clips)": report["sample_rates"],
-                "channels (count: clips)": report["channels"],
-                "unreadable (left out)": report["unreadable"],
-                f"over {report.get('max_clip_seconds', 60):g} s (left out)": report.get("too_long", {}),
-                "silent clips": report["silent"],
-                "clipped clips": report["clipped"],
-            }
-        )
-    if ds.task == "text-classification":
-        right.markdown(f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})")
-        right.bar_chart(summary.length_histogram(report))
-        st.write(
-            {
-                "examples": report["examples"],
-                "empty texts (left out)": report["empty_texts"],
-                "missing labels (left out)": report["missing_labels"],
-                "exact duplicates": report["duplicate_texts"],
-                "duplicates with conflicting labels": report["conflicting_duplicates"],
-            }
-        )
-        if report["conflict_examples"]:
-            st.warning("Same text, different labels (label errors?)")
-            st.dataframe(pd.DataFrame(report["conflict_examples"]), hide_index=True, width="stretch")
-if "missing_per_column" in report:
-    missing = summary.missing_values(report)
-    duplicates = f"{report['duplicate_rows']} duplicate rows"
-    if missing.empty:
-        st.markdown(f"No missing values; {duplicates}")
-    else:
-        st.markdown(f"Missing values per column ({report['missing_cells']} cells); {duplicates}")
-        st.bar_chart(missing)
-    if report.get("dropped_columns"):
-        st.warning(
-            "Columns left out: "
-            + summary.md("; ".join(f"{c} ({r})" for c, r in report["dropped_columns"].items()))
-        )
-if "target_stats" in report:
-    st.markdown(f"Target '{summary.md(report['target'])}'")
-    st.dataframe(summary.target_stats_table(report), hide_index=True, width=320)
+        st.subheader(f"Dataset {ds.id} · {summary.md(summary.dataset_name(ds))}: quality report")
+        if ds.task == "object-detection":
+            left, right = st.columns(2)
+            left.markdown(f"Boxes per class ({report['boxes']} boxes)")
+            left.bar_chart(pd.Series(report["class_counts"], name="boxes"))
+            right.markdown("Box sizes (small under 32×32 px, large over 96×96)")
+            sizes = pd.DataFrame(
+                {"size": list(report["box_sizes"]), "boxes": list(report["box_sizes"].values())}
+            )
+            right.bar_chart(sizes, x="size", y="boxes", sort=False)
+            st.write(
+                {
+                    "images without objects (kept as background)": report["background_images"],
+                    "objects per image": report["objects_per_image"],
+                    "box side / image side": report["box_relative_side"],
+                    "crowd boxes (not trained on)": report["crowd_boxes"],
+                    "unreadable (left out)": report["unreadable"],
+                    "width": report["width"],
+                    "height": report["height"],
+                }
+            )
+        elif ds.task == "semantic-segmentation":
+            left, right = st.columns(2)
+            left.markdown("Share of labelled pixels per class")
+            left.bar_chart(pd.Series(report["class_pixel_share"], name="pixels"))
+            right.markdown("Images holding each class")
+            right.bar_chart(pd.Series(report["class_counts"], name="images"))
+            st.write(
+                {
+                    "ignored pixels (255)": report["ignored_pixel_share"],
+                    "images with background only": report["background_only_images"],
+                    "unreadable (left out)": report["unreadable"],
+                    "width": report["width"],
+                    "height": report["height"],
+                }
+            )
+        elif ds.task == "text-generation":
+            left, right = st.columns(2)
+            left.markdown(f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})")
+            left.bar_chart(summary.length_histogram(report))
+            right.write(
+                {
+                    "examples": report["examples"],
+                    "left out": report["left_out"] or "none",
+                    "exact duplicates": report["duplicate_examples"],
+                    "turns per example": report["turns"],
+                    f"over {report['context']} tokens (left out of a run unless its context is raised)": report[
+                        "over_context"
+                    ],
+                }
+            )
+        elif ds.task == "translation":
+            left, right = st.columns(2)
+            words = report["length_words"]
+            left.markdown(
+                f"Words per sentence (median {words['source']['median']:g} in the source, "
+                f"{words['target']['median']:g} in the target)"
+            )
+            left.bar_chart(summary.pair_length_histogram(report), stack=False)
+            right.write(
+                {
+                    "pairs": report["pairs"],
+                    "left out": report["left_out"] or "none",
+                    "exact duplicate pairs": report["duplicate_pairs"],
+                    "target same as source (untranslated?)": report["untranslated"],
+                    "lengths over 3x apart (misaligned?)": report["misaligned"],
+                }
+            )
+            if report["misaligned_shown"]:
+                st.markdown("Pairs whose lengths look misaligned")
+                st.dataframe(pd.DataFrame(report["misaligned_shown"]), hide_index=True, width="stretch")
+        elif ds.task == "speech-recognition":
+            left, right = st.columns(2)
+            left.markdown(
+                f"Durations (median {report['seconds']['median']:.2f} s; {report['minutes']:g} minutes in all)"
+            )
+            left.bar_chart(summary.duration_histogram(report))
+            words = report["words"]
+            right.write(
+                {
+                    "words": f"{words['total']} in all, median {words['median']:g} per clip, {words['vocabulary']} different",
+                    "words per second (median)": report["words_per_second"]["median"],
+                    "words per second unlike speech (wrong transcript?)": report["odd_rate"],
+                    "left out": report["left_out"] or "none",
+                }
+            )
+            st.write(
+                {
+                    "clips without a transcript (left out)": report["untranscribed"],
+                    "rows whose clip is missing (left out)": report["missing_clips"],
+                    "sample rates (Hz: clips)": report["sample_rates"],
+                    "unreadable (left out)": report["unreadable"],
+                    f"over {report['max_clip_seconds']:g} s (left out)": report["too_long"],
+                    "silent clips": report["silent"],
+                    "clipped clips": report["clipped"],
+                }
+            )
+        elif "class_counts" in report:
+            left, right = st.columns(2)
+            left.markdown(f"Class balance (imbalance ratio {report['imbalance_ratio']})")
+            left.bar_chart(pd.Series(report["class_counts"], name="items"))
+            if ds.task == "image-classification":
+                right.markdown("Files")
+                right.write(
+                    {
+                        "unreadable (left out)": report["unreadable"],
+                        "exact duplicates": report["duplicate_images"],
+                        "same image in several classes": report["cross_class_duplicates"],
+                        "width": report["width"],
+                        "height": report["height"],
+                        "colour modes": report["modes"],
+                    }
+                )
+            if ds.task == "audio-classification":
+                right.markdown(
+                    f"Durations (median {report['seconds']['median']:.2f} s; runs use clips of "
+                    f"{ds.schema['clip_seconds']:g} s)"
+                )
+                right.bar_chart(summary.duration_histogram(report))
+                st.write(
+                    {
+                        "sample rates (Hz: clips)": report["sample_rates"],
+                        "channels (count: clips)": report["channels"],
+                        "unreadable (left out)": report["unreadable"],
+                        f"over {report.get('max_clip_seconds', 60):g} s (left out)": report.get(
+                            "too_long", {}
+                        ),
+                        "silent clips": report["silent"],
+                        "clipped clips": report["clipped"],
+                    }
+                )
+            if ds.task == "text-classification":
+                right.markdown(
+                    f"Length in {report['length_unit']} (median {report['length_tokens']['median']:g})"
+                )
+                right.bar_chart(summary.length_histogram(report))
+                st.write(
+                    {
+                        "examples": report["examples"],
+                        "empty texts (left out)": report["empty_texts"],
+                        "missing labels (left out)": report["missing_labels"],
+                        "exact duplicates": report["duplicate_texts"],
+                        "duplicates with conflicting labels": report["conflicting_duplicates"],
+                    }
+                )
+                if report["conflict_examples"]:
+                    st.warning("Same text, different labels (label errors?)")
+                    st.dataframe(pd.DataFrame(report["conflict_examples"]), hide_index=True, width="stretch")
+        if "missing_per_column" in report:
+            missing = summary.missing_values(report)
+            duplicates = f"{report['duplicate_rows']} duplicate rows"
+            if missing.empty:
+                st.markdown(f"No missing values; {duplicates}")
+            else:
+                st.markdown(f"Missing values per column ({report['missing_cells']} cells); {duplicates}")
+                st.bar_chart(missing)
+            if report.get("dropped_columns"):
+                st.warning(
+                    "Columns left out: "
+                    + summary.md("; ".join(f"{c} ({r})" for c, r in report["dropped_columns"].items()))
+                )
+        if "target_stats" in report:
+            st.markdown(f"Target '{summary.md(report['target'])}'")
+            st.dataframe(summary.target_stats_table(report), hide_index=True, width=320)
 
-if can(actor, Action.EDIT, ds.created_by):
-    with st.expander("Delete this dataset"):
-        st.caption("Its files go; its runs stay, without a dataset.")
-        sure = st.checkbox(f"Yes, delete '{summary.md(ds.name)}'", key=f"confirm-delete-{ds.id}")
-        if st.button("Delete", disabled=not sure, key=f"delete-{ds.id}"):
-            try:
-                delete_dataset(ds.id, actor=actor)
-                notice.after_rerun(f"Deleted dataset {ds.id} ({summary.md(ds.name)}).")
-            except AscentError as exc:
-                st.error(summary.md(exc))
+        if can(actor, Action.EDIT, ds.created_by):
+            with st.expander("Delete this dataset"):
+                st.caption("Its files go; its runs stay, without a dataset.")
+                sure = st.checkbox(f"Yes, delete '{summary.md(ds.name)}'", key=f"confirm-delete-{ds.id}")
+                if st.button("Delete", disabled=not sure, key=f"delete-{ds.id}"):
+                    try:
+                        delete_dataset(ds.id, actor=actor)
+                        notice.after_rerun(f"Deleted dataset {ds.id} ({summary.md(ds.name)}).")
+                    except AscentError as exc:
+                        st.error(summary.md(exc))
+
+
+if doctor_tab.open:
+    with doctor_tab:
+        doctor_view.show(ds, actor)

@@ -42,7 +42,7 @@ actor = page_actor()
 st.title("Runs")
 notice.show()
 datasets = list_datasets()
-names = {d.id: d.name for d in datasets}
+names = {d.id: summary.dataset_name(d) for d in datasets}
 
 filters = st.container(horizontal=True)
 task = filters.selectbox(

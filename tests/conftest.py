@@ -216,3 +216,19 @@ def train_here(*run_ids: int) -> None:
         assert claimed is not None and claimed.id == run_id, claimed
         assert execute_run(run_id) == 0, jobs.get_run(run_id).error
         assert jobs.get_run(run_id).status == "succeeded"
+
+
+@pytest.fixture
+def studio(home: Path) -> Iterator[str]:
+    """The studio (`streamlit run`) on 127.0.0.1 for this test's home; stopped afterwards."""
+    from tests.browser import run_studio
+
+    yield from run_studio(home)
+
+
+@pytest.fixture
+def page(studio: str):  # type: ignore[no-untyped-def]
+    """A Chromium page (1400 x 1000) on the studio; the browser is closed afterwards."""
+    from tests.browser import open_browser
+
+    yield from open_browser(studio)

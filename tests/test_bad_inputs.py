@@ -456,6 +456,41 @@ CASES: dict[str, Case] = {
     "explain a table run with a text": Case(
         ["explain", "--run", "{run:table}", "--text", "hello"], "a table run explains rows"
     ),
+    "doctor a speech dataset": Case(
+        ["doctor", "--dataset", "{ds:speech}"], "the doctor examines classification datasets", postgres=True
+    ),
+    "doctor with one fold": Case(
+        ["doctor", "--dataset", "{ds:table}", "--folds", "1"], "--folds must be between"
+    ),
+    "doctor listing nothing": Case(
+        ["doctor", "--dataset", "{ds:table}", "--limit", "0"], "--limit must be 1"
+    ),
+    "doctor by another dataset's run": Case(
+        ["doctor", "--dataset", "{ds:table}", "--run", "{run:text}"], "give a run of dataset"
+    ),
+    "doctor by a run not trained yet": Case(
+        ["doctor", "--dataset", "{ds:table}", "--run", "{run:queued}"], "has no stored validation predictions"
+    ),
+    "doctor a dataset that is not there": Case(["doctor", "--dataset", "4040"], "no dataset with id 4040"),
+    "relabel to a class the dataset lacks": Case(
+        ["datasets", "revise", "{ds:table}", "--relabel", "3=sideways"],
+        "'sideways' is not a class",
+        postgres=True,
+    ),
+    "exclude an item past the end": Case(
+        ["datasets", "revise", "{ds:table}", "--exclude", "100000"], "there is no item 100000"
+    ),
+    "revise without a change": Case(["datasets", "revise", "{ds:table}"], "nothing to change"),
+    "exclude and relabel one item": Case(
+        ["datasets", "revise", "{ds:table}", "--exclude", "3", "--relabel", "3=1"],
+        "both excluded and relabelled",
+    ),
+    "relabel without an equals sign": Case(
+        ["datasets", "revise", "{ds:table}", "--relabel", "3:1"], "write ITEM=LABEL"
+    ),
+    "revise a speech dataset": Case(
+        ["datasets", "revise", "{ds:speech}", "--exclude", "0"], "only classification datasets"
+    ),
     "hf-t5 without weights": Case(
         ["train", "--dataset", "{ds:pairs}", "--model", "hf-t5"], "hf-t5 needs the T5 model"
     ),
@@ -945,6 +980,7 @@ def test_the_battery_is_large_and_covers_every_surface() -> None:
     commands = {c.argv[0] for c in CASES.values()}
     assert commands == {
         "explain",
+        "doctor",
         "datasets",
         "train",
         "runs",

@@ -107,6 +107,18 @@ def test_two_classifiers_are_diffed_as_their_stored_predictions_say(home: Path, 
         d.value.columns.tolist()[:4] == ["slice", "items", f"run {a}", f"run {b}"] for d in at.dataframe
     )
 
+    # The data doctor judged by run b's stored predictions: only its validation items, each
+    # suspect's given label the stored true one, and the most suspect first.
+    from core.doctor import examine
+
+    judged = examine(wine.id, run_id=b)
+    assert judged["judged"] == len(stored[b]) and judged["method"].startswith(f"run {b}'s validation")
+    truth_b = dict(zip(stored[b]["item"], stored[b]["true"], strict=True))
+    assert all(s["given"] == truth_b[s["item"]] for s in judged["label_issues"])
+    qualities = [s["quality"] for s in judged["label_issues"]]
+    assert qualities == sorted(qualities)
+    assert judged["accuracy"] == pytest.approx((stored[b]["predicted"] == stored[b]["true"]).mean())
+
     # Another seed holds back other rows: only the shared ones are compared.
     partly = diff(b, other_seed)
     assert 0 < partly["common"] < len(stored[b]) and partly["common"] + partly["only_a"] == len(stored[b])
