@@ -6,7 +6,8 @@ written: no new file under ASCENT_HOME, no new row in any table.
 Each case runs `python -m core ...` in a fresh process (three at a time: they only read)
 against one home that holds a trained run of each modality (tables, images, texts, audio),
 a queued run and a run whose dataset was deleted. The cases marked for PostgreSQL run there
-too (CI sets ASCENT_TEST_DATABASE_URL).
+too, in test_bad_inputs_postgres.py (CI sets ASCENT_TEST_DATABASE_URL): a file of its own so
+the two test processes build the two homes side by side.
 """
 
 from __future__ import annotations
@@ -875,20 +876,6 @@ def sqlite_home(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
     yield _build_home(tmp_path_factory.mktemp("bad-sqlite") / "home", "", files, full=True)
 
 
-@pytest.fixture(scope="module")
-def postgres_home(tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]) -> Iterator[Home]:
-    if not PG_ADMIN_URL:
-        pytest.skip("ASCENT_TEST_DATABASE_URL is not set (CI sets it)")
-    url, drop = _fresh_postgres()
-    try:
-        yield _build_home(tmp_path_factory.mktemp("bad-pg") / "home", url, files, full=False)
-    finally:
-        from db.session import dispose_all
-
-        dispose_all()
-        drop()
-
-
 def _snapshot(home: Home) -> tuple[set[str], dict[str, int]]:
     """Every file under the home (the database's own journal files aside) and every row count."""
     from sqlalchemy import create_engine, text
@@ -958,21 +945,11 @@ def sqlite_outcomes(sqlite_home: Home, files: dict[str, Path]) -> dict[str, Outc
     return _battery(sqlite_home, files, list(CASES))
 
 
-@pytest.fixture(scope="module")
-def postgres_outcomes(postgres_home: Home, files: dict[str, Path]) -> dict[str, Outcome]:
-    return _battery(postgres_home, files, [n for n, c in CASES.items() if c.postgres])
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_in_one_line_and_writes_nothing(
     name: str, sqlite_outcomes: dict[str, Outcome]
 ) -> None:
     _check(CASES[name], sqlite_outcomes[name])
-
-
-@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.postgres])
-def test_bad_input_on_postgresql(name: str, postgres_outcomes: dict[str, Outcome]) -> None:
-    _check(CASES[name], postgres_outcomes[name])
 
 
 def test_the_battery_is_large_and_covers_every_surface() -> None:
