@@ -274,9 +274,16 @@ def features(dataset: DatasetInfo) -> Features:
         ) from exc
 
 
+def judgeable(labels: np.ndarray) -> np.ndarray:
+    """Which of these labels cross-validation can judge: those of classes with 2 items or more
+    (a class of one has no other item to learn it from)."""
+    present, counts = np.unique(labels, return_counts=True)
+    return np.isin(labels, present[counts >= 2])
+
+
 def cross_validated(found: Features, items: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, str]:
     """Out-of-sample class probabilities [len(items), classes] from `folds`-fold
-    cross-validation, and the model's description."""
+    cross-validation, and the model's description. Every class of `items` has 2 or more."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.neural_network import MLPClassifier
@@ -285,11 +292,11 @@ def cross_validated(found: Features, items: np.ndarray, folds: int, seed: int) -
 
     x, y = found.matrix[items], found.labels[items]
     present, counts = np.unique(y, return_counts=True)
-    k = int(min(folds, counts.min()))
+    k = int(min(folds, counts.min())) if len(present) else 0
     if len(present) < 2 or k < 2:
         raise DatasetError(
             "the doctor needs two classes with at least 2 labelled items each to cross-validate; "
-            f"the smallest class has {int(counts.min())}"
+            f"this dataset has {len(present)}"
         )
     if found.kind == "table":
         model: Any = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=150, random_state=seed)
@@ -401,8 +408,11 @@ def examine(
         items, probs, method = _from_run(dataset, stored, found)
         run_items = items
     else:
-        items = labelled
+        items = labelled[judgeable(found.labels[labelled])]
         probs, method = cross_validated(found, items, folds, seed)
+        if len(items) < len(labelled):
+            left = len(labelled) - len(items)
+            method += f" ({left} item{'s' if left != 1 else ''} of a class of one not judged)"
     labels = found.labels[items]
     from datetime import UTC, datetime
 
@@ -535,7 +545,9 @@ def _label_issues(
     columns = probs[:, present]
     columns = columns / np.maximum(columns.sum(1, keepdims=True), 1e-12)
     local = np.searchsorted(present, labels)
-    ranked = find_label_issues(local, columns, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a pool, which can hang forever in a process that
+    # already runs threads (torch's, a server's); one process is quick at these sizes.
+    ranked = find_label_issues(local, columns, return_indices_ranked_by="self_confidence", n_jobs=1)
     quality = get_label_quality_scores(local, columns)
     suspects = []
     for i in ranked[:limit]:

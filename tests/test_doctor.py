@@ -192,6 +192,14 @@ def test_flipped_images_top_the_list_features_are_cached_and_a_version_links_its
         assert not (Path(made.path) / "images" / index["path"][i]).exists()
         assert (Path(ds.path) / "images" / index["path"][i]).exists()
 
+    # Deleting a dataset takes its cached features and report along; its version keeps its files.
+    from core.data.ingest import delete_dataset
+
+    delete_dataset(ds.id)
+    assert not list((home / "cache" / "doctor").glob(f"{ds.id}-*"))
+    assert get_dataset(made.id).parent_id is None
+    assert all((Path(made.path) / "images" / rel).is_file() for rel in new_index["path"])  # links stay
+
 
 def test_texts_and_clips_are_examined_and_a_background_examination_reports(
     home: Path, tmp_path: Path
@@ -199,15 +207,19 @@ def test_texts_and_clips_are_examined_and_a_background_examination_reports(
     from core.data.samples import bbc_news_csv, spoken_words_zip
 
     news = bbc_news_csv(tmp_path / "news.csv", per_class=6)
+    lone = pd.DataFrame(
+        {"text": ["Showers clear by noon, then a dry, bright afternoon."], "label": ["weather"]}
+    )
+    pd.concat([pd.read_csv(news), lone]).to_csv(news, index=False)  # a class of one: not judged
     texts = ingest_file(news)
     exam = doctor.start(texts.id)
     assert doctor.start(texts.id) is exam  # one examination of a dataset at a time
     wait_for(lambda: exam.poll().finished, timeout=240)
     assert exam.error is None and exam.process.returncode == 0 and not exam.progress.exists()
     report = doctor.last_report(texts.id)
-    assert (
-        report is not None and report["judged"] == 30 and report["features"] == "MiniLM sentence embeddings"
-    )
+    assert report is not None and (report["judged"], report["items"]) == (30, 31)
+    assert report["features"] == "MiniLM sentence embeddings"
+    assert "1 item of a class of one not judged" in report["method"]
     assert report["accuracy"] > 0.6  # sentence embeddings tell the five topics apart
 
     clips = ingest_file(

@@ -524,6 +524,9 @@ def delete_dataset(dataset_id: int, *, actor: Actor = LOCAL) -> None:
     with session_scope() as session:
         queries.delete_dataset(session=session, dataset_id=dataset_id)
     shutil.rmtree(info.path, ignore_errors=True)
+    # The data doctor's features and report of it (core/doctor.py) go with it.
+    for cached in (Path(get_settings().home) / "cache" / "doctor").glob(f"{dataset_id}-*"):
+        cached.unlink(missing_ok=True)
 
 
 def same_file(data: bytes) -> DatasetSummary | None:
