@@ -480,9 +480,10 @@ class Examination:
         except (OSError, ValueError, KeyError):
             pass
         if not self.finished and self.process.poll() is not None:
-            err = self.process.stderr.read() if self.process.stderr else ""
-            self.process.wait()
+            errors = self.progress.with_suffix(".err")
+            err = errors.read_text(errors="replace") if errors.exists() else ""
             self.progress.unlink(missing_ok=True)
+            errors.unlink(missing_ok=True)
             if self.process.returncode != 0:
                 lines = [line for line in err.splitlines() if line.strip()]
                 last = (
@@ -514,15 +515,16 @@ def start(dataset_id: int) -> Examination:
         os.close(fd)
         root = Path(__file__).resolve().parents[1]
         env = {**os.environ, PROGRESS_FILE: name, "PYTHONPATH": str(root)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "core", "doctor", "--dataset", str(dataset_id), "--json"],
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # Its messages go to a file, not a pipe: a pipe nobody reads until the end could fill.
+        with open(Path(name).with_suffix(".err"), "wb") as errors:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core", "doctor", "--dataset", str(dataset_id), "--json"],
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
         exam = _examinations[dataset_id] = Examination(dataset_id, process, Path(name))
         return exam
 

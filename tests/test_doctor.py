@@ -215,7 +215,8 @@ def test_texts_and_clips_are_examined_and_a_background_examination_reports(
     exam = doctor.start(texts.id)
     assert doctor.start(texts.id) is exam  # one examination of a dataset at a time
     wait_for(lambda: exam.poll().finished, timeout=240)
-    assert exam.error is None and exam.process.returncode == 0 and not exam.progress.exists()
+    assert exam.error is None and exam.process.returncode == 0
+    assert not exam.progress.exists() and not exam.progress.with_suffix(".err").exists()
     report = doctor.last_report(texts.id)
     assert report is not None and (report["judged"], report["items"]) == (30, 31)
     assert report["features"] == "MiniLM sentence embeddings"
