@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -437,22 +438,25 @@ def worker_alive() -> bool:
         return bool(queries.alive_workers(session=session, within_s=get_settings().lost_after_s))
 
 
-_last_start: dict[str, float] = {}
+_last_start: dict[str, tuple[float, subprocess.Popen[bytes]]] = {}  # database: (when, process)
 
 
 def ensure_worker(grace_s: float = 60.0) -> bool:
     """Start a background worker when none is alive; True when one was started.
 
-    A worker takes a few seconds to register, so this process starts at most one per
-    `grace_s` for a database (the studio calls this on every page view).
+    A worker takes a few seconds to register, so while the one this process started last is
+    still running and younger than `grace_s`, no other is started (the studio calls this on
+    every page view, and its Train page every few seconds while runs wait).
     """
     from core.worker import start_background_worker
 
     url = database()
-    if worker_alive() or time.monotonic() - _last_start.get(url, -grace_s) < grace_s:
+    if worker_alive():
         return False
-    start_background_worker()
-    _last_start[url] = time.monotonic()
+    last = _last_start.get(url)
+    if last is not None and last[1].poll() is None and time.monotonic() - last[0] < grace_s:
+        return False
+    _last_start[url] = (time.monotonic(), start_background_worker())
     return True
 
 

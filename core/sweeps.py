@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy.exc
 
 from core import jobs
 from core.access import LOCAL, Action, Actor, require
@@ -159,7 +162,17 @@ def _storage_for(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     )
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            # Processes that meet a database without Optuna's tables at once (the studio making
+            # the first sweep while a worker polls) race to create and stamp them; the losers
+            # look again once the winner has finished.
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def _storage() -> optuna.storages.RDBStorage:

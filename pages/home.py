@@ -83,6 +83,9 @@ def card(sample: Sample) -> None:
                 st.error(summary.md(exc))
             else:
                 st.session_state[_ADDED] = (ds.id, run.id, sample.title)
+                # The Train page follows it, so it says how the run ended even when the run is
+                # over before that page is opened (a quick sample can be).
+                st.session_state.setdefault("train-following", []).append(run.id)
                 st.rerun()  # the counters above count what was just added
 
 

@@ -432,6 +432,10 @@ def live() -> None:
     if not active:
         st.caption("No run is going on. Finished runs are on the Runs page.")
         return
+    if any(r.status == "queued" for r in active):
+        # The studio's worker leaves after a while with nothing to do, and one may be stopped or
+        # killed: while runs wait, this page (which may be all the user looks at) brings one back.
+        jobs.ensure_worker()
     for run in active:
         with st.container(border=True):
             st.markdown(

@@ -111,9 +111,32 @@ def launch_and_wait(page, epochs: str, extra: dict[str, str] | None = None) -> N
     page.get_by_role("button", name="Launch").click()
     page.get_by_text("queued:").wait_for()
     shot(page, "train")
-    page.get_by_text("No run is going on").wait_for(timeout=240_000)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text("No run is going on").wait_for(timeout=240_000)
+    except PlaywrightTimeout as exc:
+        raise AssertionError(f"the run did not end in 240 s: {runs_said()}") from exc
     # The run this page launched says how it ended, with a way to it.
     page.get_by_text("succeeded").first.wait_for()
     page.get_by_role("link", name="See it on Runs").first.wait_for()
     page.get_by_role("link", name="See it on Runs").first.scroll_into_view_if_needed()
     shot(page, "train-ended")
+
+
+def runs_said() -> str:
+    """One line on this home's latest runs, workers and their logs' last lines: what a failed
+    wait needs in CI's short summary, where the logs themselves are out of reach."""
+    from core import jobs
+    from core.config import get_settings
+
+    home = get_settings().home
+
+    def tail(path: Path, n: int) -> str:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else "none"
+
+    runs = "; ".join(
+        f"run {r.id} {r.status} on {r.device or 'no device'} (log: {tail(jobs.run_dir(r.id) / 'run.log', 3)})"
+        for r in jobs.list_runs(limit=3)
+    )
+    return f"{runs or 'no runs'}; a worker alive: {jobs.worker_alive()}; worker.log: {tail(home / 'worker.log', 6)}"

@@ -58,6 +58,11 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Iter
     monkeypatch.setenv("ASCENT_LOST_AFTER_S", "3")
     monkeypatch.setenv("ASCENT_WORKER_IDLE_EXIT_S", "30")
     monkeypatch.setenv("ASCENT_DEVICE", "cpu")
+    # Pages run in this process (AppTest) start no background worker: a test that wants one
+    # says so with the `worker` fixture. The studio's own process (browser tests) still does.
+    from core import jobs
+
+    monkeypatch.setattr(jobs, "ensure_worker", lambda grace_s=60.0: False)
     pg_name = None
     if backend == "postgresql":
         url, pg_name = _fresh_postgres_db()

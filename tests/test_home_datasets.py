@@ -13,6 +13,7 @@ from core import jobs
 from core.config import get_settings
 from core.data.ingest import ingest_file, list_datasets
 from core.summary import upload_limit_mb
+from tests.conftest import train_here
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def _charts(at: AppTest) -> list:  # type: ignore[type-arg]
 def test_a_sample_added_from_home_links_to_its_run_and_counts_it(
     home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "ensure_worker", lambda: None)  # the run stays queued: no training here
+    # The run stays queued (conftest keeps in-process pages from starting a worker).
     # AppTest starts every run in Streamlit's old pages-folder mode, which page_actor leaves with a
     # rerun that would swallow the click; the real server leaves it once, at its first request.
     from streamlit.runtime.pages_manager import PagesManager
@@ -51,6 +52,13 @@ def test_a_sample_added_from_home_links_to_its_run_and_counts_it(
     (link,) = at.get("page_link")
     assert link.proto.label == f"Watch run {run.id} learn" and link.proto.page == "train"
     assert [m.value for m in at.metric][:2] == ["1", "1"]  # counted without another click
+
+    # A quick sample can be over before Train is opened: Train still says how it ended.
+    train_here(run.id)
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    (ended,) = [s.value for s in at.success if f"Run {run.id} ·" in s.value]
+    assert "Wine succeeded: best validation F1" in ended
 
 
 def test_an_upload_is_previewed_before_it_is_added(home: Path, data_dir: Path) -> None:

@@ -17,6 +17,7 @@ from core import checkpoint, jobs
 from core.config import RunConfig
 from core.data.ingest import ingest_file
 from core.errors import ConfigError
+from core.jobs import ensure_worker  # the real one: conftest's home makes jobs.ensure_worker a no-op
 from core.worker import Worker
 
 LONG = {"epochs": 200, "batch_size": 16, "patience": 0}
@@ -174,3 +175,26 @@ def test_rename_tag_and_delete_with_files(home: Path, data_dir: Path) -> None:
     assert jobs.run_dir(run_id).exists()
     jobs.delete_run(run_id)
     assert not jobs.run_dir(run_id).exists() and jobs.list_runs() == []
+
+
+def test_the_studio_starts_one_worker_and_another_when_that_one_has_gone(home: Path) -> None:
+    started = ensure_worker()
+    assert started
+    ((_, proc),) = jobs._last_start.values()
+    try:
+        assert not ensure_worker()  # it is starting (or serving): not a second one
+        wait_for(jobs.worker_alive, timeout=60)
+        assert not ensure_worker()
+        proc.kill()  # killed outright: its heartbeat stops, its row still says it serves
+        proc.wait(10)
+        wait_for(lambda: not jobs.worker_alive(), timeout=30)
+        # Within the minute's grace, yet the one started is gone: another is started at once.
+        assert ensure_worker()
+        ((_, second),) = jobs._last_start.values()
+        assert second.pid != proc.pid
+        wait_for(jobs.worker_alive, timeout=60)
+    finally:
+        for p in [proc, *(p for _, p in jobs._last_start.values())]:
+            p.terminate()
+            p.wait(20)
+        jobs._last_start.clear()

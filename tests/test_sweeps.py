@@ -91,3 +91,27 @@ def test_four_trials_one_pruned_and_the_best_run_named(wine, worker) -> None:  #
         text=True,
     )
     assert refused.returncode == 1 and "only lost, failed or cancelled runs resume" in refused.stderr
+
+
+def test_processes_meeting_a_database_without_optunas_tables_all_get_a_storage(tmp_path: Path) -> None:
+    # The studio making the first sweep while a worker polls: each races to create Optuna's
+    # tables and stamp their version. Four at once, from a fresh database, five times over.
+    import threading
+
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        failures: list[BaseException] = []
+
+        def open_storage(url: str = url, failures: list[BaseException] = failures) -> None:
+            try:
+                sweeps._storage_for.__wrapped__(url)
+            except BaseException as exc:  # every failure is counted
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_storage) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert sweeps._storage_for.__wrapped__(url).get_all_studies() == []
