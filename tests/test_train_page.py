@@ -78,11 +78,15 @@ def test_a_bad_budget_and_a_missing_model_are_refused_before_queueing(home: Path
     assert "give the Hugging Face model" in _plain(at.error[0].value) and not jobs.list_runs()
 
 
-def test_a_followed_run_says_how_it_ended(clothes) -> None:  # type: ignore[no-untyped-def]
+def test_a_followed_run_says_how_it_ended(clothes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    asked: list[bool] = []
+    monkeypatch.setattr(jobs, "ensure_worker", lambda grace_s=60.0: asked.append(True) or False)
     at = _train_page()
+    assert not asked  # nothing waits
     _box(at, "Epochs").set_value(1)
     next(b for b in at.button if b.label == "Launch").click().run()
     (run,) = jobs.list_runs()
+    assert asked  # a run waits: the page makes sure a worker will take it
     assert jobs.claim("a test worker") is not None  # running now, as a worker would have it
     jobs.finish(run.id, RunStatus.FAILED, "out of memory on the device\ntraceback lines")
     at.run()
