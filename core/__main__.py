@@ -659,16 +659,134 @@ MAX_EXPLAINED = 100  # rows or texts one explain command takes
 
 def cmd_explain(a: argparse.Namespace) -> tuple[Any, str]:
     from core import jobs
+    from core.explain import MAP_METHODS
 
     run = jobs.get_run(a.run)
+    if a.importance:
+        return _importance(a, run.task)
+    if run.task in MAP_METHODS:
+        return _explain_maps(a, run.task)
+    if run.task not in ("text-classification", "tabular-classification", "tabular-regression"):
+        raise PredictError(
+            f"run {a.run} is {run.task}: explain takes table, text, image and audio classification runs"
+        )
+    if a.method is not None:
+        raise PredictError(
+            "--method is for image and audio runs; tables are explained by Shapley values, texts by "
+            "integrated gradients"
+        )
+    if a.out is not None:
+        raise PredictError("--out is for image and audio runs, whose explanations are pictures")
     if run.task == "text-classification":
         return _explain_texts(a)
-    if run.task not in ("tabular-classification", "tabular-regression"):
-        raise PredictError(
-            f"run {a.run} is {run.task}: explain takes table and text runs for now "
-            "(the text runs' token shading, the tables' feature attributions)"
-        )
     return _explain_rows(a)
+
+
+def _importance(a: argparse.Namespace, task: str) -> tuple[Any, str]:
+    """Each feature's permutation importance over a table run's validation split."""
+    from core.errors import NotFoundError
+    from core.explain import TableExplainer
+
+    if task not in ("tabular-classification", "tabular-regression"):
+        raise PredictError(f"--importance is for table runs; run {a.run} is {task}")
+    if a.files or a.text or a.method or a.out or a.label:
+        raise PredictError("--importance measures over the validation split: give it alone, without rows")
+    try:
+        found = TableExplainer(a.run).importance()
+    except NotFoundError as exc:
+        raise PredictError(str(exc)) from exc
+    lines = [
+        f"{found.metric} {found.value:.4g} on {found.rows} validation rows; {found.method}",
+        *(f"{f.feature}: {f.drop:+.4f} (±{f.spread:.4f})" for f in found.features),
+    ]
+    return {"run": a.run, **to_jsonable(found)}, "\n".join(lines)
+
+
+def _explain_maps(a: argparse.Namespace, task: str) -> tuple[Any, str]:
+    """Heatmaps of where the evidence lies in images or clips, written as PNGs."""
+    from core import atomic, jobs
+    from core.errors import NotFoundError
+    from core.explain import (
+        MAP_METHODS,
+        MapExplainer,
+        clip_overlay_png,
+        image_overlay,
+        strongest_region,
+        where_in_clip,
+        where_in_image,
+    )
+    from core.models.audio import log_mel
+    from core.runtime import RuntimeInputError, load_original
+
+    image = task == "image-classification"
+    what = "images (PNG, JPEG, WebP or BMP files)" if image else "clips (WAV or FLAC files)"
+    if a.text:
+        raise PredictError(f"an {'image' if image else 'audio'} run explains {what}: give them as files")
+    if not a.files:
+        raise PredictError(f"give the {what} to explain")
+    if len(a.files) > MAX_EXPLAINED:
+        raise PredictError(f"{len(a.files)} files; explain at most {MAX_EXPLAINED} at a time")
+    methods = MAP_METHODS[task]
+    method = a.method or methods[0]
+    if method not in methods:
+        raise PredictError(f"'{method}' is no method for {task}; give one of: {', '.join(methods)}")
+    for file in a.files:
+        if not Path(file).is_file():
+            raise PredictError(f"{file} does not exist")
+    names = [f"{Path(f).stem}-{method}.png" for f in a.files]
+    if len(set(names)) < len(names):  # e.g. 3.png of two class folders: numbered in the given order
+        names = [f"{i}-{name}" for i, name in enumerate(names, 1)]
+    out = Path(a.out) if a.out else jobs.run_dir(a.run) / "explanations"
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file; give a folder for the pictures")
+    try:
+        explainer = MapExplainer(a.run)
+        if a.label is not None and a.label not in explainer.classes:
+            raise PredictError(
+                f"'{a.label}' is no class of run {a.run}; its classes: {', '.join(explainer.classes)}"
+            )
+        prepared = []
+        for file in a.files:
+            try:
+                prepared.append(explainer.prepare(file))
+            except RuntimeInputError as exc:
+                raise PredictError(f"{file}: {exc}") from exc
+        found = [explainer.explain(x, label=a.label, method=method) for x in prepared]
+    except NotFoundError as exc:
+        raise PredictError(str(exc)) from exc
+    results, lines = [], [found[0].method]
+    for file, name, x, e in zip(a.files, names, prepared, found, strict=True):
+        picture = out / name
+        where: dict[str, Any]
+        if image:
+            png = _png(image_overlay(load_original(file), e.heatmap))
+            r0, r1, c0, c1 = strongest_region(e.heatmap)
+            where = {"region": where_in_image(e.heatmap), "rows": [r0, r1], "columns": [c0, c1]}
+            said = f"strongest in {where['region']}"
+        else:
+            png = clip_overlay_png(log_mel(x, explainer.rate, explainer.n_mels), e.heatmap, explainer.rate)
+            t0, t1, f0, f1 = where_in_clip(e.heatmap, explainer.rate)
+            where = {"seconds": [round(t0, 3), round(t1, 3)], "hz": [round(f0), round(f1)]}
+            said = f"strongest at {t0:.2f}-{t1:.2f} s, {f0:,.0f}-{f1:,.0f} Hz"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(picture, png)
+        results.append(
+            {"file": file, "label": e.label, "probability": e.probability, "picture": str(picture),
+             "where": where, "evaluations": e.evaluations, "seconds": round(e.seconds, 3)}
+        )  # fmt: skip
+        lines.append(f"{file}: {e.label} ({e.probability:.1%}); {said} -> {picture}")
+    doc = {"run": a.run, "method": found[0].method, "explanations": results}
+    return doc, "\n".join(lines)
+
+
+def _png(rgb: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _explain_texts(a: argparse.Namespace) -> tuple[Any, str]:
@@ -1428,11 +1546,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true")
     p.add_argument("--timeout", type=float)
 
-    p = add(sub, "explain", cmd_explain, "which features or tokens drove a run's predictions")
+    p = add(sub, "explain", cmd_explain, "which features, tokens, pixels or sounds drove a run's predictions")
     p.add_argument("--run", type=int, required=True)
-    p.add_argument("files", nargs="*", help="tables: CSV or Parquet files of rows")
+    p.add_argument(
+        "files",
+        nargs="*",
+        help="tables: CSV or Parquet files of rows; images: image files; audio: WAV or FLAC clips",
+    )
     p.add_argument("--text", action="append", help="texts: a text to explain (repeat for more)")
     p.add_argument("--label", help="explain this class (default: the predicted one)")
+    p.add_argument(
+        "--method",
+        help="images: grad-cam (default) or integrated-gradients; audio: integrated-gradients (default) or grad-cam",
+    )
+    p.add_argument(
+        "--out",
+        help="images and audio: the folder for the heatmap pictures (default: the run's explanations/)",
+    )
+    p.add_argument(
+        "--importance",
+        action="store_true",
+        help="tables: each feature's importance over the validation split (shuffled, the metric's worsening)",
+    )
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)

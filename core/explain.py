@@ -9,6 +9,7 @@ such as [CLS] and [SEP] kept) to the text; a token's score is the sum over its e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,27 @@ class TableExplanation:
     seconds: float
 
 
+@dataclass(frozen=True)
+class FeatureImportance:
+    feature: str
+    drop: float  # mean worsening of the validation metric when the feature is shuffled
+    spread: float  # its standard deviation over the shuffles
+
+
+@dataclass(frozen=True)
+class GlobalImportance:
+    metric: str  # e.g. val_f1_macro
+    value: float  # the metric on the validation split as it is
+    features: list[FeatureImportance]  # the most important first
+    method: str
+    rows: int
+    evaluations: int
+    seconds: float
+
+
+PERMUTATION_REPEATS = 5  # shuffles per feature
+
+
 class TableExplainer:
     """A tabular run's model in PyTorch, rebuilt from its best checkpoint on its dataset, ready
     to say which features drove a prediction: Shapley values estimated by captum's
@@ -155,6 +177,7 @@ class TableExplainer:
         data = get_task(cfg.task).prepare(dataset, cfg, "cpu")
         checkpoint.load_weights(path, data.model)
         self.model = data.model.eval()
+        self.data = data  # its validation split, metrics and main metric: for importance()
         self.schema = dataset.schema
         self.classes: list[str] = list(data.extra.get("classes") or [])
         self.regression = cfg.task == "tabular-regression"
@@ -262,3 +285,364 @@ class TableExplainer:
             evaluations=counted,
             seconds=time.perf_counter() - began,
         )
+
+    def importance(
+        self, *, repeats: int = PERMUTATION_REPEATS, on_progress: Callable[[float], None] | None = None
+    ) -> GlobalImportance:
+        """How much the model leans on each feature over the run's validation split: the main
+        metric's worsening when that feature's values are shuffled among the validation rows
+        (the others kept), averaged over `repeats` seeded shuffles."""
+        import time
+
+        from core.tasks import TensorBatches
+
+        began = time.perf_counter()
+        val = self.data.val
+        assert isinstance(val, TensorBatches)
+        nums, cats = val.inputs
+        target = val.target
+        metric, lower = self.data.main_metric, self.data.mode == "min"
+
+        def score(n: torch.Tensor | None, c: torch.Tensor | None) -> float:
+            with torch.no_grad():
+                return float(self.data.evaluate(self.model(n, c), target)[metric])
+
+        value = score(nums, cats)
+        kinds = [f["kind"] for f in self.schema["features"]]
+        column = {
+            i: sum(1 for k in kinds[:i] if (k == "numeric") == (kind == "numeric"))
+            for i, kind in enumerate(kinds)
+        }
+        generator = torch.Generator().manual_seed(0)
+        found = []
+        for i, name in enumerate(self.features):
+            drops = []
+            for _ in range(repeats):
+                order = torch.randperm(len(target), generator=generator)
+                n, c = nums, cats
+                if kinds[i] == "numeric" and nums is not None:
+                    n = nums.clone()
+                    n[:, column[i]] = nums[order, column[i]]
+                elif cats is not None:
+                    c = cats.clone()
+                    c[:, column[i]] = cats[order, column[i]]
+                shuffled = score(n, c)
+                drops.append(shuffled - value if lower else value - shuffled)
+            found.append(FeatureImportance(name, float(np.mean(drops)), float(np.std(drops))))
+            if on_progress is not None:
+                on_progress((i + 1) / len(self.features))
+        found.sort(key=lambda f: -f.drop)
+        rows = len(target)
+        return GlobalImportance(
+            metric=metric,
+            value=value,
+            features=found,
+            method=f"permutation importance: each feature's values shuffled among the {rows} validation "
+            f"rows, {repeats} times, the others kept; the {'rise' if lower else 'fall'} in {metric} averaged",
+            rows=rows,
+            evaluations=1 + repeats * len(self.features),
+            seconds=time.perf_counter() - began,
+        )
+
+
+# --- images and clips: where the evidence lies ----------------------------------------------
+
+# The methods each task offers, its default first.
+MAP_METHODS: dict[str, tuple[str, ...]] = {
+    "image-classification": ("grad-cam", "integrated-gradients"),
+    "audio-classification": ("integrated-gradients", "grad-cam"),
+}
+IG_STEPS = 32  # points on the path from the baseline to the input
+MIN_CAM_SIDE = 4  # cells on the shorter side of the feature map Grad-CAM prefers
+IG_BATCH = 8  # of them per forward and backward pass
+
+
+@dataclass(frozen=True)
+class MapExplanation:
+    label: str
+    probability: float
+    method: str  # what was computed, in words
+    # Evidence for the label, the strongest 1, nothing below 0: the model's input pixels
+    # [height, width] for an image; for a clip, mel bands (the lowest first) by frames.
+    heatmap: np.ndarray
+    evaluations: int  # images or clips the model ran forward and back
+    seconds: float
+
+
+def feature_layer(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """Grad-CAM's layer: the module that last produces a feature map (batch, channels, rows,
+    columns) of at least 4x4 cells in a forward pass (of more than one cell when none has that
+    many), called only once in it (a ReLU module reused across blocks would mix them)."""
+    calls: dict[torch.nn.Module, int] = {}
+    maps: list[tuple[torch.nn.Module, int]] = []  # (module, the smaller side of its map)
+
+    def seen(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2] * output.shape[3] > 1:
+            maps.append((module, min(output.shape[2], output.shape[3])))
+
+    hooks = [m.register_forward_hook(seen) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    once = [(module, side) for module, side in maps if calls[module] == 1]
+    if not once:
+        raise NotFoundError("this model has no convolutional feature map to take a Grad-CAM from")
+    # A small input leaves the very last map 2x2 or so, which says little about where: then the
+    # last one of at least 4x4 cells (EfficientNet-Lite0 at 64 px: stride 16 rather than 32).
+    fine = [module for module, side in once if side >= MIN_CAM_SIDE]
+    return fine[-1] if fine else once[-1][0]
+
+
+class MapExplainer:
+    """A finished image or audio classification run's model in PyTorch, rebuilt from its best
+    checkpoint (the weights that were exported), ready to say where in an image, or where in a
+    clip's log-mel spectrogram, the evidence for a class lies.
+
+    Grad-CAM weighs the last feature map's channels by their mean gradient towards the class
+    (one pass forward and back; as coarse as that map). Integrated gradients average the
+    gradients along the straight path from a baseline (a black image; silence) to the input,
+    32 points: finer, and 32 passes. For clips they are taken at the log-mel layer, so each
+    cell of the spectrogram gets its share."""
+
+    def __init__(self, run_id: int) -> None:
+        from core import jobs
+        from core.config import RunConfig
+        from core.models import get_model
+        from core.train import BEST
+
+        run = jobs.get_run(run_id)
+        if run.task not in MAP_METHODS:
+            raise NotFoundError(f"run {run_id} is {run.task}; this explains image and audio runs")
+        path = jobs.run_dir(run_id) / BEST
+        if run.status != "succeeded" or not path.is_file():
+            raise NotFoundError(f"run {run_id} is {run.status}: only a finished run can be explained")
+        meta = checkpoint.read_metadata(path)
+        # The checkpoint holds every weight: nothing is downloaded or read for the build.
+        cfg = RunConfig.model_validate(meta["config"]).model_copy(update={"weights": "none"})
+        self.task = run.task
+        self.classes: list[str] = list(meta["classes"])
+        spec = get_model(cfg.model, cfg.task)
+        if self.task == "image-classification":
+            from core.models.vision import ImageClassifier
+
+            self.model: torch.nn.Module = ImageClassifier(spec.build(len(self.classes), cfg))
+            self.size = int(meta["image_size"])
+        else:
+            self.rate, self.samples = int(meta["sample_rate"]), int(meta["samples"])
+            self.n_mels = int(cfg.n_mels)
+            self.model = spec.build(len(self.classes), cfg, self.samples)
+        checkpoint.load_weights(path, self.model)
+        self.model.eval()
+        self.methods = MAP_METHODS[self.task]
+        self._layer: torch.nn.Module | None = None
+
+    def prepare(self, source: Any) -> np.ndarray:
+        """An image (uint8 [size, size, 3]) or a clip (float32 [samples]) as the model takes it
+        in validation; `source` is a path, bytes or a file object."""
+        from core.runtime import load_image, prepare_clip
+
+        if self.task == "image-classification":
+            return load_image(source, (self.size, self.size))
+        return prepare_clip(source, self.rate, self.samples)
+
+    def explain(
+        self,
+        prepared: np.ndarray,
+        *,
+        label: str | None = None,
+        method: str | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> MapExplanation:
+        """Where the evidence for `label` (by default the predicted class) lies in a prepared
+        input. `on_progress` hears the share done (integrated gradients take a while)."""
+        import time
+
+        began = time.perf_counter()
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise NotFoundError(f"'{method}' is no method here; give one of: {', '.join(self.methods)}")
+        if label is not None and label not in self.classes:
+            raise NotFoundError(f"'{label}' is no class of this run; its classes: {', '.join(self.classes)}")
+        x = torch.from_numpy(np.ascontiguousarray(prepared)).float()[None]
+        with torch.no_grad():
+            probs = torch.softmax(self.model(x).float(), dim=1)[0]
+        target = self.classes.index(label) if label is not None else int(probs.argmax())
+        if method == "grad-cam":
+            heat, passes, said = self._grad_cam(x, target)
+        else:
+            heat, passes, said = self._integrated(x, target, on_progress)
+        heat = np.clip(heat, 0.0, None)
+        top = float(heat.max())
+        return MapExplanation(
+            label=self.classes[target],
+            probability=float(probs[target]),
+            method=said,
+            heatmap=(heat / top if top > 0 else heat).astype(np.float32),
+            evaluations=passes,
+            seconds=time.perf_counter() - began,
+        )
+
+    def _grad_cam(self, x: torch.Tensor, target: int) -> tuple[np.ndarray, int, str]:
+        from captum.attr import LayerAttribution, LayerGradCam
+
+        if self._layer is None:
+            self._layer = feature_layer(self.model, x)
+        cam = LayerGradCam(self.model, self._layer).attribute(x, target=target, relu_attributions=True)
+        cells = "x".join(str(n) for n in cam.shape[2:])
+        if self.task == "image-classification":
+            shape: tuple[int, int] = (self.size, self.size)
+        else:
+            from core.models.audio import frames_for
+
+            shape = (self.n_mels, frames_for(self.samples))
+        heat = LayerAttribution.interpolate(cam, shape, "bilinear")[0, 0].detach().numpy()
+        which = (
+            f"the deepest feature map of at least {MIN_CAM_SIDE}x{MIN_CAM_SIDE} cells"
+            if min(cam.shape[2:]) >= MIN_CAM_SIDE
+            else "the last feature map"
+        )
+        return heat, 1, f"Grad-CAM on {which} ({cells})"
+
+    def _integrated(
+        self, x: torch.Tensor, target: int, on_progress: Callable[[float], None] | None
+    ) -> tuple[np.ndarray, int, str]:
+        from captum.attr import IntegratedGradients, LayerIntegratedGradients
+
+        done = 0
+
+        def forward(batch: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            if torch.is_grad_enabled():  # the path's passes, not captum's checks
+                done += batch.shape[0]
+                if on_progress is not None:
+                    on_progress(min(1.0, done / IG_STEPS))
+            return self.model(batch)
+
+        baseline = torch.zeros_like(x)
+        if self.task == "image-classification":
+            found = IntegratedGradients(forward).attribute(
+                x, baselines=baseline, target=target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH
+            )
+            heat = found[0].sum(dim=-1).detach().numpy()  # the colour channels together
+            said = f"integrated gradients from a black image, {IG_STEPS} steps, the colour channels summed"
+        else:
+            front = self.model.front
+            found = LayerIntegratedGradients(forward, front).attribute(
+                x, baselines=baseline, target=target, n_steps=IG_STEPS, internal_batch_size=IG_BATCH
+            )
+            heat = found[0].detach().numpy()
+            said = f"integrated gradients at the log-mel layer from silence, {IG_STEPS} steps"
+        return heat, done, said
+
+
+def strongest_region(heat: np.ndarray, share: float = 0.5) -> tuple[int, int, int, int]:
+    """(first row, last row, first column, last column) of the strongest evidence: the rows, then
+    the columns, grown from the peak's towards the stronger neighbour until they hold `share`
+    of the evidence summed along them."""
+
+    def span(profile: np.ndarray) -> tuple[int, int]:
+        lo = hi = int(profile.argmax())
+        need = share * float(profile.sum())
+        while float(profile[lo : hi + 1].sum()) < need:
+            left = profile[lo - 1] if lo > 0 else -1.0
+            right = profile[hi + 1] if hi < len(profile) - 1 else -1.0
+            if left >= right:
+                lo -= 1
+            else:
+                hi += 1
+        return lo, hi
+
+    rows, cols = span(heat.sum(axis=1)), span(heat.sum(axis=0))
+    return rows[0], rows[1], cols[0], cols[1]
+
+
+def where_in_image(heat: np.ndarray) -> str:
+    """'the top left', 'the centre', ... of the image: the third the peak evidence falls in."""
+    r0, r1, c0, c1 = strongest_region(heat)
+    h, w = heat.shape
+    row = ("top", "middle", "bottom")[min(2, int(3 * (r0 + r1) / 2 / h))]
+    col = ("left", "centre", "right")[min(2, int(3 * (c0 + c1) / 2 / w))]
+    named = [word for word in (row, col) if word not in ("middle", "centre")]
+    return f"the {' '.join(named) or 'centre'}"
+
+
+def mel_centres(rate: int, n_mels: int) -> np.ndarray:
+    """The centre frequency (Hz) of each mel band, the lowest first."""
+    from core.models.audio import _hz_to_mel, _mel_to_hz
+
+    top = _hz_to_mel(np.array([rate / 2]))[0]
+    return _mel_to_hz(np.linspace(0.0, top, n_mels + 2))[1:-1]
+
+
+def where_in_clip(heat: np.ndarray, rate: int) -> tuple[float, float, float, float]:
+    """(start s, end s, lowest Hz, highest Hz) of the strongest evidence in a clip's log-mel."""
+    from core.models.audio import HOP
+
+    r0, r1, c0, c1 = strongest_region(heat)
+    centres = mel_centres(rate, heat.shape[0])
+    return c0 * HOP / rate, (c1 + 1) * HOP / rate, float(centres[r0]), float(centres[r1])
+
+
+def image_overlay(
+    image: np.ndarray, heat: np.ndarray, *, longest: int = 640, shortest: int = 320
+) -> np.ndarray:
+    """The image (uint8 [H, W, 3], any size) with its heatmap (any size: it is stretched over the
+    image, as the model's input was squeezed from it) laid over, the stronger the evidence the
+    more colour, none where there is none; scaled so its longer side is between `shortest` and
+    `longest` pixels."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = min(longest / max(h, w), max(1.0, shortest / max(h, w)))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    picture = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+    spread = np.asarray(
+        Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    )
+    spread = spread.clip(0, 1)
+    colours = colormaps["jet"](spread)[..., :3] * 255
+    alpha = (0.65 * spread)[..., None]
+    return (picture * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8)
+
+
+def clip_overlay_png(logmel: np.ndarray, heat: np.ndarray, rate: int) -> bytes:
+    """The clip's log-mel spectrogram in grey with the evidence over it in colour, time in
+    seconds along, frequency in Hz up, the strongest region framed: a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from core.models.audio import HOP
+
+    n_mels, frames = logmel.shape
+    seconds = frames * HOP / rate
+    extent = (0.0, seconds, 0.0, float(n_mels))
+    fig, ax = plt.subplots(figsize=(7.0, 3.0), dpi=100)
+    try:
+        span = 80 / 10 * np.log(10)  # 80 dB, as the spectrogram picture shows it
+        ax.imshow(logmel, origin="lower", aspect="auto", extent=extent, cmap="gray",
+                  vmin=float(logmel.max()) - span, vmax=float(logmel.max()))  # fmt: skip
+        ax.imshow(heat, origin="lower", aspect="auto", extent=extent, cmap="autumn", alpha=0.9 * heat)
+        r0, r1, c0, c1 = strongest_region(heat)
+        ax.add_patch(Rectangle((c0 * HOP / rate, r0), (c1 + 1 - c0) * HOP / rate, r1 + 1 - r0,
+                               fill=False, edgecolor="#00e5ff", linewidth=1.5))  # fmt: skip
+        centres = mel_centres(rate, n_mels)
+        ticks = np.linspace(0, n_mels - 1, 6).round().astype(int)
+        ax.set_yticks(ticks + 0.5, [f"{centres[t]:,.0f}" for t in ticks])
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("frequency (Hz)")
+        fig.tight_layout()
+        out = io.BytesIO()
+        fig.savefig(out, format="png")
+        return out.getvalue()
+    finally:
+        plt.close(fig)

@@ -13,7 +13,6 @@ import streamlit as st
 from core import jobs, overlays, playground, summary
 from core.data.ingest import get_dataset
 from core.errors import AscentError
-from core.explain import TableExplainer, TextExplainer
 from core.models.audio import log_mel
 from core.runtime import (
     DEFAULT_THRESHOLD,
@@ -26,6 +25,7 @@ from core.runtime import (
     load_original,
     prepare_clip,
 )
+from pages.studio import why
 from pages.studio.session import page_actor
 
 actor = page_actor()  # every role may predict
@@ -201,12 +201,6 @@ def chat(run: Any, path: Path, finished: list[Any]) -> None:
         history.append({"prompt": prompt, "answers": answers})
 
 
-@st.cache_resource(max_entries=2)
-def explainer(run_dir: str, mtime: float) -> TextExplainer:
-    """The run's PyTorch model and tokenizer, for token attributions."""
-    return TextExplainer(run_dir)
-
-
 @st.cache_data(ttl=600, max_entries=16, show_spinner=False)
 def example(dataset_id: int | None, config: dict[str, Any]) -> tuple[str, int, dict[str, Any]] | None:
     """(dataset name, row number, row) of the first row the run validated on; None without it."""
@@ -218,79 +212,6 @@ def example(dataset_id: int | None, config: dict[str, Any]) -> tuple[str, int, d
         return None
     found = summary.example_row(dataset, config)
     return None if found is None else (dataset.name, *found)
-
-
-def explain(run_id: int, text: str) -> None:
-    run_dir = summary.artifact_paths(run_id)["checkpoint"].parent
-    try:
-        with st.spinner("Attributing the prediction to tokens (integrated gradients)…"):
-            found = explainer(str(run_dir), (run_dir / "best.safetensors").stat().st_mtime).explain(text)
-    except (AscentError, OSError) as exc:
-        st.warning(f"No token attribution: {summary.md(exc)}")
-        return
-    st.markdown(f"**Why {summary.md(found.label)}?** Green tokens push towards it, red ones against it.")
-    st.html(summary.highlight_html(text, found.tokens))
-    st.caption(
-        f"Integrated gradients through the token embeddings, 32 steps from a padding baseline; "
-        f"completeness error {found.convergence_delta:.2g}."
-    )
-
-
-@st.cache_resource(max_entries=2, show_spinner=False)
-def table_explainer(run_id: int, mtime: float) -> TableExplainer:
-    """The run's PyTorch model rebuilt on its dataset, for feature attributions."""
-    return TableExplainer(run_id)
-
-
-FEATURES_DRAWN = 15  # features the explanation's chart shows, the strongest first
-
-
-def explain_row(run_id: int, row: dict[str, Any]) -> None:
-    """Which features drove the row's prediction: signed Shapley values as bars."""
-    checkpoint = summary.artifact_paths(run_id)["checkpoint"]
-    try:
-        with st.spinner("Attributing the prediction to the features (Shapley values)…"):
-            found = table_explainer(run_id, checkpoint.stat().st_mtime).explain(row)
-    except (AscentError, OSError) as exc:
-        st.warning(f"No feature attribution: {summary.md(exc)}")
-        return
-    shown = found.features[:FEATURES_DRAWN]
-    frame = pd.DataFrame(
-        {
-            "feature": [f.feature for f in shown],
-            "value": [summary.plain(f.value) for f in shown],
-            "baseline": [summary.plain(f.baseline) for f in shown],
-            "score": [f.score for f in shown],
-            "direction": ["towards" if f.score >= 0 else "against" for f in shown],
-        }
-    )
-    what = f"{summary.md(found.label)}" if found.label is not None else "the value"
-    output = (lambda v: summary.percent(v)) if found.label is not None else (lambda v: summary.number(v, 4))
-    st.markdown(f"**Why {what}?** Blue features push towards it, red ones against it.")
-    chart = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(
-            y=alt.Y("feature:N", sort=list(frame["feature"]), title=None, axis=alt.Axis(labelLimit=220)),
-            x=alt.X(
-                "score:Q",
-                title="contribution" + (" to the probability" if found.label is not None else ""),
-                axis=alt.Axis(tickCount=6),
-            ),
-            color=alt.Color(
-                "direction:N",
-                scale=alt.Scale(domain=["towards", "against"], range=["#1f77b4", "#d62728"]),
-                legend=None,
-            ),
-            tooltip=["feature", "value", "baseline", alt.Tooltip("score:Q", format="+.3g")],
-        )
-    )
-    st.altair_chart(chart, width="stretch")
-    st.caption(
-        f"The baseline row (each feature at the dataset's median or commonest value) gives "
-        f"{output(found.baseline_output)}, this row {output(found.output)}: the bars add up to the "
-        f"difference. {found.method}; {found.evaluations} model evaluations, {found.seconds:.2f} s."
-    )
 
 
 def bars(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
@@ -337,8 +258,9 @@ def fill_from_paste(run_id: int, columns: list[str], codes: dict[str, list[str]]
     st.session_state[f"paste-{run_id}-problems"] = problems
 
 
-def image_grid(files: list[Any], model: Predictor) -> None:
-    """Every image as a card with its top classes, three to a row, and one CSV of them all."""
+def image_grid(files: list[Any], model: Predictor, run_id: int) -> None:
+    """Every image as a card with its top classes and, asked, a heatmap of why; three to a row,
+    and one CSV of them all."""
     names = [f.name for f in files]
     try:
         preds = model.predict_images([f.getvalue() for f in files])
@@ -353,9 +275,10 @@ def image_grid(files: list[Any], model: Predictor) -> None:
     st.caption(
         f"{len(good)} image{'s' * (len(good) != 1)} in {model.last_latency_ms:.1f} ms on {model.provider}"
     )
+    method = why.method_choice(run_id) if good else "grad-cam"
     for start in range(0, len(files), IMAGES_PER_ROW):
         row = st.columns(IMAGES_PER_ROW)
-        for column, f, pred in zip(row, files[start:], preds[start:], strict=False):
+        for at, (column, f, pred) in enumerate(zip(row, files[start:], preds[start:], strict=False), start):
             with column.container(border=True):
                 if isinstance(pred, Exception):  # not shown: it may not decode, or be huge
                     st.caption(summary.md(f.name))
@@ -365,6 +288,8 @@ def image_grid(files: list[Any], model: Predictor) -> None:
                     st.caption(summary.md(f.name))
                     st.markdown(f"**{summary.md(pred.label)}**")
                     bars(pred, k=3)
+                    if st.toggle(f"Why {summary.md(pred.label)}?", key=f"why-image-{run_id}-{at}-{f.name}"):
+                        why.image(run_id, f.getvalue(), method)
     if good:
         table = summary.image_predictions([n for n, _ in good], [p for _, p in good])
         st.download_button(
@@ -400,7 +325,7 @@ elif model.task == "text-classification":
                 (pred,) = model.predict_texts([text])
                 show_top(pred)
                 st.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
-                explain(run.id, text)
+                why.text(run.id, text)
             except RuntimeInputError as exc:
                 st.error(summary.md(exc))
     with many:
@@ -439,6 +364,8 @@ elif model.task == "audio-classification":
                 summary.spectrogram_image(log_mel(wave, rate, int(model.inputs[0].get("n_mels", 64)))),
                 caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
             )
+            if st.toggle(f"Why {summary.md(pred.label)}?", key=f"why-clip-{run.id}"):
+                why.clip(run.id, data, wave, why.method_choice(run.id))
         except RuntimeInputError as exc:
             st.error(summary.md(exc))
 elif model.task == "speech-recognition":
@@ -601,7 +528,7 @@ elif model.task == "image-classification":
         shot = st.camera_input("Take a picture")
         images = [] if shot is None else [shot]
     if images:
-        image_grid(list(images), model)
+        image_grid(list(images), model, run.id)
 else:
     target = str(model.run.get("target") or "")
     classification = not model.task.endswith("regression")
@@ -679,7 +606,7 @@ else:
                         show_top(pred)
                     st.caption(f"{model.last_latency_ms:.2f} ms on {model.provider}")
                     if run.dataset_id is not None:
-                        explain_row(run.id, {column: values[0] for column, values in row.items()})
+                        why.row(run.id, {column: values[0] for column, values in row.items()})
     with many:
         upload = st.file_uploader(
             "CSV with the feature columns",

@@ -298,6 +298,58 @@ def show_slices(run_ids: list[int], dataset_id: int) -> None:
     st.dataframe(frame.style.format(shown), hide_index=True, width="stretch", placeholder=BLANK)
 
 
+def show_importance(run_id: int) -> None:
+    """How much the model leans on each feature: the metric's worsening when that feature is
+    shuffled among the validation rows. Measured when asked (seconds), kept for the session."""
+    from core.explain import TableExplainer
+
+    key = f"importance-{run_id}"
+    found = st.session_state.get(key)
+    if found is None:
+        st.caption(
+            "How much the model leans on each feature: each one's values are shuffled among the "
+            "validation rows, five times, and the main metric's worsening is measured."
+        )
+        if not st.button("Measure feature importance", key=f"{key}-go", icon=":material/insights:"):
+            return
+        bar = st.progress(0.0, text="Shuffling the features one by one…")
+        try:
+            found = TableExplainer(run_id).importance(
+                on_progress=lambda share: bar.progress(share, text=f"Shuffling the features: {share:.0%}")
+            )
+        except AscentError as exc:
+            st.warning(f"No importance: {summary.md(exc)}")
+            return
+        finally:
+            bar.empty()
+        st.session_state[key] = found
+    label = summary.metric_label(found.metric)
+    frame = pd.DataFrame(
+        {
+            "feature": [f.feature for f in found.features],
+            "drop": [f.drop for f in found.features],
+            "spread": [f.spread for f in found.features],
+        }
+    )
+    shown = frame.head(20)
+    chart = (
+        alt.Chart(shown)
+        .mark_bar()
+        .encode(
+            y=alt.Y("feature:N", sort=list(shown["feature"]), title=None, axis=alt.Axis(labelLimit=220)),
+            x=alt.X("drop:Q", title=f"worsening of {label} when shuffled", axis=alt.Axis(tickCount=6)),
+            tooltip=["feature", alt.Tooltip("drop:Q", format=".4f"), alt.Tooltip("spread:Q", format=".4f")],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+    method = found.method.replace(found.metric, label)
+    st.caption(
+        f"{label[0].upper()}{label[1:]} on the validation split as it is: {found.value:.4g}. "
+        f"{method[0].upper()}{method[1:]}; {found.evaluations} evaluations, {found.seconds:.1f} s. "
+        "Near 0 (or below): the model does not need that feature here."
+    )
+
+
 def show_tradeoffs(ids: list[int], labels: dict[int, str]) -> None:
     """Validation metric against latency and against size, best trade-offs marked."""
     points = summary.tradeoffs(ids, labels)
@@ -653,6 +705,10 @@ stored = (jobs.run_dir(run.id) / "predictions.parquet").is_file()
 if report and report["kind"] in ("classification", "regression") and run.dataset_id is not None and stored:
     st.subheader("Metrics by slice (validation split)")
     show_slices([run.id], run.dataset_id)
+
+if run.task in ("tabular-classification", "tabular-regression") and run.status == "succeeded":
+    st.subheader("Feature importance (validation split)")
+    show_importance(run.id)
 
 if "export_max_abs_diff" in run.metrics:
     st.subheader("Export check")

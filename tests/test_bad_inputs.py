@@ -115,6 +115,7 @@ def _files(d: Path) -> dict[str, Path]:
     f["structs.parquet"] = d / "structs.parquet"
     f["corrupt.parquet"] = _text(d / "corrupt.parquet", b"PAR1 this is not parquet")
     f["wine.csv"] = _text(d / "wine.csv", _wine_rows())
+    f["photo.png"] = _text(d / "photo.png", _png())
     f["marian-folder"] = d / "marian-folder"  # a config.json is all the check before a run reads
     f["marian-folder"].mkdir()
     _text(f["marian-folder"] / "config.json", '{"model_type": "marian"}')
@@ -441,8 +442,43 @@ CASES: dict[str, Case] = {
     "slice into one range": Case(
         ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
     ),
-    "explain an image run": Case(
-        ["explain", "--run", "{run:image}", "{wine.csv}"], "explain takes table and text runs for now"
+    "explain a segmentation run": Case(
+        ["explain", "--run", "{run:masks}", "{photo.png}"], "explain takes table, text, image and audio"
+    ),
+    "explain a table as an image": Case(
+        ["explain", "--run", "{run:image}", "{wine.csv}"], "wine.csv: not a readable image"
+    ),
+    "explain an image by an unknown method": Case(
+        ["explain", "--run", "{run:image}", "{photo.png}", "--method", "shap"],
+        "'shap' is no method for image-classification; give one of: grad-cam, integrated-gradients",
+    ),
+    "explain an image run with a text": Case(
+        ["explain", "--run", "{run:image}", "--text", "hello"], "an image run explains images"
+    ),
+    "explain an image into a file": Case(
+        ["explain", "--run", "{run:image}", "{photo.png}", "--out", "{wine.csv}"], "is a file; give a folder"
+    ),
+    "explain an image not there": Case(
+        ["explain", "--run", "{run:image}", "/no/photo.png"], "/no/photo.png does not exist"
+    ),
+    "explain an audio run without clips": Case(
+        ["explain", "--run", "{run:audio}"], "give the clips (WAV or FLAC files) to explain"
+    ),
+    "explain an image as a clip": Case(
+        ["explain", "--run", "{run:audio}", "{photo.png}"], "photo.png: not a readable WAV or FLAC clip"
+    ),
+    "explain a table run by a heatmap method": Case(
+        ["explain", "--run", "{run:table}", "{wine.csv}", "--method", "grad-cam"],
+        "--method is for image and audio runs",
+    ),
+    "importance of an image run": Case(
+        ["explain", "--run", "{run:image}", "--importance"], "--importance is for table runs"
+    ),
+    "importance of given rows": Case(
+        ["explain", "--run", "{run:table}", "{wine.csv}", "--importance"], "give it alone, without rows"
+    ),
+    "explain a text run into a folder": Case(
+        ["explain", "--run", "{run:text}", "--text", "hello", "--out", "why"], "--out is for image and audio"
     ),
     "explain a run not trained yet": Case(
         ["explain", "--run", "{run:queued}", "{wine.csv}"], "only a finished run can be explained"

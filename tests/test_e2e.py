@@ -107,6 +107,15 @@ def test_image_zip_train_predict_uploaded_image(page, tmp_path: Path) -> None:  
     page.locator('input[type="file"]').set_input_files(str(image))
     page.get_by_text("1 image in").wait_for()
     _shot(page, "predict-image")
+    # Why: the heatmap of where the evidence lies, laid over the image, and where that is in words.
+    page.locator('[data-testid="stCheckbox"]').filter(has_text="Why").first.click()
+    page.get_by_text("strongest in the").wait_for()
+    page.get_by_text("Grad-CAM on the deepest feature map of at least 4x4 cells (4x4)").wait_for()
+    heatmap = page.locator('[data-testid="stImage"] img').nth(1)  # the image, then its heatmap
+    expect(heatmap).to_have_js_property("complete", True)
+    assert heatmap.evaluate("img => img.naturalWidth") == 320  # 28 px drawn at 320
+    heatmap.scroll_into_view_if_needed()
+    _shot(page, "predict-image-why")
     others = fashion_mnist_zip(tmp_path / "two.zip", per_class=1, classes=("trouser", "bag"), offset=700)
     with zipfile.ZipFile(others) as zf:
         zf.extractall(tmp_path / "two")
@@ -195,6 +204,15 @@ def test_audio_zip_train_predict_uploaded_clip(page, tmp_path: Path) -> None:  #
     page.get_by_text("Log-mel spectrogram the model sees").wait_for()
     assert page.locator('[data-testid="stAudio"]').count() >= 1
     _shot(page, "predict-audio")
+    # Why: the evidence over the spectrogram, its span in seconds and Hz said.
+    page.locator('[data-testid="stCheckbox"]').filter(has_text="Why").first.click()
+    page.get_by_text("half of it lies in the framed part").wait_for()
+    page.get_by_text("Integrated gradients at the log-mel layer from silence, 32 steps: 32 passes").wait_for()
+    drawn = page.locator('[data-testid="stImage"] img').last  # time and frequency on its axes
+    expect(drawn).to_have_js_property("complete", True)
+    assert drawn.evaluate("img => img.naturalWidth") == 700
+    drawn.scroll_into_view_if_needed()
+    _shot(page, "predict-audio-why")
 
 
 def test_a_bad_upload_shows_one_line_and_adds_nothing(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

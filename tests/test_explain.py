@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import jobs
+from core import jobs, summary
 from core.data.ingest import ingest_file
 from core.explain import TableExplainer
 from tests.conftest import ROOT, train_here
@@ -96,6 +96,38 @@ def test_the_deciding_feature_carries_a_classifier_s_attributions(home: Path, tm
     rows.drop(columns=["target", "key"]).to_csv(tmp_path / "short.csv", index=False)
     # (The battery holds the other refusals: --label, --text, a run not trained yet.)
     _refused(run, [str(tmp_path / "short.csv")], "the row lacks the column 'key'")
+
+    # Over the whole validation split: shuffling `key` ruins the F1, shuffling noise does not.
+    importance = subprocess.run(
+        [sys.executable, "-m", "core", "explain", "--run", str(run), "--importance", "--json"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert importance.returncode == 0, importance.stderr
+    doc = json.loads(importance.stdout)
+    assert doc["metric"] == "val_f1_macro" and doc["rows"] == 80 and doc["evaluations"] == 1 + 5 * 6
+    assert doc["value"] == pytest_approx(summary.main_metric(jobs.get_run(run))[1])  # the best epoch
+    drops = {f["feature"]: f["drop"] for f in doc["features"]}
+    assert doc["features"][0]["feature"] == "key" and drops["key"] > 0.3, drops
+    assert all(abs(v) < 0.05 for k, v in drops.items() if k != "key"), drops
+
+
+def test_the_run_page_measures_feature_importance(home: Path, data_dir: Path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    ds = ingest_file(data_dir / "wine.csv")
+    run = jobs.submit(jobs.config_for(ds.id, epochs=6, seed=0)).id
+    train_here(run)
+    at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=120).run()
+    at.multiselect[0].set_value([run]).run()
+    assert not at.exception
+    assert any(s.value == "Feature importance (validation split)" for s in at.subheader)
+    next(b for b in at.button if b.label == "Measure feature importance").click().run()
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    said = next(c.value for c in at.caption if "on the validation split as it is:" in c.value)
+    assert "Permutation importance: each feature's values shuffled among the 36 validation rows" in said
+    assert "66 evaluations" in said  # 13 features, 5 shuffles each, and once as it is
+    (chart,) = [c for c in at.get("vega_lite_chart") if "when shuffled" in str(c.proto.spec)]
+    assert '"feature"' in str(chart.proto.spec)
 
 
 def test_the_deciding_feature_carries_a_regressor_s_attributions(home: Path, tmp_path: Path) -> None:
