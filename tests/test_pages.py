@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.data.ingest import ingest_file
+from core.jobs import ensure_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "datasets", "train", "runs", "predict"]
@@ -27,7 +28,8 @@ def test_every_page_renders_on_an_empty_database(home: Path, name: str) -> None:
     assert at.title[0].value == name.capitalize() if name != "home" else at.title[0].value == "Ascent"
 
 
-def test_router_shows_the_device_and_starts_a_worker(home: Path) -> None:
+def test_router_shows_the_device_and_starts_a_worker(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "ensure_worker", ensure_worker)  # the real one (conftest makes it a no-op)
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
     assert not at.exception
     assert "Device: **CPU (no GPU visible)**" in " ".join(c.value for c in at.caption)
