@@ -659,24 +659,32 @@ MAX_EXPLAINED = 100  # rows or texts one explain command takes
 
 def cmd_explain(a: argparse.Namespace) -> tuple[Any, str]:
     from core import jobs
-    from core.explain import MAP_METHODS
+    from core.explain import DENSE_METHODS, MAP_METHODS
 
     run = jobs.get_run(a.run)
     if a.importance:
         return _importance(a, run.task)
+    if a.threshold is not None and run.task != "object-detection":
+        raise PredictError(
+            f"--threshold is for detection runs (the lowest box score); run {a.run} is {run.task}"
+        )
     if run.task in MAP_METHODS:
         return _explain_maps(a, run.task)
+    if run.task in DENSE_METHODS:
+        return _explain_dense(a, run.task)
     if run.task not in ("text-classification", "tabular-classification", "tabular-regression"):
         raise PredictError(
-            f"run {a.run} is {run.task}: explain takes table, text, image and audio classification runs"
+            f"run {a.run} is {run.task}: explain takes table, text, image, audio, detection and segmentation runs"
         )
     if a.method is not None:
         raise PredictError(
-            "--method is for image and audio runs; tables are explained by Shapley values, texts by "
+            "--method is for image, audio, detection and segmentation runs; tables are explained by Shapley values, texts by "
             "integrated gradients"
         )
     if a.out is not None:
-        raise PredictError("--out is for image and audio runs, whose explanations are pictures")
+        raise PredictError(
+            "--out is for image, audio, detection and segmentation runs, whose explanations are pictures"
+        )
     if run.task == "text-classification":
         return _explain_texts(a)
     return _explain_rows(a)
@@ -702,9 +710,52 @@ def _importance(a: argparse.Namespace, task: str) -> tuple[Any, str]:
     return {"run": a.run, **to_jsonable(found)}, "\n".join(lines)
 
 
+def _picture_inputs(
+    a: argparse.Namespace, kind: str, what: str, methods: tuple[str, ...], task: str
+) -> tuple[str, list[str], Path]:
+    """The checked method, the files' stems for the pictures' names (numbered in the given
+    order when two share one, e.g. 3.png of two class folders) and the pictures' folder."""
+    from core import jobs
+
+    if a.text:
+        raise PredictError(f"{kind} run explains {what}: give them as files")
+    if not a.files:
+        raise PredictError(f"give the {what} to explain")
+    if len(a.files) > MAX_EXPLAINED:
+        raise PredictError(f"{len(a.files)} files; explain at most {MAX_EXPLAINED} at a time")
+    method = a.method or methods[0]
+    if method not in methods:
+        raise PredictError(f"'{method}' is no method for {task}; give one of: {', '.join(methods)}")
+    for file in a.files:
+        if not Path(file).is_file():
+            raise PredictError(f"{file} does not exist")
+    stems = [Path(f).stem for f in a.files]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i}-{stem}" for i, stem in enumerate(stems, 1)]
+    out = Path(a.out) if a.out else jobs.run_dir(a.run) / "explanations"
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file; give a folder for the pictures")
+    return method, stems, out
+
+
+def _prepared(a: argparse.Namespace, classes: list[str], prepare: Callable[[str], Any]) -> list[Any]:
+    """Each file as the explainer takes it, once --label is known to be one of the run's classes."""
+    from core.runtime import RuntimeInputError
+
+    if a.label is not None and a.label not in classes:
+        raise PredictError(f"'{a.label}' is no class of run {a.run}; its classes: {', '.join(classes)}")
+    prepared = []
+    for file in a.files:
+        try:
+            prepared.append(prepare(file))
+        except RuntimeInputError as exc:
+            raise PredictError(f"{file}: {exc}") from exc
+    return prepared
+
+
 def _explain_maps(a: argparse.Namespace, task: str) -> tuple[Any, str]:
     """Heatmaps of where the evidence lies in images or clips, written as PNGs."""
-    from core import atomic, jobs
+    from core import atomic
     from core.errors import NotFoundError
     from core.explain import (
         MAP_METHODS,
@@ -716,41 +767,17 @@ def _explain_maps(a: argparse.Namespace, task: str) -> tuple[Any, str]:
         where_in_image,
     )
     from core.models.audio import log_mel
-    from core.runtime import RuntimeInputError, load_original
+    from core.runtime import load_original
 
     image = task == "image-classification"
     what = "images (PNG, JPEG, WebP or BMP files)" if image else "clips (WAV or FLAC files)"
-    if a.text:
-        raise PredictError(f"an {'image' if image else 'audio'} run explains {what}: give them as files")
-    if not a.files:
-        raise PredictError(f"give the {what} to explain")
-    if len(a.files) > MAX_EXPLAINED:
-        raise PredictError(f"{len(a.files)} files; explain at most {MAX_EXPLAINED} at a time")
-    methods = MAP_METHODS[task]
-    method = a.method or methods[0]
-    if method not in methods:
-        raise PredictError(f"'{method}' is no method for {task}; give one of: {', '.join(methods)}")
-    for file in a.files:
-        if not Path(file).is_file():
-            raise PredictError(f"{file} does not exist")
-    names = [f"{Path(f).stem}-{method}.png" for f in a.files]
-    if len(set(names)) < len(names):  # e.g. 3.png of two class folders: numbered in the given order
-        names = [f"{i}-{name}" for i, name in enumerate(names, 1)]
-    out = Path(a.out) if a.out else jobs.run_dir(a.run) / "explanations"
-    if out.exists() and not out.is_dir():
-        raise PredictError(f"--out {out} is a file; give a folder for the pictures")
+    method, stems, out = _picture_inputs(
+        a, "an image" if image else "an audio", what, MAP_METHODS[task], task
+    )
+    names = [f"{stem}-{method}.png" for stem in stems]
     try:
         explainer = MapExplainer(a.run)
-        if a.label is not None and a.label not in explainer.classes:
-            raise PredictError(
-                f"'{a.label}' is no class of run {a.run}; its classes: {', '.join(explainer.classes)}"
-            )
-        prepared = []
-        for file in a.files:
-            try:
-                prepared.append(explainer.prepare(file))
-            except RuntimeInputError as exc:
-                raise PredictError(f"{file}: {exc}") from exc
+        prepared = _prepared(a, explainer.classes, explainer.prepare)
         found = [explainer.explain(x, label=a.label, method=method) for x in prepared]
     except NotFoundError as exc:
         raise PredictError(str(exc)) from exc
@@ -776,6 +803,71 @@ def _explain_maps(a: argparse.Namespace, task: str) -> tuple[Any, str]:
         )  # fmt: skip
         lines.append(f"{file}: {e.label} ({e.probability:.1%}); {said} -> {picture}")
     doc = {"run": a.run, "method": found[0].method, "explanations": results}
+    return doc, "\n".join(lines)
+
+
+def _explain_dense(a: argparse.Namespace, task: str) -> tuple[Any, str]:
+    """Per-box (detection) or per-class (segmentation) heatmaps of images, written as PNGs."""
+    from core import atomic
+    from core.errors import NotFoundError
+    from core.explain import DENSE_METHODS, MIN_CLASS_SHARE, DenseExplainer, part_overlay
+    from core.runtime import DEFAULT_THRESHOLD, load_original
+
+    detection = task == "object-detection"
+    kind = "a detection" if detection else "a segmentation"
+    what = "images (PNG, JPEG, WebP or BMP files)"
+    method, stems, out = _picture_inputs(a, kind, what, DENSE_METHODS[task], task)
+    threshold = DEFAULT_THRESHOLD if a.threshold is None else a.threshold
+    try:
+        explainer = DenseExplainer(a.run)
+        prepared = _prepared(a, explainer.classes, lambda f: (load_original(f), explainer.prepare(f)))
+        found = []
+        for _, x in prepared:
+            parts = explainer.parts(x, threshold=threshold, label=a.label)
+            found.append([explainer.explain(x, part, method=method) for part in parts])
+    except NotFoundError as exc:
+        raise PredictError(str(exc)) from exc
+    said = next((e.method for f in found for e in f), method)
+    results, lines = [], [said]
+    for file, stem, (original, _), explained in zip(a.files, stems, prepared, found, strict=True):
+        h, w = original.shape[:2]
+        scale = (w / explainer.size, h / explainer.size, w / explainer.size, h / explainer.size)
+        parts_out = []
+        if not explained:
+            kind = f"{a.label} box" if a.label else "box"
+            lines.append(
+                f"{file}: no {kind} scores {threshold:.0%} or more"
+                if detection
+                else f"{file}: no {a.label or 'class'} covers {MIN_CLASS_SHARE:.0%} of the pixels or more"
+            )
+        for n, e in enumerate(explained, 1):
+            picture = out / f"{stem}-{n}-{e.part.label}-{method}.png".replace("/", "_")
+            out.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(picture, _png(part_overlay(original, e, explainer.classes)))
+            entry: dict[str, Any] = {"label": e.part.label}
+            if e.part.box is not None:
+                box = [round(v * f, 1) for v, f in zip(e.part.box, scale, strict=True)]
+                entry.update(score=round(e.part.score, 4), box=box)
+                lines.append(
+                    f"{file}: {e.part.label} {e.part.score:.0%} at {', '.join(f'{v:.0f}' for v in box)}; "
+                    f"{e.inside:.0%} of the evidence inside the box -> {picture}"
+                )
+            else:
+                entry.update(share=round(e.part.score, 4))
+                lines.append(
+                    f"{file}: {e.part.label} on {e.part.score:.1%} of the pixels; {e.inside:.0%} of the "
+                    f"evidence on them -> {picture}"
+                )
+            entry.update(inside=round(e.inside, 4), picture=str(picture), evaluations=e.evaluations,
+                         seconds=round(e.seconds, 3))  # fmt: skip
+            parts_out.append(entry)
+        results.append({"file": file, "parts": parts_out})
+    doc = {
+        "run": a.run,
+        "method": said,
+        "threshold": threshold if detection else None,
+        "explanations": results,
+    }
     return doc, "\n".join(lines)
 
 
@@ -1551,17 +1643,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "files",
         nargs="*",
-        help="tables: CSV or Parquet files of rows; images: image files; audio: WAV or FLAC clips",
+        help="tables: CSV or Parquet files of rows; images (also detection, segmentation): image files; "
+        "audio: WAV or FLAC clips",
     )
     p.add_argument("--text", action="append", help="texts: a text to explain (repeat for more)")
     p.add_argument("--label", help="explain this class (default: the predicted one)")
     p.add_argument(
         "--method",
-        help="images: grad-cam (default) or integrated-gradients; audio: integrated-gradients (default) or grad-cam",
+        help="images, detection, segmentation: grad-cam (default) or integrated-gradients; audio: "
+        "integrated-gradients (default) or grad-cam",
     )
     p.add_argument(
         "--out",
-        help="images and audio: the folder for the heatmap pictures (default: the run's explanations/)",
+        help="images, audio, detection, segmentation: the folder for the heatmap pictures (default: the run's "
+        "explanations/)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        help=f"detection: explain each box scoring at least this (default {DEFAULT_THRESHOLD:g})",
     )
     p.add_argument(
         "--importance",

@@ -369,6 +369,24 @@ class MapExplanation:
     seconds: float
 
 
+def _finished(run_id: int, tasks: dict[str, Any], what: str) -> tuple[str, Path, dict[str, Any], Any]:
+    """A finished run's task, best checkpoint, its metadata and its config set to build the model
+    without weights (the checkpoint holds every one: nothing is downloaded or read for it)."""
+    from core import jobs
+    from core.config import RunConfig
+    from core.train import BEST
+
+    run = jobs.get_run(run_id)
+    if run.task not in tasks:
+        raise NotFoundError(f"run {run_id} is {run.task}; this explains {what} runs")
+    path = jobs.run_dir(run_id) / BEST
+    if run.status != "succeeded" or not path.is_file():
+        raise NotFoundError(f"run {run_id} is {run.status}: only a finished run can be explained")
+    meta = checkpoint.read_metadata(path)
+    cfg = RunConfig.model_validate(meta["config"]).model_copy(update={"weights": "none"})
+    return run.task, path, meta, cfg
+
+
 def feature_layer(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """Grad-CAM's layer: the module that last produces a feature map (batch, channels, rows,
     columns) of at least 4x4 cells in a forward pass (of more than one cell when none has that
@@ -409,21 +427,9 @@ class MapExplainer:
     cell of the spectrogram gets its share."""
 
     def __init__(self, run_id: int) -> None:
-        from core import jobs
-        from core.config import RunConfig
         from core.models import get_model
-        from core.train import BEST
 
-        run = jobs.get_run(run_id)
-        if run.task not in MAP_METHODS:
-            raise NotFoundError(f"run {run_id} is {run.task}; this explains image and audio runs")
-        path = jobs.run_dir(run_id) / BEST
-        if run.status != "succeeded" or not path.is_file():
-            raise NotFoundError(f"run {run_id} is {run.status}: only a finished run can be explained")
-        meta = checkpoint.read_metadata(path)
-        # The checkpoint holds every weight: nothing is downloaded or read for the build.
-        cfg = RunConfig.model_validate(meta["config"]).model_copy(update={"weights": "none"})
-        self.task = run.task
+        self.task, path, meta, cfg = _finished(run_id, MAP_METHODS, "image and audio")
         self.classes: list[str] = list(meta["classes"])
         spec = get_model(cfg.model, cfg.task)
         if self.task == "image-classification":
@@ -539,6 +545,197 @@ class MapExplainer:
         return heat, done, said
 
 
+DENSE_METHODS: dict[str, tuple[str, ...]] = {
+    "object-detection": ("grad-cam", "integrated-gradients"),
+    "semantic-segmentation": ("grad-cam", "integrated-gradients"),
+}
+MAX_PARTS = 10  # boxes or classes of one image explained at most
+MIN_CLASS_SHARE = 0.01  # of the pixels, for a class to be explained in an image
+
+
+@dataclass(frozen=True)
+class Part:
+    """One thing a detector or segmenter found in an image: a box, or a class's pixels."""
+
+    label: str
+    index: int  # the class's index
+    score: float  # a box's score; a class's share of the pixels
+    # Where it is at the model's input size (pixels, rows then columns): the box, or the pixels
+    # given the class.
+    region: np.ndarray
+    box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 at the model's input size
+    cell: int = -1  # a box's heatmap cell (row * width + column) in the output grid
+
+
+@dataclass(frozen=True)
+class PartExplanation:
+    part: Part
+    method: str  # what was computed, in words
+    target: str  # towards what, in words
+    heatmap: np.ndarray  # evidence for the part at the model's input size, the strongest 1
+    inside: float  # the share of the evidence inside the part's region
+    evaluations: int
+    seconds: float
+
+
+class DenseExplainer:
+    """A finished detection or segmentation run's model in PyTorch, rebuilt from its best
+    checkpoint, ready to say where in an image the evidence for one box (its class's heatmap
+    logit at the box's centre cell) or for one class's pixels (that class's logits averaged over
+    the pixels given it) lies.
+
+    Grad-CAM is taken on the detector's merged stride-4 features (what its heads read) or on
+    the segmenter's stride-16 features where its head takes them in; integrated gradients from a
+    black image, 32 steps, as for images."""
+
+    def __init__(self, run_id: int) -> None:
+        from core.models import get_model
+
+        self.task, path, meta, cfg = _finished(run_id, DENSE_METHODS, "detection and segmentation")
+        self.classes: list[str] = list(meta["classes"])
+        self.size = int(meta["image_size"])
+        self.model: Any = get_model(cfg.model, cfg.task).build(len(self.classes), cfg)
+        checkpoint.load_weights(path, self.model)
+        self.model.eval()
+        self.methods = DENSE_METHODS[self.task]
+        # Grad-CAM's layer: the detector's merged stride-4 features, which its heads read; the
+        # segmenter's stride-16 features where its head takes them in (the backbone's own maps
+        # put the evidence for a class on other classes' objects as often as on its own:
+        # measured on the squares of tests/test_explain_dense.py).
+        if self.task == "object-detection":
+            self._layer, self._where = self.model.smooth, "the merged stride-4 features the heads read"
+        else:
+            self._layer, self._where = self.model.middle, "the head's stride-16 features"
+
+    def prepare(self, source: Any) -> np.ndarray:
+        """An image (a path, bytes or a file object) as the model takes it: uint8 [size, size, 3],
+        resized as the exported graph resizes."""
+        from core.runtime import load_original
+        from core.tasks.dense import resize_in_graph
+
+        image = torch.from_numpy(np.ascontiguousarray(load_original(source)))[None]
+        return resize_in_graph(image, self.size)[0].numpy()
+
+    def parts(
+        self, prepared: np.ndarray, *, threshold: float | None = None, label: str | None = None
+    ) -> list[Part]:
+        """What the model finds in a prepared image, the most first (at most MAX_PARTS): boxes
+        scoring `threshold` or more (the studio's default score when None), or the classes
+        given at least MIN_CLASS_SHARE of the pixels (the background last); only those of class
+        `label` when given."""
+        from torch.nn import functional as F
+
+        if label is not None and label not in self.classes:
+            raise NotFoundError(f"'{label}' is no class of this run; its classes: {', '.join(self.classes)}")
+        x = torch.from_numpy(np.ascontiguousarray(prepared)).float()[None]
+        with torch.no_grad():
+            out = self.model(x).float()
+        found: list[Part] = []
+        if self.task == "object-detection":
+            from core.runtime import DEFAULT_THRESHOLD
+            from core.tasks.detection import decode, peaks
+
+            boxes, scores, labels = decode(out)
+            cells = peaks(out)[2]
+            lowest = DEFAULT_THRESHOLD if threshold is None else threshold
+            for box, score, c, cell in zip(boxes[0], scores[0], labels[0], cells[0], strict=True):
+                if float(score) < lowest or len(found) == MAX_PARTS:
+                    break
+                if label is not None and self.classes[int(c)] != label:
+                    continue
+                x1, y1, x2, y2 = (float(v) for v in box)
+                region = np.zeros((self.size, self.size), bool)
+                region[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = True
+                found.append(
+                    Part(self.classes[int(c)], int(c), float(score), region, (x1, y1, x2, y2), int(cell))
+                )
+            return found
+        full = F.interpolate(out, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        given = full.argmax(dim=1)[0].numpy()
+        shares = np.bincount(given.reshape(-1), minlength=len(self.classes)) / given.size
+        # The classes by their share, the background (class 0, as masks and palettes have it) last.
+        for c in sorted(np.argsort(-shares, kind="stable"), key=lambda c: c == 0):
+            name = self.classes[int(c)]
+            if shares[c] >= MIN_CLASS_SHARE and (label is None or name == label) and len(found) < MAX_PARTS:
+                found.append(Part(name, int(c), float(shares[c]), given == c))
+        return found
+
+    def explain(
+        self,
+        prepared: np.ndarray,
+        part: Part,
+        *,
+        method: str | None = None,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> PartExplanation:
+        """Where in the prepared image the evidence for `part` (one of `parts(prepared)`) lies."""
+        import time
+
+        from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+        from torch.nn import functional as F
+
+        began = time.perf_counter()
+        method = method or self.methods[0]
+        if method not in self.methods:
+            raise NotFoundError(f"'{method}' is no method here; give one of: {', '.join(self.methods)}")
+        x = torch.from_numpy(np.ascontiguousarray(prepared)).float()[None]
+        if part.box is not None:
+
+            def target(batch: torch.Tensor) -> torch.Tensor:  # the box's heatmap logit
+                return self.model(batch)[:, part.index].flatten(1)[:, part.cell : part.cell + 1]
+
+            what = f"the {part.label} box's heatmap logit at its centre"
+        else:
+            with torch.no_grad():
+                out = self.model(x)
+            given = (out.argmax(dim=1) == part.index).float()  # its pixels in the output grid
+            if float(given.sum()) == 0:  # a sliver lost in the output grid: the resized region
+                given = F.interpolate(torch.from_numpy(part.region).float()[None, None], size=out.shape[2:])[
+                    :, 0
+                ]
+            cells = given.sum().clamp(min=1.0)
+
+            def target(batch: torch.Tensor) -> torch.Tensor:  # the class's mean logit over them
+                return ((self.model(batch)[:, part.index] * given).sum(dim=(1, 2)) / cells)[:, None]
+
+            what = f"the {part.label} logit averaged over its pixels"
+        done = 0
+        if method == "grad-cam":
+            cam = LayerGradCam(target, self._layer).attribute(x, target=0, relu_attributions=True)
+            heat = (
+                LayerAttribution.interpolate(cam, (self.size, self.size), "bilinear")[0, 0].detach().numpy()
+            )
+            done = 1
+            cells_said = "x".join(str(n) for n in cam.shape[2:])
+            said = f"Grad-CAM on {self._where} ({cells_said})"
+        else:
+
+            def counted(batch: torch.Tensor) -> torch.Tensor:
+                nonlocal done
+                if torch.is_grad_enabled():
+                    done += batch.shape[0]
+                    if on_progress is not None:
+                        on_progress(min(1.0, done / IG_STEPS))
+                return target(batch)
+
+            found = IntegratedGradients(counted).attribute(
+                x, baselines=torch.zeros_like(x), target=0, n_steps=IG_STEPS, internal_batch_size=IG_BATCH
+            )
+            heat = found[0].sum(dim=-1).detach().numpy()
+            said = f"integrated gradients from a black image, {IG_STEPS} steps"
+        heat = np.clip(heat, 0.0, None)
+        top, total = float(heat.max()), float(heat.sum())
+        return PartExplanation(
+            part=part,
+            method=said,
+            target=what,
+            heatmap=(heat / top if top > 0 else heat).astype(np.float32),
+            inside=float(heat[part.region].sum()) / total if total > 0 else 0.0,
+            evaluations=done,
+            seconds=time.perf_counter() - began,
+        )
+
+
 def strongest_region(heat: np.ndarray, share: float = 0.5) -> tuple[int, int, int, int]:
     """(first row, last row, first column, last column) of the strongest evidence: the rows, then
     the columns, grown from the peak's towards the stronger neighbour until they hold `share`
@@ -646,3 +843,31 @@ def clip_overlay_png(logmel: np.ndarray, heat: np.ndarray, rate: int) -> bytes:
         return out.getvalue()
     finally:
         plt.close(fig)
+
+
+def part_overlay(
+    original: np.ndarray, found: PartExplanation, classes: list[str], *, longest: int = 640
+) -> np.ndarray:
+    """The image with the heatmap of one box or class over it (`image_overlay`), and the part
+    marked: the box outlined and captioned in its class's colour, or the pixels given the class
+    outlined in cyan."""
+    from PIL import Image
+
+    picture = image_overlay(original, found.heatmap, longest=longest)
+    h, w = picture.shape[:2]
+    part = found.part
+    size = found.heatmap.shape[0]
+    if part.box is not None:
+        from core.overlays import draw_boxes
+
+        x1, y1, x2, y2 = part.box
+        box = (x1 * w / size, y1 * h / size, x2 * w / size, y2 * h / size)
+        return draw_boxes(picture, [box], [part.index], classes, [part.score])
+    from scipy.ndimage import binary_dilation
+
+    region = np.asarray(Image.fromarray(part.region).resize((w, h), Image.Resampling.NEAREST))
+    edge = region & binary_dilation(~region)  # its pixels beside one outside it
+    edge = binary_dilation(edge, iterations=max(1, round(min(h, w) / 240)))
+    picture = picture.copy()
+    picture[edge] = (0, 229, 255)
+    return picture

@@ -275,7 +275,7 @@ def image_grid(files: list[Any], model: Predictor, run_id: int) -> None:
     st.caption(
         f"{len(good)} image{'s' * (len(good) != 1)} in {model.last_latency_ms:.1f} ms on {model.provider}"
     )
-    method = why.method_choice(run_id) if good else "grad-cam"
+    method = why.method_choice(run_id, model.task) if good else "grad-cam"
     for start in range(0, len(files), IMAGES_PER_ROW):
         row = st.columns(IMAGES_PER_ROW)
         for at, (column, f, pred) in enumerate(zip(row, files[start:], preds[start:], strict=False), start):
@@ -365,7 +365,7 @@ elif model.task == "audio-classification":
                 caption="Log-mel spectrogram the model sees (time →, frequency ↑)",
             )
             if st.toggle(f"Why {summary.md(pred.label)}?", key=f"why-clip-{run.id}"):
-                why.clip(run.id, data, wave, why.method_choice(run.id))
+                why.clip(run.id, data, wave, why.method_choice(run.id, run.task))
         except RuntimeInputError as exc:
             st.error(summary.md(exc))
 elif model.task == "speech-recognition":
@@ -497,6 +497,8 @@ elif model.task in ("object-detection", "semantic-segmentation"):
                     width="stretch",
                 )
                 right.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
+                if boxes and st.toggle("Why these boxes?", key=f"why-boxes-{run.id}"):
+                    why.dense(run.id, model.task, data, threshold)
             else:
                 seg = model.segment(data)
                 left, right = st.columns([3, 2])
@@ -514,6 +516,8 @@ elif model.task in ("object-detection", "semantic-segmentation"):
                     width="stretch",
                 )
                 right.caption(f"{model.last_latency_ms:.1f} ms on {model.provider}")
+                if st.toggle("Why these classes?", key=f"why-classes-{run.id}"):
+                    why.dense(run.id, model.task, data, None)
         except RuntimeInputError as exc:
             st.error(summary.md(exc))
 elif model.task == "image-classification":

@@ -442,8 +442,33 @@ CASES: dict[str, Case] = {
     "slice into one range": Case(
         ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
     ),
-    "explain a segmentation run": Case(
-        ["explain", "--run", "{run:masks}", "{photo.png}"], "explain takes table, text, image and audio"
+    "explain a translation run": Case(
+        ["explain", "--run", "{run:translation}", "{photo.png}"],
+        "explain takes table, text, image, audio, detection and segmentation runs",
+    ),
+    "explain a segmentation run with a text": Case(
+        ["explain", "--run", "{run:masks}", "--text", "hello"], "a segmentation run explains images"
+    ),
+    "explain a segmentation run without images": Case(
+        ["explain", "--run", "{run:masks}"], "give the images (PNG, JPEG, WebP or BMP files) to explain"
+    ),
+    "explain a segmentation run by an unknown method": Case(
+        ["explain", "--run", "{run:masks}", "{photo.png}", "--method", "shap"],
+        "'shap' is no method for semantic-segmentation",
+    ),
+    "explain a segmentation run above a score": Case(
+        ["explain", "--run", "{run:masks}", "{photo.png}", "--threshold", "0.5"],
+        "--threshold is for detection runs",
+    ),
+    "explain a segmentation class the run lacks": Case(
+        ["explain", "--run", "{run:masks}", "{photo.png}", "--label", "sideways"],
+        "'sideways' is no class of run",
+    ),
+    "explain a table as a segmentation image": Case(
+        ["explain", "--run", "{run:masks}", "{wine.csv}"], "wine.csv: not a readable image"
+    ),
+    "explain a segmentation image into a file": Case(
+        ["explain", "--run", "{run:masks}", "{photo.png}", "--out", "{wine.csv}"], "is a file; give a folder"
     ),
     "explain a table as an image": Case(
         ["explain", "--run", "{run:image}", "{wine.csv}"], "wine.csv: not a readable image"
@@ -469,7 +494,7 @@ CASES: dict[str, Case] = {
     ),
     "explain a table run by a heatmap method": Case(
         ["explain", "--run", "{run:table}", "{wine.csv}", "--method", "grad-cam"],
-        "--method is for image and audio runs",
+        "--method is for image, audio, detection and segmentation runs",
     ),
     "importance of an image run": Case(
         ["explain", "--run", "{run:image}", "--importance"], "--importance is for table runs"
@@ -478,7 +503,8 @@ CASES: dict[str, Case] = {
         ["explain", "--run", "{run:table}", "{wine.csv}", "--importance"], "give it alone, without rows"
     ),
     "explain a text run into a folder": Case(
-        ["explain", "--run", "{run:text}", "--text", "hello", "--out", "why"], "--out is for image and audio"
+        ["explain", "--run", "{run:text}", "--text", "hello", "--out", "why"],
+        "--out is for image, audio, detection",
     ),
     "explain a run not trained yet": Case(
         ["explain", "--run", "{run:queued}", "{wine.csv}"], "only a finished run can be explained"

@@ -1,6 +1,6 @@
 """End to end in real Chromium, continued (the file is split so that the two test processes
-share the browser tests): a speech zip fine-tuned and a clip transcribed, boxes drawn, trained
-and predicted, a run's certificate measured from its page and a variant downloaded, and
+share the browser tests): a speech zip fine-tuned and a clip transcribed, boxes drawn, trained,
+predicted and one of them explained, a run's certificate measured from its page and a variant downloaded, and
 signing in with roles. Screenshots land in test-output/e2e/ beside test_e2e.py's."""
 
 from __future__ import annotations
@@ -84,6 +84,15 @@ def test_detection_zip_overlays_train_predict_boxes(page, tmp_path: Path) -> Non
     assert int(caption.split()[0]) >= 1, caption
     expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(1)
     _shot(page, "predict-boxes")
+
+    # Why the first box: its heatmap over the image, the share inside the box said.
+    page.get_by_text("Why these boxes?").click()
+    page.get_by_text("of the evidence lies inside the box").wait_for(timeout=60_000)
+    page.get_by_text("towards the", exact=False).wait_for()
+    expect(
+        page.get_by_text("Why ", exact=False).filter(has_text="the evidence for it over the image")
+    ).to_be_visible()
+    _shot(page, "predict-boxes-why")
 
 
 def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # type: ignore[no-untyped-def]

@@ -86,16 +86,24 @@ def detection_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return focal + 0.5 * size + offset
 
 
+def peaks(out: torch.Tensor, top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores [N, K], labels [N, K], cells [N, K]) of the dense output's heatmap peaks (3x3
+    max-pool), best first; a cell is its flat index (row * width + column) in the output grid."""
+    _, channels, h, w = out.shape
+    k = channels - 4
+    heat = torch.sigmoid(out[:, :k].float())
+    peak = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+    scores, index = peak.flatten(1).topk(min(top_k, k * h * w), dim=1)
+    labels = torch.div(index, h * w, rounding_mode="floor")
+    return scores, labels, index - labels * (h * w)
+
+
 def decode(out: torch.Tensor, top_k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(boxes [N, K, 4] x1 y1 x2 y2 at the model's input size, scores [N, K], labels [N, K])
     from the dense output: heatmap peaks (3x3 max-pool) and the box at each."""
     _, channels, h, w = out.shape
     k = channels - 4
-    heat = torch.sigmoid(out[:, :k].float())
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
-    scores, index = peaks.flatten(1).topk(min(top_k, k * h * w), dim=1)
-    labels = torch.div(index, h * w, rounding_mode="floor")
-    cell = index - labels * (h * w)
+    scores, labels, cell = peaks(out, top_k)
     iy = torch.div(cell, w, rounding_mode="floor")
     ix = cell - iy * w
     reg = out[:, k:].float().flatten(2).gather(2, cell[:, None, :].expand(-1, 4, -1))

@@ -12,12 +12,18 @@ import streamlit as st
 from core import summary
 from core.errors import AscentError
 from core.explain import (
+    DENSE_METHODS,
+    MAP_METHODS,
+    DenseExplainer,
     MapExplainer,
     MapExplanation,
+    Part,
+    PartExplanation,
     TableExplainer,
     TextExplainer,
     clip_overlay_png,
     image_overlay,
+    part_overlay,
     where_in_clip,
     where_in_image,
 )
@@ -114,20 +120,16 @@ def map_explainer(run_id: int, mtime: float) -> MapExplainer:
 METHOD_NAMES = {"grad-cam": "Grad-CAM", "integrated-gradients": "Integrated gradients"}
 
 
-def method_choice(run_id: int) -> str:
+def method_choice(run_id: int, task: str) -> str:
     """The heatmap method for this run's images or clips, the task's default first."""
-    checkpoint = summary.artifact_paths(run_id)["checkpoint"]
-    try:
-        methods = map_explainer(run_id, checkpoint.stat().st_mtime).methods
-    except (AscentError, OSError):
-        return "grad-cam"
+    methods = {**MAP_METHODS, **DENSE_METHODS}[task]
     picked = st.segmented_control(
         "Explained by",
         methods,
         default=methods[0],
         format_func=lambda m: METHOD_NAMES[m],
         key=f"why-method-{run_id}",
-        help="Grad-CAM: one pass forward and back, as coarse as the model's deepest feature map of at least 4x4 cells. "
+        help="Grad-CAM: one pass forward and back, as coarse as the feature map it is taken on. "
         "Integrated gradients: 32 passes along the way from a black image (silence), finer.",
     )
     return str(picked or methods[0])
@@ -186,6 +188,71 @@ def clip(run_id: int, data: bytes, wave: np.ndarray, method: str) -> None:
     st.caption(_cost(found))
 
 
-def _cost(found: MapExplanation) -> str:
+@st.cache_resource(max_entries=2, show_spinner=False)
+def dense_explainer(run_id: int, mtime: float) -> DenseExplainer:
+    """The run's PyTorch detector or segmenter, for per-box and per-class heatmaps."""
+    return DenseExplainer(run_id)
+
+
+def _part_name(n: int, part: Part) -> str:
+    if part.box is not None:
+        return f"{n}. {part.label} {part.score:.0%}"
+    return f"{part.label} ({part.score:.1%} of the pixels)"
+
+
+def dense(run_id: int, task: str, data: bytes, threshold: float | None) -> None:
+    """Where in the image the evidence for one box (detection) or one class's pixels
+    (segmentation) lies: a heatmap over the image with the part marked, and the share inside."""
+    detection = task == "object-detection"
+    checkpoint = summary.artifact_paths(run_id)["checkpoint"]
+    try:
+        explainer = dense_explainer(run_id, checkpoint.stat().st_mtime)
+        prepared = explainer.prepare(data)
+        parts = explainer.parts(prepared, threshold=threshold)
+    except (AscentError, RuntimeInputError, OSError) as exc:
+        st.warning(f"No heatmap: {summary.md(exc)}")
+        return
+    if not parts:
+        st.info(f"No box scores {threshold or 0:.0%} or more: lower the lowest score shown to explain one.")
+        return
+    left, right = st.columns([3, 2])
+    with right:
+        at = st.selectbox(
+            "Box to explain" if detection else "Class to explain",
+            range(len(parts)),
+            format_func=lambda i: _part_name(i + 1, parts[i]),
+            key=f"why-part-{run_id}",
+        )
+        method = method_choice(run_id, task)
+    part = parts[min(int(at or 0), len(parts) - 1)]
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    key = f"why-{run_id}-{checkpoint.stat().st_mtime}-{method}-{digest}-{part.label}-{part.cell}"
+    found: PartExplanation | None = st.session_state.get(key)
+    if found is None:
+        bar = right.progress(0.0, text=f"{METHOD_NAMES[method]}…")
+        try:
+            found = explainer.explain(
+                prepared,
+                part,
+                method=method,
+                on_progress=lambda share: bar.progress(share, text=f"{METHOD_NAMES[method]}: {share:.0%}"),
+            )
+        except (AscentError, OSError) as exc:
+            right.warning(f"No heatmap: {summary.md(exc)}")
+            return
+        finally:
+            bar.empty()
+        st.session_state[key] = found
+    where = "inside the box" if detection else "on the pixels given it (outlined)"
+    left.image(
+        part_overlay(load_original(data), found, explainer.classes),
+        caption=f"Why {found.part.label}: the evidence for it over the image",
+        width="stretch",
+    )
+    right.markdown(f"**{found.inside:.0%} of the evidence lies {where}.**")
+    right.caption(f"{_cost(found)[:-1]}, towards {found.target}.")
+
+
+def _cost(found: MapExplanation | PartExplanation) -> str:
     passes = f"{found.evaluations} pass{'es' * (found.evaluations != 1)}"
     return f"{found.method[0].upper()}{found.method[1:]}: {passes}, {found.seconds:.2f} s."
