@@ -1397,6 +1397,47 @@ def cmd_worker(a: argparse.Namespace) -> tuple[Any, str]:
     return {"stopped": True}, "worker stopped"
 
 
+def cmd_serve(a: argparse.Namespace) -> tuple[Any, str]:
+    """Finished runs' models over HTTP until interrupted."""
+    import socket
+
+    from core import access, jobs
+    from core.errors import NotFoundError
+
+    if not access.is_loopback(a.host):
+        raise PredictError(
+            f"serve listens on loopback only for now (API keys are not built yet): give --host 127.0.0.1, "
+            f"not {a.host or 'every interface'}"
+        )
+    if not 1 <= a.port <= 65535:
+        raise PredictError(f"--port {a.port} is no port; give one from 1 to 65535")
+    runs = sorted(set(a.run)) if a.run else None
+    for run_id in runs or []:
+        try:
+            run = jobs.get_run(run_id)
+        except NotFoundError as exc:
+            raise PredictError(str(exc)) from exc
+        path = next((art.path for art in jobs.artifacts(run_id) if art.kind == "onnx"), None)
+        if path is None or not Path(path).is_file():
+            raise PredictError(f"run {run_id} is {run.status} and has no exported model to serve")
+    with socket.socket() as probe:  # said in one line now, not as uvicorn's traceback later
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((a.host, a.port))
+        except OSError as exc:
+            raise PredictError(
+                f"cannot listen on {a.host}:{a.port} ({exc.strerror}); give another --port"
+            ) from exc
+    import uvicorn
+
+    from core.serve import create_app
+
+    served = ", ".join(map(str, runs)) if runs else "every finished run"
+    print(f"serving {served} on http://{a.host}:{a.port} (OpenAPI docs at /docs); Ctrl+C stops", flush=True)
+    uvicorn.run(create_app(runs), host=a.host, port=a.port, log_level="warning")
+    return {"stopped": True}, "stopped serving"
+
+
 def cmd_cluster(a: argparse.Namespace) -> tuple[Any, str]:
     from core.cluster import amounts, describe
 
@@ -1668,6 +1709,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tables: each feature's importance over the validation split (shuffled, the metric's worsening)",
     )
+
+    p = add(sub, "serve", cmd_serve, "serve runs' exported models over HTTP (FastAPI, OpenAPI docs at /docs)")
+    p.add_argument(
+        "--run",
+        type=int,
+        action="append",
+        help="a run to serve (repeat for more; default: every finished run)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (loopback only for now)")
+    p.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)

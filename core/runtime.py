@@ -382,7 +382,9 @@ class Predictor:
         size = self.image_size
         try:
             batch = np.stack([load_image(s, size) for s in sources])
-        except Exception as exc:
+        except RuntimeInputError:
+            raise
+        except Exception as exc:  # a decoder error PIL raises past open_image's checks
             raise RuntimeInputError(f"cannot read an image: {type(exc).__name__}: {exc}") from exc
         return self.decode(self.run_feeds({self.inputs[0]["name"]: batch}))
 

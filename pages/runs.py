@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core import certificate, jobs, overlays, summary, sweeps
+from core import certificate, jobs, overlays, serve, summary, sweeps
 from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.errors import AscentError
@@ -854,6 +854,17 @@ if files:
             icon=":material/download:",
             key=f"dl-{label.split(' ')[0]}",
         )
+if run.status == RunStatus.SUCCEEDED:
+    ways = serve.snippets(run.id)
+    if ways:
+        with st.expander("Use this model", icon=":material/api:"):
+            st.caption(
+                "Serve it with the first line, then call it from anywhere that reaches the port "
+                "(see docs/serving.md for every task's body and answer)."
+            )
+            curl, python = st.tabs(["curl", "Python"])
+            curl.code(ways["curl"], language="bash", wrap_lines=True)
+            python.code(ways["python"], language="python")
 with st.expander("Log"):
     st.code(summary.log_tail(run.id) or "(empty)", language=None, wrap_lines=True)
 

@@ -442,6 +442,10 @@ CASES: dict[str, Case] = {
     "slice into one range": Case(
         ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
     ),
+    "serve on every interface": Case(["serve", "--host", "0.0.0.0"], "serve listens on loopback only"),
+    "serve a run not there": Case(["serve", "--run", "999"], "no run with id 999"),
+    "serve a run not trained yet": Case(["serve", "--run", "{run:queued}"], "has no exported model to serve"),
+    "serve on no port": Case(["serve", "--port", "0"], "--port 0 is no port"),
     "explain a translation run": Case(
         ["explain", "--run", "{run:translation}", "{photo.png}"],
         "explain takes table, text, image, audio, detection and segmentation runs",

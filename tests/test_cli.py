@@ -214,4 +214,4 @@ def test_images_end_to_end(home: Path, tmp_path: Path) -> None:
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     proc = cli("predict", "--run", str(run["id"]), str(bad), ok=False)
-    assert proc.returncode == 1 and "cannot read an image" in proc.stderr
+    assert proc.returncode == 1 and "notes.png: not a readable image" in proc.stderr

@@ -192,6 +192,11 @@ def test_a_runs_detail_reads_for_people(wine_runs: list[int]) -> None:
     distinct = {p.resolve() for kind, p in kept.items() if kind in summary.DOWNLOAD_KINDS}
     assert len(files) == len(distinct)
     assert at.code[-1].proto.wrap_lines
+    # "Use this model": how to serve the run and call it, with a validation row's real columns.
+    use = next(e for e in at.expander if e.label == "Use this model")
+    shown = [c.value for c in use.code]
+    assert shown[0].startswith(f"# python -m core serve --run {wine_runs[0]}\ncurl -s -X POST")
+    assert '"alcohol": ' in shown[0] and '"target"' not in shown[0] and "'alcohol': " in shown[1]
 
 
 def test_a_sweep_shows_its_trials_best_run_and_charts(home: Path, data_dir: Path) -> None:

@@ -211,6 +211,26 @@ def test_whisper_fine_tunes_on_read_speech_then_transcribes_from_onnx(home: Path
     )
     assert out.returncode == 1 and out.stderr.strip() == "error: give the clips to transcribe (WAV or FLAC)"
 
+    # Over HTTP (`python -m core serve`): the same transcript, and beams checked.
+    from tests.test_serve import _call, _multipart, _serve
+
+    server, url = _serve("--run", str(run.id))
+    try:
+        body, kind = _multipart([(clip.name, clip.read_bytes())])
+        status, got = _call(f"{url}/runs/{run.id}/predict", body, kind)
+        assert status == 200 and got["predictions"][0]["text"] == heard["text"], got
+        assert (
+            got["predictions"][0]["file"] == clip.name
+            and got["predictions"][0]["seconds"] == heard["seconds"]
+        )
+        status, got = _call(f"{url}/runs/{run.id}/predict?beams=0", body, kind)
+        assert status == 422 and "beams 0 is out of range" in got["detail"]
+        status, got = _call(f"{url}/runs/{run.id}/predict", b'{"texts": ["a"]}', "application/json")
+        assert status == 415 and "takes multipart/form-data: WAV or FLAC clips" in got["detail"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
     root = Path(__file__).resolve().parents[1]
     at = AppTest.from_file(str(root / "pages" / "train.py"), default_timeout=60).run()
     assert not at.exception and any(
