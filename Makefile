@@ -44,6 +44,7 @@ bench: $(VENV)/.run-deps
 	$(PY) bench/inference.py --generation
 	$(PY) bench/inference.py --speech
 	$(PY) bench/inference.py --translation
+	$(PY) bench/serve.py
 	$(PY) bench/instructions.py
 	$(PY) bench/speech.py
 	$(PY) bench/reliability.py

@@ -334,10 +334,17 @@ def create_app(runs: list[int] | None = None, *, timeout_s: float = MAX_SECONDS)
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
 
+    known: dict[int, tuple[Any, Path]] = {}  # finished runs and their model files, looked up once
+
     def served(run_id: int) -> tuple[Any, Path]:
         if runs is not None and run_id not in runs:
             raise Refused(404, f"run {run_id} is not served here; this endpoint serves runs {_ids(runs)}")
-        return _model_file(run_id)
+        found = known.get(run_id)
+        if found is not None and found[1].is_file():  # still there (a deleted run's file is gone)
+            return found
+        found = _model_file(run_id)
+        known[run_id] = found
+        return found
 
     @app.get("/health", summary="Whether the endpoint is up, and which runs it serves")
     def health() -> dict[str, Any]:

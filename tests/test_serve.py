@@ -319,3 +319,36 @@ def test_a_generator_answers_whole_or_token_by_token_and_a_translator_translates
     finally:
         server.terminate()
         print(server.communicate(timeout=30)[0][-3000:])  # the server's own words, when a check failed
+
+
+def test_bodies_over_the_limit_and_slow_predictions_are_refused(home: Path, data_dir: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from core import serve
+
+    wine = jobs.submit(jobs.config_for(ingest_file(data_dir / "wine.csv").id, epochs=1)).id
+    train_here(wine)
+    row = pd.read_csv(data_dir / "wine.csv").drop(columns="target").iloc[:1].to_dict(orient="records")
+    with TestClient(serve.create_app([wine])) as client:
+        assert client.post(f"/runs/{wine}/predict", json={"rows": row}).status_code == 200
+        big = b" " * (serve.MAX_BODY_BYTES + 1)
+        said = client.post(f"/runs/{wine}/predict", content=big, headers={"content-type": "application/json"})
+        assert said.status_code == 413 and "send at most 67,108,864 per request" in said.json()["detail"]
+
+        def pieces() -> Iterator[bytes]:  # no stated length: counted as it arrives
+            for _ in range(65):
+                yield b" " * (1024 * 1024)
+
+        said = client.post(
+            f"/runs/{wine}/predict", content=pieces(), headers={"content-type": "application/json"}
+        )
+        assert said.status_code == 413 and "over 67,108,864 bytes" in said.json()["detail"]
+        said = client.get(f"/runs/{wine + 1}")
+        assert said.status_code == 404 and said.json() == {
+            "detail": f"run {wine + 1} is not served here; this endpoint serves runs {wine}"
+        }
+    with TestClient(serve.create_app([wine], timeout_s=1e-6)) as client:
+        said = client.post(f"/runs/{wine}/predict", json={"rows": row})
+        assert said.status_code == 504 and said.json()["detail"].startswith(
+            "the predictions took over 1e-06 s"
+        )
