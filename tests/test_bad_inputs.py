@@ -1034,4 +1034,5 @@ def test_the_battery_is_large_and_covers_every_surface() -> None:
         "cluster",
         "sweep",
         "sweeps",
+        "serve",
     }
