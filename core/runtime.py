@@ -105,15 +105,24 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     return colours
 
 
-def save_mask(mask: np.ndarray, n_classes: int, dest: Path) -> None:
+def mask_png(mask: np.ndarray, n_classes: int) -> bytes:
     """A palette PNG: pixel values are the class indices, shown in palette(n) colours."""
+    import io
+
     from PIL import Image
 
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     flat = [v for colour in palette(max(n_classes, 1)) for v in colour]
     img.putpalette(flat + [255, 255, 255] * (256 - len(flat) // 3))
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def save_mask(mask: np.ndarray, n_classes: int, dest: Path) -> None:
+    """The mask as a palette PNG file (`mask_png`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    img.save(dest)
+    dest.write_bytes(mask_png(mask, n_classes))
 
 
 @contextlib.contextmanager

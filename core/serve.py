@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
 import pprint
 import threading
@@ -179,7 +178,7 @@ async def _files(request: Request, body: bytes, task: str) -> list[tuple[str, by
 
 def _predict(predictor: Any, task: str, items: Any, threshold: float, beams: int) -> list[dict[str, Any]]:
     """What the model says of each item, in the CLI's JSON shapes."""
-    from core.runtime import palette
+    from core.runtime import mask_png
 
     if task in ("tabular-classification", "tabular-regression"):
         preds = predictor.predict_table(items)
@@ -207,18 +206,10 @@ def _predict(predictor: Any, task: str, items: Any, threshold: float, beams: int
                 found = [{"label": b.label, "score": b.score, "box": list(b.box)} for b in boxes]
                 out.append({"file": name, "boxes": found})
             else:
-                from PIL import Image
-
                 seg = predictor.segment(data)
-                picture = Image.fromarray(seg.mask, mode="P")
-                flat = [v for colour in palette(max(len(predictor.labels), 1)) for v in colour]
-                picture.putpalette(flat + [255, 255, 255] * (256 - len(flat) // 3))
-                png = io.BytesIO()
-                picture.save(png, format="PNG")
+                png = mask_png(seg.mask, len(predictor.labels))
                 shares = {k: round(v, 4) for k, v in seg.shares.items() if v > 0}
-                out.append(
-                    {"file": name, "shares": shares, "mask_png": base64.b64encode(png.getvalue()).decode()}
-                )
+                out.append({"file": name, "shares": shares, "mask_png": base64.b64encode(png).decode()})
         except (AscentError, RuntimeInputError) as exc:  # an unreadable or oversized file
             raise Refused(422, f"{name}: {exc}") from exc
     return out
