@@ -236,7 +236,9 @@ def show_top(pred, k: int = 5) -> None:  # type: ignore[no-untyped-def]
 def show_batch(out: pd.DataFrame, what: str, model: Predictor) -> None:
     st.caption(f"{len(out)} {what} in {model.last_latency_ms:.1f} ms on {model.provider}")
     st.dataframe(out, width="stretch", hide_index=True)
-    st.download_button("Download predictions (CSV)", summary.csv_bytes(out), file_name="predictions.csv")
+    st.download_button(
+        "Download predictions (CSV)", summary.csv_bytes(out), file_name="predictions.csv", on_click="ignore"
+    )
 
 
 def example_text(value: Any) -> str:
@@ -293,7 +295,10 @@ def image_grid(files: list[Any], model: Predictor, run_id: int) -> None:
     if good:
         table = summary.image_predictions([n for n, _ in good], [p for _, p in good])
         st.download_button(
-            "Download predictions (CSV)", summary.csv_bytes(table), file_name="image-predictions.csv"
+            "Download predictions (CSV)",
+            summary.csv_bytes(table),
+            file_name="image-predictions.csv",
+            on_click="ignore",
         )
 
 

@@ -116,6 +116,7 @@ tools.download_button(
     file_name="runs.csv",
     icon=":material/download:",
     key="runs-csv",
+    on_click="ignore",  # a download needs no rerun (and one beside it can lose the download)
 )
 ticked = {runs[i].id for i in event.selection.rows} if event and event.selection else set()
 selected = [r for r in runs if r.id in ticked or r.id in picked]
@@ -805,6 +806,7 @@ if run.status == "succeeded":
                         help=f"{path.name}: the file measured as {r.variant}",
                         icon=":material/download:",
                         key=f"dl-v-{r.variant}{part.strip()}",
+                        on_click="ignore",
                     )
         show_tradeoffs([run.id], {run.id: f"{run.id} · {run.name}"})
     elif seq2seq:
@@ -853,6 +855,7 @@ if files:
             help=path.name,
             icon=":material/download:",
             key=f"dl-{label.split(' ')[0]}",
+            on_click="ignore",
         )
 if run.status == RunStatus.SUCCEEDED:
     ways = serve.snippets(run.id)

@@ -139,14 +139,16 @@ def worker(home: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait()
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, why=None):  # type: ignore[no-untyped-def]
+    """The predicate's first true value, polled; on timeout, an error saying what `why()` says
+    about the state things were left in (so that a CI failure explains itself)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"condition not met within {timeout}s" + (f": {why()}" if why is not None else ""))
 
 
 @pytest.fixture(scope="session")

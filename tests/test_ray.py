@@ -101,6 +101,17 @@ def _log(home: Path) -> str:
     return (home.parent / "worker.out").read_text(errors="replace")
 
 
+def _state(home: Path, run_id: int) -> str:
+    """Where a run stands: its row, its log's end, the worker's output's end."""
+    run = jobs.get_run(run_id)
+    log = jobs.run_dir(run_id) / "run.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no run.log)"
+    return (
+        f"run {run_id} {run.status} worker={run.worker} pid={run.pid} progress={run.progress} "
+        f"error={run.error}\n--- run.log ---\n{tail}\n--- worker.out ---\n{_log(home)[-3000:]}"
+    )
+
+
 def test_runs_share_a_ray_cluster_and_a_lost_one_resumes(home: Path, data_dir: Path, ray_worker) -> None:  # type: ignore[no-untyped-def]
     wine = ingest_file(data_dir / "wine.csv")
     common = {"batch_size": 16, "patience": 0}
@@ -143,7 +154,11 @@ def test_runs_share_a_ray_cluster_and_a_lost_one_resumes(home: Path, data_dir: P
 
     # The Ray worker process that runs a run dies: the run is lost, and resumes.
     doomed = jobs.submit(jobs.config_for(wine.id, epochs=5000, **common))
-    wait_for(lambda: any(p.key == "val_loss" for p in jobs.metric_history(doomed.id)), timeout=90)
+    wait_for(
+        lambda: any(p.key == "val_loss" for p in jobs.metric_history(doomed.id)),
+        timeout=90,
+        why=lambda: _state(home, doomed.id),
+    )
     child = jobs.get_run(doomed.id).pid
     assert child is not None
     ray_process = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
