@@ -107,6 +107,8 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 
 def mask_png(mask: np.ndarray, n_classes: int) -> bytes:
     """A palette PNG: pixel values are the class indices, shown in palette(n) colours."""
+    if not has_module("PIL"):
+        return mask_png_plain(mask, n_classes)
     import io
 
     from PIL import Image
@@ -160,6 +162,8 @@ def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
     The one resize used for validation in training and for prediction: EXIF rotation applied,
     transparency composited on white, then a bilinear resize of the whole image (no crop).
     """
+    if not has_module("PIL"):
+        return resize_bilinear(read_plain_image(source), size)
     from PIL import Image
 
     with open_image(source) as opened:
@@ -170,6 +174,8 @@ def load_image(source: Any, size: tuple[int, int]) -> np.ndarray:
 def load_original(source: Any) -> np.ndarray:
     """An image file as uint8 [H, W, 3] RGB at its own size (EXIF rotation applied, transparency
     on white): what detection and segmentation files take, resizing in their graph."""
+    if not has_module("PIL"):
+        return read_plain_image(source)
     with open_image(source) as opened:
         return np.asarray(_rgb(opened), dtype=np.uint8).copy()
 
@@ -217,6 +223,8 @@ def clip_info(source: Any) -> tuple[float, int, int]:
 def load_audio(source: Any) -> tuple[np.ndarray, int]:
     """A WAV or FLAC clip (path, bytes or file object) as float32 [frames, channels] and its
     rate; clips over the duration limit are refused from their header, before decoding."""
+    if not has_module("soundfile"):
+        return read_wav(source)
     import io
 
     import soundfile as sf
@@ -245,10 +253,12 @@ def to_mono(data: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     """Channels mixed to mono, resampled to `target_rate` (polyphase, anti-aliased)."""
     mono = data.mean(axis=1) if data.ndim == 2 else data
     if rate != target_rate:
-        from scipy.signal import resample_poly
-
         g = math.gcd(rate, target_rate)
-        mono = resample_poly(mono, target_rate // g, rate // g)
+        if not has_module("scipy"):
+            return resample_poly(mono, target_rate // g, rate // g).astype(np.float32)
+        from scipy import signal
+
+        mono = signal.resample_poly(mono, target_rate // g, rate // g)
     return np.asarray(mono, dtype=np.float32)
 
 
@@ -401,12 +411,15 @@ class Predictor:
     def tokenizer(self) -> Any:
         """The `tokenizers.Tokenizer` saved beside a text model (loaded once)."""
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
             spec = self.tokenizer_spec
             file = self.path.parent / spec.get("file", "tokenizer.json")
             if not file.is_file():
                 raise RuntimeInputError(f"{file.name} is missing beside {self.path.name}; copy both files")
+            if not has_module("tokenizers"):
+                self._tokenizer = PlainWordPiece.from_file(file, int(spec["max_length"]))
+                return self._tokenizer
+            from tokenizers import Tokenizer
+
             tok = Tokenizer.from_file(str(file))
             tok.no_padding()
             tok.enable_truncation(int(spec["max_length"]))
@@ -1016,3 +1029,499 @@ class Translator:
                     )
                 )
         return found
+
+
+# Without Pillow, soundfile, scipy or tokenizers ------------------------------------------------
+# A bundle's predict.py runs where only numpy and onnxruntime are installed. These stand in for
+# the libraries then, giving the same arrays (tests compare them with the libraries' own): PNG,
+# BMP and PPM images with Pillow's bilinear resize, WAV clips with scipy's polyphase resampling,
+# and BERT-style WordPiece tokenizers. The studio always has the libraries.
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _read_bytes(source: Any) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    if isinstance(source, (str, Path)):
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise RuntimeInputError(f"cannot read {Path(source).name}: {exc.strerror}") from exc
+    data = source.read()
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def read_plain_image(source: Any) -> np.ndarray:
+    """A PNG, BMP or binary PPM/PGM image as uint8 [H, W, 3] RGB (transparency on white),
+    read with numpy alone; other formats need Pillow."""
+    data = _read_bytes(source)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _read_png(data)
+    if data.startswith(b"BM"):
+        return _read_bmp(data)
+    if data[:2] in (b"P5", b"P6"):
+        return _read_pnm(data)
+    raise RuntimeInputError(
+        "not a PNG, BMP or PPM image; other formats (JPEG, WebP, GIF) need Pillow: pip install pillow"
+    )
+
+
+def _check_pixels(width: int, height: int) -> None:
+    limit = max_image_pixels()
+    if width <= 0 or height <= 0:
+        raise RuntimeInputError("not a readable image (its header gives no size)")
+    if width * height > limit:
+        raise RuntimeInputError(
+            f"the image is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the "
+            f"limit of {limit / 1e6:.0f} megapixels (ASCENT_MAX_IMAGE_PIXELS)"
+        )
+
+
+def _on_white(pixels: np.ndarray) -> np.ndarray:
+    """[H, W, 1-4] uint8 (grey, grey+alpha, RGB, RGBA) -> RGB, alpha composited on white with
+    Pillow's paste arithmetic (its rounded division by 255)."""
+    channels = pixels.shape[2]
+    colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    if channels in (2, 4):
+        alpha = pixels[..., -1:].astype(np.uint32)
+        mixed = colour.astype(np.uint32) * alpha + 255 * (255 - alpha) + 128
+        colour = ((mixed + (mixed >> 8)) >> 8).astype(np.uint8)
+    return np.ascontiguousarray(colour, dtype=np.uint8)
+
+
+def _read_png(data: bytes) -> np.ndarray:
+    import struct
+    import zlib
+
+    pos, idat, palette, trns = 8, [], b"", b""
+    header = b""
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"PLTE":
+            palette = body
+        elif kind == b"tRNS":
+            trns = body
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if len(header) != 13 or not idat:
+        raise RuntimeInputError("not a readable image (a PNG without its header or pixels)")
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    _check_pixels(width, height)
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if channels is None or depth != 8 or interlace:
+        raise RuntimeInputError(
+            "this PNG (interlaced, or not 8 bits per channel) needs Pillow: pip install pillow"
+        )
+    step = channels  # bytes per pixel
+    stride = width * step
+    try:
+        raw = zlib.decompress(b"".join(idat))
+    except zlib.error as exc:
+        raise RuntimeInputError(f"not a readable image (its PNG data is damaged: {exc})") from exc
+    if len(raw) < height * (stride + 1):
+        raise RuntimeInputError("not a readable image (its PNG data is cut short)")
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prior = np.zeros(stride, dtype=np.int32)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).astype(np.int32)
+        if kind == 1:  # Sub: each byte adds the one a pixel before, a running sum per channel
+            line = np.cumsum(line.reshape(width, step), axis=0).reshape(-1) & 255
+        elif kind == 2:  # Up
+            line = (line + prior) & 255
+        elif kind in (3, 4):  # Average, Paeth: each pixel needs the one before, decoded
+            row = bytearray(line.astype(np.uint8).tobytes())
+            up = prior.tolist()
+            for i in range(stride):
+                left = row[i - step] if i >= step else 0
+                if kind == 3:
+                    row[i] = (row[i] + ((left + up[i]) >> 1)) & 255
+                    continue
+                corner = up[i - step] if i >= step else 0
+                p = left + up[i] - corner
+                pa, pb, pc = abs(p - left), abs(p - up[i]), abs(p - corner)
+                best = left if pa <= pb and pa <= pc else up[i] if pb <= pc else corner
+                row[i] = (row[i] + best) & 255
+            line = np.frombuffer(bytes(row), dtype=np.uint8).astype(np.int32)
+        elif kind != 0:
+            raise RuntimeInputError(f"not a readable image (PNG filter {kind} is not one of 0-4)")
+        out[y] = line
+        prior = line
+    pixels = out.reshape(height, width, channels)
+    if colour == 3:
+        table = np.frombuffer(palette, dtype=np.uint8).reshape(-1, 3)
+        alpha = np.full(len(table), 255, dtype=np.uint8)
+        alpha[: len(trns)] = np.frombuffer(trns[: len(table)], dtype=np.uint8)
+        if pixels.max(initial=0) >= len(table):
+            raise RuntimeInputError("not a readable image (a PNG pixel outside its palette)")
+        index = pixels[..., 0]
+        pixels = np.concatenate([table[index], alpha[index][..., None]], axis=2) if trns else table[index]
+    return _on_white(pixels)
+
+
+def _read_bmp(data: bytes) -> np.ndarray:
+    import struct
+
+    if len(data) < 54:
+        raise RuntimeInputError("not a readable image (a BMP cut short)")
+    (offset,) = struct.unpack("<I", data[10:14])
+    width, height, _, bits, compression = struct.unpack("<iiHHI", data[18:34])
+    if bits not in (24, 32) or compression != 0:
+        raise RuntimeInputError("this BMP (under 24 bits, or compressed) needs Pillow: pip install pillow")
+    rows = abs(height)
+    _check_pixels(width, rows)
+    step = bits // 8
+    stride = (width * step + 3) & ~3
+    if len(data) < offset + stride * rows:
+        raise RuntimeInputError("not a readable image (a BMP cut short)")
+    grid = np.frombuffer(data, dtype=np.uint8, count=stride * rows, offset=offset).reshape(rows, stride)
+    pixels = grid[:, : width * step].reshape(rows, width, step)[..., 2::-1]  # BGR(A) -> RGB
+    if height > 0:  # stored bottom row first
+        pixels = pixels[::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def _read_pnm(data: bytes) -> np.ndarray:
+    import re
+
+    found = re.match(
+        rb"(P[56])\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)\s", data
+    )
+    if found is None:
+        raise RuntimeInputError("not a readable image (a PPM/PGM without its header)")
+    kind, width, height, top = found.group(1), *map(int, found.groups()[1:])
+    _check_pixels(width, height)
+    channels = 3 if kind == b"P6" else 1
+    if top != 255:
+        raise RuntimeInputError("this PPM (its samples not 8-bit, 0-255) needs Pillow: pip install pillow")
+    count = width * height * channels
+    if len(data) < found.end() + count:
+        raise RuntimeInputError("not a readable image (a PPM cut short)")
+    pixels = np.frombuffer(data, dtype=np.uint8, count=count, offset=found.end()).reshape(
+        height, width, channels
+    )
+    return _on_white(pixels)
+
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point coefficients for 8-bit images
+
+
+def _bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """Pillow's bilinear resampling along one axis as an integer matrix [out, in] (its
+    triangle filter widened by the scale when shrinking, in fixed point)."""
+    scale = size_in / size_out
+    filterscale = max(scale, 1.0)
+    support = filterscale
+    weights = np.zeros((size_out, size_in), dtype=np.float64)
+    for xx in range(size_out):
+        center = (xx + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), size_in)
+        x = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((x - center + 0.5) / filterscale), 0.0, None)
+        total = w.sum()
+        weights[xx, lo:hi] = w / total if total else w
+    return np.floor(weights * (1 << _PRECISION_BITS) + 0.5).astype(np.int64)
+
+
+def resize_bilinear(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, C] to `size` (h, w) with Pillow's bilinear filter and fixed-point rounding,
+    the horizontal pass first (Pillow sometimes runs the vertical first when both change,
+    which can move a value by 1)."""
+    half = 1 << (_PRECISION_BITS - 1)
+    out = pixels.astype(np.int64)
+    if out.shape[1] != size[1]:
+        w = _bilinear_weights(out.shape[1], size[1])
+        out = np.clip((np.einsum("oi,hic->hoc", w, out) + half) >> _PRECISION_BITS, 0, 255)
+    if out.shape[0] != size[0]:
+        w = _bilinear_weights(out.shape[0], size[0])
+        out = np.clip((np.einsum("oi,iwc->owc", w, out) + half) >> _PRECISION_BITS, 0, 255)
+    return out.astype(np.uint8)
+
+
+def mask_png_plain(mask: np.ndarray, n_classes: int) -> bytes:
+    """`mask_png` written with zlib alone: a palette PNG of the class indices."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width = mask.shape
+    flat = [v for colour in palette(max(n_classes, 1)) for v in colour]
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), mask.astype(np.uint8)], axis=1)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+        + chunk(b"PLTE", bytes(flat + [255, 255, 255] * (256 - len(flat) // 3)))
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def read_wav(source: Any) -> tuple[np.ndarray, int]:
+    """A WAV clip (PCM 8-32 bits or float) as float32 [frames, channels] and its rate, scaled as
+    soundfile does, read with numpy alone; FLAC needs soundfile."""
+    import struct
+
+    data = _read_bytes(source)
+    if not data:
+        raise RuntimeInputError("the clip is empty (0 bytes)")
+    if data[:4] == b"fLaC":
+        raise RuntimeInputError("reading FLAC needs soundfile: pip install soundfile (or give WAV clips)")
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise RuntimeInputError("not a readable WAV or FLAC clip (no RIFF/WAVE header)")
+    pos, fmt, body = 12, b"", None
+    while pos + 8 <= len(data):
+        kind, (size,) = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])
+        if kind == b"fmt ":
+            fmt = data[pos + 8 : pos + 8 + size]
+        elif kind == b"data":
+            body = data[pos + 8 : pos + 8 + size]
+            break
+        pos += 8 + size + (size & 1)
+    if len(fmt) < 16 or body is None:
+        raise RuntimeInputError("not a readable WAV or FLAC clip (no fmt or data chunk)")
+    code, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
+    if code == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the real code opens its GUID
+        (code,) = struct.unpack("<H", fmt[24:26])
+    if rate <= 0 or channels <= 0:
+        raise RuntimeInputError("the clip's header gives no sample rate")
+    width = bits // 8
+    frames = len(body) // (width * channels) if width else 0
+    seconds, limit = frames / rate, max_clip_seconds()
+    if seconds > limit:
+        raise RuntimeInputError(
+            f"the clip lasts {seconds:.0f} s, over the limit of {limit:g} s (ASCENT_MAX_CLIP_SECONDS); "
+            "cut it into shorter clips"
+        )
+    if frames == 0:
+        raise RuntimeInputError("the clip has 0 samples")
+    raw = np.frombuffer(body, dtype=np.uint8, count=frames * channels * width)
+    if code == 3 and bits in (32, 64):
+        samples = raw.view("<f4" if bits == 32 else "<f8").astype(np.float32)
+    elif code == 1 and bits == 8:
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    elif code == 1 and bits in (16, 24, 32):
+        wide = np.zeros((raw.size // width, 4), dtype=np.uint8)
+        wide[:, 4 - width :] = raw.reshape(-1, width)  # little-endian bytes at the top of an int32
+        samples = (wide.view("<i4").reshape(-1) / 2.0**31).astype(np.float32)
+    else:
+        raise RuntimeInputError(
+            f"this WAV (format {code}, {bits} bits) needs soundfile: pip install soundfile"
+        )
+    return samples.reshape(frames, channels), int(rate)
+
+
+def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """scipy.signal.resample_poly(x, up, down) for a 1-D signal with numpy alone: the same
+    Kaiser (beta 5) low-pass filter, applied at the output samples only."""
+    g = math.gcd(up, down)
+    up, down = up // g, down // g
+    if up == down == 1:
+        return x.astype(np.float64)
+    n_in = len(x)
+    n_out = n_in * up // down + bool(n_in * up % down)
+    rate = max(up, down)
+    half = 10 * rate
+    taps = 2 * half + 1
+    m = np.arange(taps) - (taps - 1) / 2
+    h = np.sinc(m / rate) / rate * np.kaiser(taps, 5.0)
+    h = h / h.sum() * up
+    pre = down - half % down
+    skip = (half + pre) // down
+    post = 0
+    while ((n_in - 1) * up + taps + pre + post - 1) // down + 1 < n_out + skip:
+        post += 1
+    h = np.concatenate([np.zeros(pre), h, np.zeros(post)])
+    # y[k] = sum over inputs n of h[t - n*up] * x[n], t = k*down: every input within the filter
+    t = (np.arange(n_out) + skip) * down
+    last = t // up
+    y = np.zeros(n_out, dtype=np.float64)
+    signal = x.astype(np.float64)
+    for back in range(len(h) // up + 1):
+        n = last - back
+        tap = t - n * up
+        ok = (n >= 0) & (n < n_in) & (tap < len(h))
+        y[ok] += h[tap[ok]] * signal[n[ok]]
+    return y
+
+
+@dataclass(frozen=True)
+class PlainEncoding:
+    ids: list[int]
+    tokens: list[str]
+
+
+_CJK = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+class PlainWordPiece:
+    """A BERT-style tokenizer.json (BertNormalizer, BertPreTokenizer, WordPiece, and a
+    [CLS] ... [SEP] template or none) encoded as the tokenizers library does, in Python alone.
+    Other tokenizers need that library."""
+
+    def __init__(self, spec: Mapping[str, Any], max_length: int | None = None) -> None:
+        normalizer, pre, model = (
+            spec.get("normalizer") or {},
+            spec.get("pre_tokenizer") or {},
+            spec.get("model") or {},
+        )
+        post = spec.get("post_processor") or {}
+        if (
+            normalizer.get("type") != "BertNormalizer"
+            or pre.get("type") != "BertPreTokenizer"
+            or model.get("type") != "WordPiece"
+            or post.get("type") not in (None, "TemplateProcessing", "BertProcessing")
+        ):
+            raise RuntimeInputError(
+                "this model's tokenizer needs the tokenizers package: pip install tokenizers"
+            )
+        self.clean = bool(normalizer.get("clean_text", True))
+        self.chinese = bool(normalizer.get("handle_chinese_chars", True))
+        self.lowercase = bool(normalizer.get("lowercase", True))
+        accents = normalizer.get("strip_accents")
+        self.strip_accents = self.lowercase if accents is None else bool(accents)
+        self.vocab: dict[str, int] = dict(model["vocab"])
+        self.unk = str(model.get("unk_token", "[UNK]"))
+        self.prefix = str(model.get("continuing_subword_prefix", "##"))
+        self.longest = int(model.get("max_input_chars_per_word", 100))
+        self.before: list[tuple[str, int]] = []
+        self.after: list[tuple[str, int]] = []
+        if post.get("type") == "BertProcessing":
+            cls, sep = post["cls"], post["sep"]
+            self.before, self.after = [(str(cls[0]), int(cls[1]))], [(str(sep[0]), int(sep[1]))]
+        elif post.get("type") == "TemplateProcessing":
+            specials = post.get("special_tokens", {})
+            seen_sequence = False
+            for piece in post.get("single", []):
+                if "Sequence" in piece:
+                    seen_sequence = True
+                    continue
+                name = piece["SpecialToken"]["id"]
+                token = (specials[name]["tokens"][0], int(specials[name]["ids"][0]))
+                (self.after if seen_sequence else self.before).append(token)
+        # Added tokens ([CLS], [PAD], ...) written in a text are themselves, before normalizing.
+        self.added = {
+            str(t["content"]): int(t["id"])
+            for t in spec.get("added_tokens") or []
+            if not t.get("normalized", False) and not t.get("single_word") and not t.get("lstrip")
+        }
+        self.max_length = max_length
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int | None = None) -> PlainWordPiece:
+        try:
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RuntimeInputError(f"cannot read {Path(path).name}: {exc}") from exc
+        return cls(spec, max_length)
+
+    def _normalize(self, text: str) -> str:
+        import unicodedata
+
+        out = []
+        for ch in text:
+            if self.clean:
+                if ch in ("\0", "\ufffd") or (
+                    ch not in "\t\n\r" and unicodedata.category(ch).startswith("C")
+                ):
+                    continue
+                if ch.isspace():
+                    ch = " "
+            if self.chinese and any(lo <= ord(ch) <= hi for lo, hi in _CJK):
+                out.append(f" {ch} ")
+                continue
+            out.append(ch)
+        normal = "".join(out)
+        if self.strip_accents:
+            normal = "".join(
+                c for c in unicodedata.normalize("NFD", normal) if not unicodedata.category(c).startswith("M")
+            )
+        return normal.lower() if self.lowercase else normal
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        import unicodedata
+
+        words: list[str] = []
+        current: list[str] = []
+        for ch in text:
+            if ch.isspace():
+                if current:
+                    words.append("".join(current))
+                    current = []
+            elif (
+                ch.isascii() and not ch.isalnum() and ch.isprintable() and ch != " "
+            ) or unicodedata.category(ch).startswith("P"):
+                if current:
+                    words.append("".join(current))
+                    current = []
+                words.append(ch)
+            else:
+                current.append(ch)
+        if current:
+            words.append("".join(current))
+        return words
+
+    def _pieces(self, word: str) -> list[str]:
+        if len(word) > self.longest:
+            return [self.unk]
+        pieces, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else self.prefix + word[start:end]
+                if piece in self.vocab:
+                    break
+                end -= 1
+            else:
+                return [self.unk]
+            pieces.append(piece)
+            start = end
+        return pieces
+
+    def encode(self, text: str) -> PlainEncoding:
+        import re
+
+        parts = [str(text)]
+        if self.added:
+            pattern = "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True))
+            parts = re.split(f"({pattern})", str(text))
+        tokens = []
+        for i, part in enumerate(parts):
+            if i % 2:  # an added token, as written
+                tokens.append(part)
+            else:
+                tokens.extend(p for word in self._words(self._normalize(part)) for p in self._pieces(word))
+        if self.max_length is not None:
+            tokens = tokens[: max(self.max_length - len(self.before) - len(self.after), 0)]
+        unknown = self.vocab.get(self.unk, 0)
+        ids = [self.added[t] if t in self.added else self.vocab.get(t, unknown) for t in tokens]
+        return PlainEncoding(
+            [i for _, i in self.before] + ids + [i for _, i in self.after],
+            [t for t, _ in self.before] + tokens + [t for t, _ in self.after],
+        )
+
+    def encode_batch(self, texts: Sequence[str]) -> list[PlainEncoding]:
+        return [self.encode(t) for t in texts]

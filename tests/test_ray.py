@@ -156,7 +156,7 @@ def test_runs_share_a_ray_cluster_and_a_lost_one_resumes(home: Path, data_dir: P
     doomed = jobs.submit(jobs.config_for(wine.id, epochs=5000, **common))
     wait_for(
         lambda: any(p.key == "val_loss" for p in jobs.metric_history(doomed.id)),
-        timeout=90,
+        timeout=180,  # a new Ray worker process and the run's own start, while the other test process trains
         why=lambda: _state(home, doomed.id),
     )
     child = jobs.get_run(doomed.id).pid
