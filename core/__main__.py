@@ -1397,6 +1397,21 @@ def cmd_worker(a: argparse.Namespace) -> tuple[Any, str]:
     return {"stopped": True}, "worker stopped"
 
 
+def cmd_bundle(a: argparse.Namespace) -> tuple[Any, str]:
+    """A finished run's model, its runner and its README as one zip."""
+    import zipfile
+
+    from core import bundle
+
+    dest = bundle.write(a.run, Path(a.out).expanduser(), a.variant)
+    with zipfile.ZipFile(dest) as z:
+        names = [Path(n).name for n in z.namelist()]
+    doc = {"path": str(dest), "bytes": dest.stat().st_size, "files": names}
+    return doc, (
+        f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB: {', '.join(names)}); unzip it and see its README.md"
+    )
+
+
 def cmd_serve(a: argparse.Namespace) -> tuple[Any, str]:
     """Finished runs' models over HTTP until interrupted."""
     import socket
@@ -1719,6 +1734,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (loopback only for now)")
     p.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
+
+    p = add(sub, "bundle", cmd_bundle, "a zip of a run's model that runs with numpy and onnxruntime alone")
+    p.add_argument("--run", type=int, required=True)
+    p.add_argument(
+        "--variant", default="fp32", help="fp32 (the run's export) or a measured certificate variant"
+    )
+    p.add_argument("--out", required=True, help="the zip file to write, or a folder to write it into")
 
     p = add(sub, "predict", cmd_predict, "predict with a run's exported model")
     p.add_argument("--run", type=int, required=True)

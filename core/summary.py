@@ -742,6 +742,13 @@ def upload_limit_mb(settings_bytes: int, server_mb: int) -> int:
 def example_row(dataset: DatasetInfo, config: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
     """The first row of a run's validation split (as its training split the table) with its
     target: (row number in the stored table, {column: value}); None when it cannot be read."""
+    found = example_rows(dataset, config, 1)
+    return found[0] if found else None
+
+
+def example_rows(dataset: DatasetInfo, config: dict[str, Any], n: int) -> list[tuple[int, dict[str, Any]]]:
+    """The first `n` rows of a run's validation split with their target, as `example_row`;
+    none when the table cannot be read."""
     from core.runtime import as_category
     from core.tasks import split_indices  # numpy only, but its module imports torch: import late
 
@@ -750,12 +757,12 @@ def example_row(dataset: DatasetInfo, config: dict[str, Any]) -> tuple[int, dict
     try:
         df = pd.read_parquet(Path(dataset.path) / "data.parquet")
     except Exception:  # a deleted or unreadable file: the form starts empty
-        return None
+        return []
     if target not in df.columns:
-        return None
+        return []
     kept = df[df[target].notna()]
     if kept.empty:
-        return None
+        return []
     classes = schema.get("classes")
     if classes:
         index = {c: i for i, c in enumerate(classes)}
@@ -768,9 +775,13 @@ def example_row(dataset: DatasetInfo, config: dict[str, Any]) -> tuple[int, dict
         val_fraction=float(config.get("val_fraction", 0.2)),
         seed=int(config.get("seed", 0)),
     )
-    position = int(val[0]) if len(val) else 0
-    row = {str(c): kept[c].iloc[position] for c in kept.columns}  # each with its column's type
-    return int(kept.index[position]), {c: (None if pd.isna(v) else _python(v)) for c, v in row.items()}
+    out = []
+    for position in [int(i) for i in val[:n]] if len(val) else [0]:
+        row = {str(c): kept[c].iloc[position] for c in kept.columns}  # each with its column's type
+        out.append(
+            (int(kept.index[position]), {c: (None if pd.isna(v) else _python(v)) for c, v in row.items()})
+        )
+    return out
 
 
 def _python(value: Any) -> Any:

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from core import certificate, jobs, overlays, serve, summary, sweeps
+from core import bundle, certificate, jobs, overlays, serve, summary, sweeps
 from core.access import Action, can
 from core.data.ingest import list_datasets
 from core.errors import AscentError
@@ -857,17 +857,34 @@ if files:
             key=f"dl-{label.split(' ')[0]}",
             on_click="ignore",
         )
-if run.status == RunStatus.SUCCEEDED:
+if run.status == RunStatus.SUCCEEDED and "onnx" in summary.artifact_paths(run.id):
     ways = serve.snippets(run.id)
-    if ways:
-        with st.expander("Use this model", icon=":material/api:"):
-            st.caption(
+    with st.expander("Use this model", icon=":material/api:"):
+        *served, packed = st.tabs(["curl", "Python", "Bundle"] if ways else ["Bundle"])
+        for tab, (kind, language) in zip(served, (("curl", "bash"), ("python", "python")), strict=False):
+            tab.caption(
                 "Serve it with the first line, then call it from anywhere that reaches the port "
                 "(see docs/serving.md for every task's body and answer)."
             )
-            curl, python = st.tabs(["curl", "Python"])
-            curl.code(ways["curl"], language="bash", wrap_lines=True)
-            python.code(ways["python"], language="python")
+            tab.code(ways[kind], language=language, wrap_lines=kind == "curl")
+        packed.caption(
+            "One zip with the model, its runner and a README: it runs with numpy and onnxruntime "
+            "alone, on any machine (see docs/serving.md)."
+        )
+        row = packed.container(horizontal=True)
+        for variant in bundle.variants(run.id):
+            row.download_button(
+                f"{variant} bundle (zip)",
+                lambda variant=variant: bundle.cached(run.id, variant).read_bytes(),  # made when clicked
+                file_name=bundle.file_name(run.id, variant),
+                mime="application/zip",
+                icon=":material/package_2:",
+                key=f"bundle-{variant}",
+                on_click="ignore",
+            )
+        how = bundle.snippets(run.id)
+        packed.code(how["shell"], language="bash", wrap_lines=True)
+        packed.code(how["python"], language="python")
 with st.expander("Log"):
     st.code(summary.log_tail(run.id) or "(empty)", language=None, wrap_lines=True)
 

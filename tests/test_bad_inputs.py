@@ -446,6 +446,22 @@ CASES: dict[str, Case] = {
     "serve a run not there": Case(["serve", "--run", "999"], "no run with id 999"),
     "serve a run not trained yet": Case(["serve", "--run", "{run:queued}"], "has no exported model to serve"),
     "serve on no port": Case(["serve", "--port", "0"], "--port 0 is no port"),
+    "bundle a run not there": Case(
+        ["bundle", "--run", "999", "--out", "/nowhere/b.zip"], "no run with id 999"
+    ),
+    "bundle a run not trained yet": Case(
+        ["bundle", "--run", "{run:queued}", "--out", "/nowhere/b.zip"], "has no exported model to bundle"
+    ),
+    "bundle a variant never measured": Case(
+        ["bundle", "--run", "{run:table}", "--variant", "fp16", "--out", "/nowhere/b.zip"],
+        "has no fp16 variant to bundle; choose from fp32",
+    ),
+    "bundle into a folder not there": Case(
+        ["bundle", "--run", "{run:table}", "--out", "/nowhere/b.zip"], "/nowhere is not a folder"
+    ),
+    "bundle into a file not a zip": Case(
+        ["bundle", "--run", "{run:table}", "--out", "{wine.csv}"], "is neither a folder nor a .zip file"
+    ),
     "explain a translation run": Case(
         ["explain", "--run", "{run:translation}", "{photo.png}"],
         "explain takes table, text, image, audio, detection and segmentation runs",
@@ -1035,4 +1051,5 @@ def test_the_battery_is_large_and_covers_every_surface() -> None:
         "sweep",
         "sweeps",
         "serve",
+        "bundle",
     }

@@ -136,6 +136,23 @@ def test_certificate_measured_from_the_run_page_then_a_variant_downloaded(  # ty
     ]
     assert np.mean(np.array(int8_answers) == np.array(fp32_answers)) >= 0.9  # the file works on its own
 
+    # The int8 variant as a bundle, from "Use this model": its zip holds that file and its runner.
+    page.get_by_text("Use this model").click()
+    page.get_by_role("tab", name="Bundle").click()
+    page.get_by_text("python predict.py example.csv").first.wait_for()
+    _shot(page, "use-this-model-bundle")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="int8 bundle (zip)").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == f"ascent-run-{run.id}-int8.zip"
+    with zipfile.ZipFile(saved) as z:
+        folder = f"ascent-run-{run.id}-int8"
+        assert {f"{folder}/predict.py", f"{folder}/ascent_runtime.py", f"{folder}/example.csv"} <= set(
+            z.namelist()
+        )
+        assert z.read(f"{folder}/model.onnx") == Path(int8.path).read_bytes()
+
 
 def _sign_in(page, name: str, password: str) -> None:  # type: ignore[no-untyped-def]
     page.get_by_role("textbox", name="User name").fill(name)

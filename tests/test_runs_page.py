@@ -13,7 +13,7 @@ import pytest
 from conftest import _home
 from streamlit.testing.v1 import AppTest
 
-from core import jobs, summary
+from core import bundle, jobs, summary
 from core.data.ingest import ingest_file
 from core.worker import Worker
 
@@ -185,7 +185,8 @@ def test_a_runs_detail_reads_for_people(wine_runs: list[int]) -> None:
         shares["text"].str.endswith("%").all() and shares.groupby("true")["share"].sum().round(6).eq(1).all()
     )
 
-    files = [b for b in at.get("download_button") if b.label != "Download this page of runs (CSV)"]
+    buttons = at.get("download_button")
+    files = [b for b in buttons if b.label != "Download this page of runs (CSV)" and "bundle" not in b.label]
     labels = [b.label.split(" (")[0] for b in files]
     assert labels == ["pytorch", "fp32", "config", "report"]  # the checkpoint and ONNX file once each
     kept = summary.artifact_paths(wine_runs[0])
@@ -197,6 +198,19 @@ def test_a_runs_detail_reads_for_people(wine_runs: list[int]) -> None:
     shown = [c.value for c in use.code]
     assert shown[0].startswith(f"# python -m core serve --run {wine_runs[0]}\ncurl -s -X POST")
     assert '"alcohol": ' in shown[0] and '"target"' not in shown[0] and "'alcohol': " in shown[1]
+    # ... and its bundle: a zip per variant on disk, how to run it, and the runtime called in Python.
+    assert [b.label for b in buttons if "bundle" in b.label] == [
+        f"{v} bundle (zip)" for v in bundle.variants(wine_runs[0])
+    ]
+    assert shown[2].startswith(
+        f"unzip ascent-run-{wine_runs[0]}-fp32.zip && cd ascent-run-{wine_runs[0]}-fp32\n"
+    )
+    assert shown[2].endswith("python predict.py example.csv")
+    assert (
+        "import ascent_runtime as rt" in shown[3]
+        and "    'alcohol': [" in shown[3]
+        and "'target'" not in shown[3]
+    )
 
 
 def test_a_sweep_shows_its_trials_best_run_and_charts(home: Path, data_dir: Path) -> None:
