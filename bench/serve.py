@@ -17,7 +17,10 @@ the HTTP client checks that every answer is its own item's: the label the direct
 for it. Figures are medians over the repeats; the overhead is HTTP p50 minus direct p50.
 Loopback only, bounded in count (--requests) and time (each process 600 s).
 
-    python bench/serve.py [--samples wine,fashion,bbc,words] [--requests 400] [--repeats 3]
+    python bench/serve.py [--samples wine,fashion,bbc,words] [--requests 400] [--repeats 3] [--with-key]
+
+--with-key gives the throwaway installation a user, and every HTTP request that user's API key
+(the endpoint then checks it; its owner is remembered for 5 s).
 """
 
 from __future__ import annotations
@@ -150,7 +153,11 @@ def child_http(args: argparse.Namespace) -> dict[str, Any]:
             kind = f"multipart/form-data; boundary={boundary}"
         if not hasattr(local, "connection"):
             local.connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=60)
-        local.connection.request("POST", path, body=body, headers={"Content-Type": kind})
+        headers = {
+            "Content-Type": kind,
+            **({"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}),
+        }
+        local.connection.request("POST", path, body=body, headers=headers)
         response = local.connection.getresponse()
         answer = json.loads(response.read())
         if response.status != 200:
@@ -189,14 +196,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def measure(keys: list[str], requests: int, repeats: int) -> list[dict[str, Any]]:
+def measure(keys: list[str], requests: int, repeats: int, with_key: bool = False) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as home:
         os.environ["ASCENT_HOME"] = home
         os.environ.setdefault("ASCENT_DEVICE", "cpu")
-        from core import jobs
+        from core import access, jobs
         from core.data.samples import SAMPLES, add_sample
         from core.worker import Worker
+
+        key_args: list[str] = []
+        if with_key:  # an installation with users: every request carries a viewer's key
+            access.add_user("bench", "bench password", "viewer")
+            key_args = ["--api-key", access.add_key("bench")[1]]
 
         for key in keys:
             dataset = add_sample(key)
@@ -227,7 +239,7 @@ def measure(keys: list[str], requests: int, repeats: int) -> list[dict[str, Any]
                             time.sleep(0.1)
                     http.append(
                         _child("--child", "http", "--run", str(run.id), "--requests", str(requests),
-                               "--port", str(port), "--labels", str(labels))["figures"]
+                               "--port", str(port), "--labels", str(labels), *key_args)["figures"]
                     )  # fmt: skip
                 finally:
                     server.terminate()
@@ -240,7 +252,15 @@ def measure(keys: list[str], requests: int, repeats: int) -> list[dict[str, Any]
                     }
                     for side, found in (("direct", direct), ("http", http))
                 }
-                rows.append({"sample": key, "model": run.config["model"], "concurrency": c, **figure})
+                rows.append(
+                    {
+                        "sample": key,
+                        "model": run.config["model"],
+                        "api_key": with_key,
+                        "concurrency": c,
+                        **figure,
+                    }
+                )
                 d, h = figure["direct"], figure["http"]
                 print(
                     f"{key:8} c={c:<3} direct p50 {d['p50']:7.2f} ms p99 {d['p99']:7.2f} ms {d['rps']:8.1f}/s | "
@@ -262,6 +282,8 @@ def main() -> None:
     parser.add_argument("--run", type=int)
     parser.add_argument("--port", type=int)
     parser.add_argument("--labels")
+    parser.add_argument("--with-key", action="store_true", help="users exist: every request sends an API key")
+    parser.add_argument("--api-key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 16 <= args.requests <= 10_000:
         raise SystemExit("--requests must be from 16 to 10,000")
@@ -270,7 +292,7 @@ def main() -> None:
     elif args.child == "http":
         print(json.dumps(child_http(args)))
     else:
-        rows = measure(args.samples.split(","), args.requests, args.repeats)
+        rows = measure(args.samples.split(","), args.requests, args.repeats, args.with_key)
         print(json.dumps(rows))
 
 

@@ -1372,6 +1372,49 @@ def cmd_users_passwd(a: argparse.Namespace) -> tuple[Any, str]:
     return {"name": a.name, "password_changed": True}, f"password of {a.name} changed; their sessions ended"
 
 
+def _key_doc(key: Any) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "user": key.user,
+        "role": key.role,
+        "label": key.label,
+        "prefix": key.prefix,
+        "created_at": key.created_at.isoformat(),
+    }
+
+
+def cmd_users_key(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    key, secret = access.add_key(a.name, a.label or "")
+    return {**_key_doc(key), "key": secret}, (
+        f"API key {key.id} of {key.user} ({key.role}, '{key.label}'):\n{secret}\n"
+        "It is shown this once; send it as 'Authorization: Bearer KEY'. `users revoke-key "
+        f"{key.id}` ends it."
+    )
+
+
+def cmd_users_keys(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    found = access.list_keys(a.user)
+    rows = [
+        [str(k.id), k.user, k.role, k.label, k.prefix + "...", k.created_at.strftime("%Y-%m-%d %H:%M")]
+        for k in found
+    ]
+    text = _table(rows, ["id", "user", "role", "label", "starts", "made"]) if rows else "no API keys"
+    return [_key_doc(k) for k in found], text
+
+
+def cmd_users_revoke_key(a: argparse.Namespace) -> tuple[Any, str]:
+    from core import access
+
+    access.revoke_key(a.id)
+    return {
+        "revoked": a.id
+    }, f"API key {a.id} revoked: a running endpoint refuses it within {access.KEY_TTL_S:g} s"
+
+
 def cmd_models(a: argparse.Namespace) -> tuple[Any, str]:
     from core.models import all_models, models_for
 
@@ -1419,10 +1462,10 @@ def cmd_serve(a: argparse.Namespace) -> tuple[Any, str]:
     from core import access, jobs
     from core.errors import NotFoundError
 
-    if not access.is_loopback(a.host):
+    if not access.is_loopback(a.host) and not access.any_users():
         raise PredictError(
-            f"serve listens on loopback only for now (API keys are not built yet): give --host 127.0.0.1, "
-            f"not {a.host or 'every interface'}"
+            f"serve listens on {a.host or 'every interface'} only with API keys, which need users: add one "
+            "(`users add NAME`) and a key (`users key NAME`), or give --host 127.0.0.1"
         )
     if not 1 <= a.port <= 65535:
         raise PredictError(f"--port {a.port} is no port; give one from 1 to 65535")
@@ -1440,6 +1483,13 @@ def cmd_serve(a: argparse.Namespace) -> tuple[Any, str]:
         try:
             probe.bind((a.host, a.port))
         except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise PredictError(
+                    f"cannot listen on {a.host}: it is not an address of this machine; give one that is "
+                    "(or 127.0.0.1)"
+                ) from exc
             raise PredictError(
                 f"cannot listen on {a.host}:{a.port} ({exc.strerror}); give another --port"
             ) from exc
@@ -1448,7 +1498,15 @@ def cmd_serve(a: argparse.Namespace) -> tuple[Any, str]:
     from core.serve import create_app
 
     served = ", ".join(map(str, runs)) if runs else "every finished run"
-    print(f"serving {served} on http://{a.host}:{a.port} (OpenAPI docs at /docs); Ctrl+C stops", flush=True)
+    keys = (
+        f"API keys required ({len(access.list_keys())} made; `users key NAME` makes one)"
+        if access.any_users()
+        else "no API key needed (no users; loopback only)"
+    )
+    print(
+        f"serving {served} on http://{a.host}:{a.port} (OpenAPI docs at /docs); {keys}; Ctrl+C stops",
+        flush=True,
+    )
     uvicorn.run(create_app(runs), host=a.host, port=a.port, log_level="warning")
     return {"stopped": True}, "stopped serving"
 
@@ -1732,7 +1790,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a run to serve (repeat for more; default: every finished run)",
     )
-    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (loopback only for now)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (off loopback only once users exist: their API keys are then needed)",
+    )
     p.add_argument("--port", type=int, default=8000, help="the port (default 8000)")
 
     p = add(sub, "bundle", cmd_bundle, "a zip of a run's model that runs with numpy and onnxruntime alone")
@@ -1787,6 +1849,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(users, "passwd", cmd_users_passwd, "set a user's password (their sessions end)")
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p = add(users, "key", cmd_users_key, "make an API key for the REST endpoint (shown once)")
+    p.add_argument("name", help="the user whose key it is (any role may predict)")
+    p.add_argument("--label", help="what the key is for, to tell keys apart")
+    add(users, "keys", cmd_users_keys, "list API keys (never the keys themselves)").add_argument(
+        "--user", help="only this user's"
+    )
+    p = add(users, "revoke-key", cmd_users_revoke_key, "end an API key")
+    p.add_argument("id", type=int)
 
     add(sub, "models", cmd_models, "list registered models").add_argument("--task")
     p = add(sub, "worker", cmd_worker, "run a worker in the foreground")

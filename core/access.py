@@ -335,6 +335,57 @@ def session_user(token: str | None) -> UserInfo | None:
     return user
 
 
+# --- API keys for the REST endpoint -----------------------------------------------------------
+
+KEY_PREFIX = "asc_"
+KEY_TTL_S = 5.0  # how long the endpoint remembers a key's owner: a revoked key works that long
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def add_key(user: str, label: str = "") -> tuple[queries.ApiKeyInfo, str]:
+    """A new key for `user` and its secret, which is shown once and never stored (only its
+    SHA-256 is)."""
+    label = check_name(label, "key") if label else "key"
+    database()
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    with session_scope() as session:
+        found = queries.get_user(session=session, name=user)
+        if found is None:
+            raise NotFoundError(f"no user named '{user}'; see `python -m core users list`")
+        info = queries.add_api_key(
+            session=session, user_id=found.id, label=label, prefix=secret[:12], key_sha256=_digest(secret)
+        )
+    return info, secret
+
+
+def list_keys(user: str | None = None) -> list[queries.ApiKeyInfo]:
+    database()
+    with session_scope() as session:
+        if user is not None and queries.get_user(session=session, name=user) is None:
+            raise NotFoundError(f"no user named '{user}'; see `python -m core users list`")
+        return queries.list_api_keys(session=session, user=user)
+
+
+def revoke_key(key_id: int) -> None:
+    database()
+    with session_scope() as session:
+        if not queries.delete_api_key(session=session, key_id=key_id):
+            raise NotFoundError(f"no API key with id {key_id}; see `python -m core users keys`")
+
+
+def key_actor(key: str) -> Actor | None:
+    """Who sends this key, or None for a key that is not (or no longer) one."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 100:
+        return None
+    database()
+    with session_scope() as session:
+        found = queries.api_key_owner(session=session, key_sha256=_digest(key))
+    return Actor(found.user, Role(found.role)) if found else None
+
+
 # --- where the studio may listen -------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Each request runs the same runtime code as `python -m core predict` and the Pred
 (`core.runtime`), on ONNX sessions opened once per model file and kept (a few at a time).
 Refusals are one line in `{"detail": ...}` with a 4xx status, and nothing is written: bad input
 422, an unknown run 404, a run without an exported model 409, the wrong kind of body 415, a body
-over the limit 413, a prediction over the time limit 504.
+over the limit 413, a prediction over the time limit 504, a missing or unknown API key 401 (keys
+are needed once the installation has users; any role may predict).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from core.access import KEY_TTL_S
 from core.errors import AscentError, NotFoundError
 from core.runtime import RuntimeInputError
 
@@ -63,6 +65,62 @@ class Refused(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+class Keys:
+    """Whether calls need an API key (they do once the installation has users) and whose a key
+    is, each looked up in the database at most every KEY_TTL_S seconds: a revoked key stops
+    working within that, and a call costs no query in between."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._needed: tuple[float, bool] = (-KEY_TTL_S, False)
+        self._owners: dict[str, tuple[float, Any]] = {}
+
+    def needed(self) -> bool:
+        from core import access
+
+        with self._lock:
+            checked, needed = self._needed
+            if time.monotonic() - checked > KEY_TTL_S:
+                needed = access.any_users()
+                self._needed = (time.monotonic(), needed)
+            return needed
+
+    def owner(self, key: str) -> Any:
+        from core import access
+
+        with self._lock:
+            checked, actor = self._owners.get(key, (-KEY_TTL_S, None))
+            if time.monotonic() - checked > KEY_TTL_S:
+                actor = access.key_actor(key)
+                if len(self._owners) > 1000:  # bounded: a flood of wrong keys
+                    self._owners.clear()
+                self._owners[key] = (time.monotonic(), actor)
+            return actor
+
+
+def caller(keys: Keys, request: Request) -> Any:
+    """Who calls: LOCAL while the installation has no users (loopback only, then), else the
+    owner of the request's API key (any role may predict); Refused 401 without a valid one."""
+    from core.access import LOCAL, Action, can
+
+    if not keys.needed():
+        return LOCAL
+    said = request.headers.get("authorization", "")
+    key = said[7:].strip() if said[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
+    if not key:
+        raise Refused(
+            401,
+            "this endpoint needs an API key: send the header 'Authorization: Bearer KEY' "
+            "(`python -m core users key NAME` makes one)",
+        )
+    actor = keys.owner(key)
+    if actor is None:
+        raise Refused(401, "that API key is not valid (revoked, mistyped, or of another installation)")
+    if not can(actor, Action.PREDICT):
+        raise Refused(403, f"{actor.label} is a {actor.role.value} and may not predict")
+    return actor
 
 
 class Models:
@@ -296,6 +354,7 @@ def _top(pred: Any, k: int = 5) -> list[dict[str, Any]]:
 def create_app(runs: list[int] | None = None, *, timeout_s: float = MAX_SECONDS) -> FastAPI:
     """The endpoint's application: every finished run of this installation, or only `runs`."""
     models = Models()
+    keys = Keys()
     app = FastAPI(
         title="Ascent",
         summary="Predictions from the runs of an Ascent installation",
@@ -304,7 +363,8 @@ def create_app(runs: list[int] | None = None, *, timeout_s: float = MAX_SECONDS)
 
     @app.exception_handler(Refused)
     async def refused(_request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        challenge = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=challenge)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -348,10 +408,11 @@ def create_app(runs: list[int] | None = None, *, timeout_s: float = MAX_SECONDS)
         }
 
     @app.get("/runs/{run_id}", summary="A run's task, what it takes, its labels and its certificate")
-    def describe(run_id: int) -> dict[str, Any]:
+    def describe(run_id: int, request: Request) -> dict[str, Any]:
         from db.queries import list_exports
         from db.session import session_scope
 
+        caller(keys, request)
         run, path = served(run_id)
         predictor = models.get(path, run.task)
         with session_scope() as session:
@@ -413,6 +474,7 @@ def create_app(runs: list[int] | None = None, *, timeout_s: float = MAX_SECONDS)
     ) -> Any:
         from core.runtime import DEFAULT_THRESHOLD
 
+        caller(keys, request)  # a database query at most every few seconds: on the loop
         run, path = served(run_id)
         if threshold is not None and run.task != "object-detection":
             raise Refused(422, f"threshold is for detection runs; run {run_id} is {run.task}")
@@ -476,7 +538,28 @@ def _ids(runs: list[int]) -> str:
 def snippets(run_id: int, *, base: str = "http://127.0.0.1:8000") -> dict[str, str]:
     """A curl command and a Python program (standard library only) calling the endpoint for
     this run, filled with its real inputs: a validation row's columns and values for a table,
-    its task's body otherwise. Empty for a task not served over HTTP."""
+    its task's body otherwise; with the API key from $ASCENT_API_KEY once the installation has
+    users. Empty for a task not served over HTTP."""
+    from core import access
+
+    found = _snippets(run_id, base)
+    if not found or not access.any_users():
+        return found
+    how = "# export ASCENT_API_KEY=...   (made by: python -m core users key YOUR_NAME)\n"
+    curl = found["curl"].replace(
+        "curl -s -X POST ", 'curl -s -X POST -H "Authorization: Bearer $ASCENT_API_KEY" ', 1
+    )
+    python = found["python"].replace("import json, ", "import json, os, ", 1)
+    python = python.replace(
+        "headers={", "headers={'Authorization': 'Bearer ' + os.environ['ASCENT_API_KEY'],\n    ", 1
+    )
+    first, rest = (curl + "\n").split("\n", 1)
+    curl = (first + "\n" + how + rest).rstrip("\n")
+    first, rest = python.split("\n", 1)
+    return {"curl": curl, "python": first + "\n" + how + rest}
+
+
+def _snippets(run_id: int, base: str) -> dict[str, str]:
     from core import jobs, summary
     from core.data.ingest import get_dataset
 

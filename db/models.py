@@ -240,6 +240,22 @@ class User(Base):
     session_epoch: Mapped[int] = mapped_column(default=0)
 
 
+class ApiKey(Base):
+    """A key a user's programs send to the REST endpoint. Only its SHA-256 is kept (the key is
+    32 random bytes, so no slow hash is needed); its first characters tell keys apart. Deleting
+    the user deletes their keys."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(NAME_MAX))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AppSetting(Base):
     """Small values the whole installation shares, such as the key that signs session cookies."""
 

@@ -13,6 +13,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from db.models import (
+    ApiKey,
     AppSetting,
     Artifact,
     Dataset,
@@ -846,3 +847,50 @@ def setting(*, session: Session, key: str, default: str) -> str:
     session.add(AppSetting(key=key, value=default))
     session.flush()
     return default
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """A key without its secret: which user, the label, the first characters, when made."""
+
+    id: int
+    user: str
+    role: str
+    label: str
+    prefix: str
+    created_at: datetime
+
+
+def _key_info(row: ApiKey, user: User) -> ApiKeyInfo:
+    return ApiKeyInfo(row.id, user.name, user.role, row.label, row.prefix, row.created_at)
+
+
+def add_api_key(*, session: Session, user_id: int, label: str, prefix: str, key_sha256: str) -> ApiKeyInfo:
+    row = ApiKey(
+        user_id=user_id, label=label, prefix=prefix, key_sha256=key_sha256, created_at=db_now(session)
+    )
+    session.add(row)
+    session.flush()
+    user = session.get(User, user_id)
+    assert user is not None
+    return _key_info(row, user)
+
+
+def list_api_keys(*, session: Session, user: str | None = None) -> list[ApiKeyInfo]:
+    query = select(ApiKey, User).join(User, ApiKey.user_id == User.id).order_by(ApiKey.id)
+    if user is not None:
+        query = query.where(User.name == user)
+    return [_key_info(key, owner) for key, owner in session.execute(query).tuples()]
+
+
+def api_key_owner(*, session: Session, key_sha256: str) -> ApiKeyInfo | None:
+    """The key with this digest and its user, or None."""
+    found = session.execute(
+        select(ApiKey, User).join(User, ApiKey.user_id == User.id).where(ApiKey.key_sha256 == key_sha256)
+    ).first()
+    return _key_info(*found.tuple()) if found else None
+
+
+def delete_api_key(*, session: Session, key_id: int) -> bool:
+    result = session.execute(delete(ApiKey).where(ApiKey.id == key_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]

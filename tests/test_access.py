@@ -4,6 +4,7 @@ sign-in gate and each page as a viewer and a member (AppTest), and where the stu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -62,8 +63,21 @@ def test_users_from_the_command_line(any_home: Path) -> None:
         access.sign_in("bob", "battery staple")
     time.sleep(1.1)  # the failed attempt holds the next one back 1 s
     assert access.sign_in("bob", "a new password")[0].name == "bob"
+    # API keys: printed once, kept as SHA-256 only, listed without the key, gone with their user.
+    made = _cli("users", "key", "val", "--label", "till", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["key"]
+    assert access.key_actor(key) == access.Actor("val", Role.VIEWER) and access.key_actor(key + "x") is None
+    second, _ = access.add_key("bob")
+    with engine(access.database()).connect() as conn:
+        stored = [tuple(r) for r in conn.execute(text("SELECT label, key_sha256 FROM api_keys ORDER BY id"))]
+    assert stored[0] == ("till", hashlib.sha256(key.encode()).hexdigest()) and stored[1][0] == "key"
+    assert [(k.user, k.label) for k in access.list_keys()] == [("val", "till"), ("bob", "key")]
+    assert [k.id for k in access.list_keys("bob")] == [second.id]
+    assert _cli("users", "revoke-key", str(second.id)).returncode == 0 and access.list_keys("bob") == []
     assert _cli("users", "delete", "val").returncode == 0
     assert [u.name for u in access.list_users()] == ["ada", "bob"]
+    assert access.list_keys() == [] and access.key_actor(key) is None
 
 
 def test_failed_sign_ins_cost_a_growing_delay(any_home: Path) -> None:

@@ -442,7 +442,9 @@ CASES: dict[str, Case] = {
     "slice into one range": Case(
         ["runs", "slices", "{run:table}", "--bins", "1"], "--bins must be between 2"
     ),
-    "serve on every interface": Case(["serve", "--host", "0.0.0.0"], "serve listens on loopback only"),
+    "serve on an address not this machine's": Case(
+        ["serve", "--host", "192.0.2.1"], "it is not an address of this machine"
+    ),
     "serve a run not there": Case(["serve", "--run", "999"], "no run with id 999"),
     "serve a run not trained yet": Case(["serve", "--run", "{run:queued}"], "has no exported model to serve"),
     "serve on no port": Case(["serve", "--port", "0"], "--port 0 is no port"),
@@ -803,6 +805,10 @@ CASES: dict[str, Case] = {
     "an unknown role": Case(["users", "add", "eve", "--role", "owner", "--password-stdin"], "invalid choice"),
     "delete a user who is not there": Case(["users", "delete", "nobody"], "no user named 'nobody'"),
     "delete the last admin": Case(["users", "delete", "ada"], "is the last admin"),
+    "an API key for nobody": Case(["users", "key", "nobody"], "no user named 'nobody'"),
+    "an API key's label too long": Case(["users", "key", "ada", "--label", LONG], "at most 200 characters"),
+    "the API keys of nobody": Case(["users", "keys", "--user", "nobody"], "no user named 'nobody'"),
+    "revoke an API key not there": Case(["users", "revoke-key", "999"], "no API key with id 999"),
     "a new password for nobody": Case(
         ["users", "passwd", "nobody", "--password-stdin"], "no user", stdin="long enough\n"
     ),

@@ -70,6 +70,7 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
         "exports",
         "users",
         "app_settings",
+        "api_keys",
         "ascent_alembic_version",
     } <= tables
     assert "alembic_version" not in tables  # Optuna's name, in a database shared with its studies
@@ -77,7 +78,7 @@ def test_schema_is_created_by_alembic_and_upgrade_is_idempotent(any_home: Path) 
 
     upgrade(eng)  # a second upgrade finds nothing to do
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0007"
 
 
 def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_home: Path) -> None:
@@ -100,7 +101,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     tables = set(inspect(eng).get_table_names())
     assert "ascent_alembic_version" in tables and "alembic_version" not in tables
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0007"
     with session_scope() as s:
         assert queries.get_dataset(session=s, dataset_id=ds) is not None
 
@@ -111,7 +112,7 @@ def test_a_database_of_the_previous_release_moves_to_its_own_version_table(any_h
     upgrade(eng)
     with eng.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "v3.2.0.a"
-        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0006"
+        assert conn.execute(text("SELECT version_num FROM ascent_alembic_version")).scalar() == "0007"
 
 
 def test_dataset_and_run_round_trip_as_frozen_dataclasses(any_home: Path) -> None:

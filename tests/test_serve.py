@@ -352,3 +352,104 @@ def test_bodies_over_the_limit_and_slow_predictions_are_refused(home: Path, data
         assert said.status_code == 504 and said.json()["detail"].startswith(
             "the predictions took over 1e-06 s"
         )
+
+
+def test_with_users_every_call_needs_a_key_and_a_viewers_key_predicts(home: Path, data_dir: Path) -> None:
+    """No users: loopback only, no key. With users: /runs/... answers only to a valid key (a
+    viewer's predicts), by either header; the page's Python snippet works with the key in
+    $ASCENT_API_KEY; a revoked key is refused within the endpoint's memory of keys; only the
+    key's SHA-256 is stored."""
+    import hashlib
+
+    from sqlalchemy import text
+
+    from core import access
+    from core.serve import snippets
+    from db.session import session_scope
+
+    wine = jobs.submit(jobs.config_for(ingest_file(data_dir / "wine.csv").id, epochs=2)).id
+    train_here(wine)
+    done = subprocess.run(
+        [sys.executable, "-m", "core", "serve", "--host", "0.0.0.0"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stderr == (
+        "error: serve listens on 0.0.0.0 only with API keys, which need users: add one (`users add NAME`) and "
+        "a key (`users key NAME`), or give --host 127.0.0.1\n"
+    )
+
+    access.add_user("ada", "correct horse", "admin")
+    access.add_user("val", "battery staple", "viewer")
+    made = _cli("users", "key", "val", "--label", "the tests")
+    secret = made["key"]
+    assert secret.startswith("asc_") and len(secret) > 40 and made["prefix"] == secret[:12]
+    listed = _cli("users", "keys")
+    assert [(k["user"], k["role"], k["label"]) for k in listed] == [("val", "viewer", "the tests")]
+    assert all("key" not in k and secret not in json.dumps(k) for k in listed)
+    with session_scope() as session:
+        stored = [tuple(r) for r in session.execute(text("SELECT prefix, key_sha256 FROM api_keys"))]
+    assert stored == [(secret[:12], hashlib.sha256(secret.encode()).hexdigest())]
+
+    server, base = _serve()
+    try:
+        row = pd.read_csv(data_dir / "wine.csv").drop(columns="target").head(3).to_dict("records")
+        body = json.dumps({"rows": row}).encode()
+        assert _call(base + "/health")[0] == 200  # open: says nothing about runs
+        for path, payload in ((f"/runs/{wine}", None), (f"/runs/{wine}/predict", body), ("/runs/999", None)):
+            status, answer = _call(base + path, payload, "application/json" if payload else None)
+            assert status == 401 and answer["detail"].startswith("this endpoint needs an API key"), answer
+        request = urllib.request.Request(
+            base + f"/runs/{wine}", headers={"Authorization": "Bearer asc_wrong"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == "Bearer"
+        assert json.loads(refused.value.read())["detail"].startswith("that API key is not valid")
+
+        pd.DataFrame(row).to_csv(home.parent / "rows.csv", index=False)
+        want = _cli("predict", "--run", str(wine), str(home.parent / "rows.csv"))["predictions"]
+        for header in ({"Authorization": f"Bearer {secret}"}, {"X-API-Key": secret}):
+            request = urllib.request.Request(
+                base + f"/runs/{wine}/predict",
+                data=body,
+                headers={"Content-Type": "application/json", **header},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                got = json.loads(response.read())["predictions"]
+            assert [p["label"] for p in got] == [p["label"] for p in want]
+
+        shown = snippets(wine, base=base)
+        assert 'curl -s -X POST -H "Authorization: Bearer $ASCENT_API_KEY" ' in shown["curl"]
+        said = subprocess.run(
+            [sys.executable, "-c", shown["python"]],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ASCENT_API_KEY": secret},
+            timeout=60,
+        )
+        assert said.returncode == 0, said.stderr
+        assert ast.literal_eval(said.stdout.strip())[0]["label"] == want[0]["label"]
+
+        assert _cli("users", "revoke-key", str(made["id"])) == {"revoked": made["id"]}
+
+        def with_key() -> int:
+            request = urllib.request.Request(
+                base + f"/runs/{wine}", headers={"Authorization": f"Bearer {secret}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        revoked = time.monotonic()
+        while with_key() != 401 and time.monotonic() - revoked < access.KEY_TTL_S + 5:
+            time.sleep(0.2)
+        assert with_key() == 401 and time.monotonic() - revoked < access.KEY_TTL_S + 5
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+    # A deleted user's keys go with them.
+    again = _cli("users", "key", "val")
+    access.delete_user("val")
+    assert _cli("users", "keys") == [] and access.key_actor(again["key"]) is None
