@@ -191,6 +191,12 @@ def _json(body: bytes, key: str, task: str) -> list[Any]:
     doc = _doc(body, task)
     if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
         raise Refused(422, f"{task} takes {TAKES[task]}")
+    extra = sorted(set(doc) - {key})
+    sampling = [k for k in extra if k in GENERATION_OPTIONS - {"max_new_tokens"}]
+    if sampling:
+        raise Refused(422, f"{', '.join(sampling)} are for text generation runs; this run is {task}")
+    if extra:
+        raise Refused(422, f"unknown field(s) {', '.join(extra)}; {task} takes {TAKES[task]}")
     items = doc[key]
     if not items:
         raise Refused(422, f"'{key}' is empty; give at least one")

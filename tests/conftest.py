@@ -239,3 +239,30 @@ def page(studio: str):  # type: ignore[no-untyped-def]
     from tests.browser import open_browser
 
     yield from open_browser(studio)
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv whose only packages are numpy and onnxruntime (linked from this
+    environment's, which is the onnxruntime-gpu wheel)."""
+    import venv
+
+    import numpy
+    import onnxruntime
+
+    root = tmp_path_factory.mktemp("bare")
+    venv.create(root / "env", with_pip=False, symlinks=True)
+    (site,) = (root / "env" / "lib").glob("python*/site-packages")
+    only = root / "packages"
+    only.mkdir()
+    for package in (numpy, onnxruntime):
+        folder = Path(package.__file__).parent
+        for path in (folder, folder.with_name(folder.name + ".libs")):
+            if path.exists():
+                (only / path.name).symlink_to(path)
+    (site / "packages.pth").write_text(f"{only}\n")
+    python = root / "env" / "bin" / "python"
+    probe = "import importlib.util as u; print([m for m in ('PIL', 'soundfile', 'scipy', 'tokenizers', 'pandas', 'torch', 'core') if u.find_spec(m)])"
+    done = subprocess.run([python, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout  # nothing else to lean on
+    return python

@@ -18,6 +18,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 import wave
@@ -25,6 +26,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -1059,3 +1061,165 @@ def test_the_battery_is_large_and_covers_every_surface() -> None:
         "serve",
         "bundle",
     }
+
+
+# --- the prediction cases again, over HTTP ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """A battery case's input as a program sends it to `python -m core serve`."""
+
+    run: str  # a {run:kind} key of the home
+    body: dict[str, Any] | bytes | list[str]  # JSON, raw bytes sent as JSON, or file keys as a form
+    status: int
+    expect: str  # part of the one-line detail
+    query: str = ""
+
+
+# Each prediction case of the battery: its request over HTTP, or why it has none.
+OVER_HTTP: dict[str, Call | str] = {
+    "translate nothing": Call("run:translation", {"texts": []}, 422, "'texts' is empty"),
+    "translate an empty text": Call(
+        "run:translation", {"texts": [" "]}, 422, "each text must be a non-empty"
+    ),
+    "translate with sampling": Call(
+        "run:translation", {"texts": ["the cat"], "top_p": 0.9}, 422, "top_p are for text generation runs"
+    ),
+    "translate past the model's length": Call(
+        "run:translation",
+        {"texts": ["the cat"], "max_new_tokens": 100000},
+        422,
+        "unknown field(s) max_new_tokens",
+    ),
+    "translate with 40 beams": Call(
+        "run:translation", {"texts": ["the cat"]}, 422, "beams 40 is out of range", "?beams=40"
+    ),
+    "beams for a table model": Call(
+        "run:table", {"rows": [{}]}, 422, "beams is for speech recognition", "?beams=2"
+    ),
+    "predict with a run not trained yet": Call("run:queued", {"rows": [{}]}, 409, "has no exported model"),
+    "predict from a file that is not there": "a path on the client's disk: nothing to send",
+    "predict from rows not in UTF-8": Call(
+        "run:table", '{"rows": [{"alcohol": "caf\xe9"}]}'.encode("latin-1"), 422, "not valid JSON"
+    ),
+    "predict a table model from text": Call("run:table", {"texts": ["hello"]}, 422, 'takes JSON {"rows"'),
+    "predict a table model from nothing": Call("run:table", {}, 422, 'takes JSON {"rows"'),
+    "predict from an empty file": Call("run:table", {"rows": []}, 422, "'rows' is empty"),
+    "predict rows from a zip": Call("run:table", ["escape.zip"], 415, 'takes JSON {"rows"'),
+    "predict with --top-k 0": "the endpoint has no top-k: it answers the five likeliest classes",
+    "predict with --threshold 2": Call(
+        "run:image", ["tiny.png"], 422, "threshold is for detection runs", "?threshold=2"
+    ),
+    "ask a generator nothing": Call("run:chat", {}, 422, 'text-generation takes JSON {"prompt"'),
+    "ask a generator for no tokens": Call(
+        "run:chat", {"prompt": "hi", "max_new_tokens": 0}, 422, "max_new_tokens must be from 1 to"
+    ),
+    "ask a generator with a top-p of 2": Call(
+        "run:chat", {"prompt": "hi", "top_p": 2}, 422, "top-p in (0, 1]"
+    ),
+    "ask a generator about a file": Call("run:chat", ["wine.csv"], 415, "text-generation takes JSON"),
+    "ask a generator a blank prompt": Call(
+        "run:chat", {"prompt": " "}, 422, "the prompt must be a non-empty"
+    ),
+    "ask a generator with a negative temperature": Call(
+        "run:chat", {"prompt": "hi", "temperature": -1}, 422, "temperature must be 0 or more"
+    ),
+    "ask a generator more than its context holds": Call(
+        "run:chat", {"prompt": "kettle " * 9000}, 422, "over the model's context of 8192"
+    ),
+    "sampling settings for a classifier": Call(
+        "run:text", {"texts": ["hi"], "temperature": 1}, 422, "temperature are for text generation runs"
+    ),
+    "predict masks without --out": "the endpoint answers each mask as a PNG in the JSON: no folder to name",
+    "predict masks into a file": "the endpoint answers each mask as a PNG in the JSON: no folder to name",
+    "predict an image that is not one": Call("run:image", ["not-an-image.png"], 422, "not a readable image"),
+    "predict a 100-megapixel image": Call("run:image", ["huge.png"], 422, "over the limit of 64"),
+    "predict a text model from files": Call("run:text", ["texts.txt"], 415, 'takes JSON {"texts"'),
+    "predict texts not in UTF-8": Call(
+        "run:text", '{"texts": ["caf\xe9"]}'.encode("latin-1"), 422, "not valid JSON"
+    ),
+    "predict a text model from nothing": Call("run:text", {"texts": []}, 422, "'texts' is empty"),
+    "predict a clip that is not audio": Call("run:audio", ["not-audio.wav"], 422, "not a readable WAV"),
+    "predict a clip over the duration limit": Call("run:audio", ["long.wav"], 422, "over the limit of 2 s"),
+}
+
+
+def test_every_prediction_case_has_its_http_twin() -> None:
+    assert set(OVER_HTTP) == {n for n, c in CASES.items() if c.argv[0] == "predict"}
+    assert sum(isinstance(c, Call) for c in OVER_HTTP.values()) >= 25
+
+
+def test_the_prediction_cases_over_http_get_one_line_and_write_nothing(
+    sqlite_home: Home, files: dict[str, Path], sqlite_outcomes: dict[str, Outcome]
+) -> None:
+    """The endpoint on the battery's home (it has users: every call carries a key), each case's
+    request sent: its 4xx status and one line saying what to fix, and the home unchanged."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    key = _ok(sqlite_home, ["users", "key", "ada", "--label", "battery"])["key"]  # before the snapshot
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "core", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env={**sqlite_home.env, "ASCENT_MAX_CLIP_SECONDS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def send(call: Call) -> tuple[int, Any]:
+        url = f"{base}/runs/{sqlite_home.ids[call.run]}/predict{call.query}"
+        if isinstance(call.body, list):
+            boundary = uuid.uuid4().hex
+            body = (
+                b"".join(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                    f"Content-Type: application/octet-stream\r\n\r\n".encode()
+                    + files[name].read_bytes()
+                    + b"\r\n"
+                    for name in call.body
+                )
+                + f"--{boundary}--\r\n".encode()
+            )
+            kind = f"multipart/form-data; boundary={boundary}"
+        else:
+            body = call.body if isinstance(call.body, bytes) else json.dumps(call.body).encode()
+            kind = "application/json"
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": kind, "X-API-Key": key})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        for _ in range(600):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        before = _snapshot(sqlite_home)
+        answers = {name: send(call) for name, call in OVER_HTTP.items() if isinstance(call, Call)}
+        after = _snapshot(sqlite_home)
+    finally:
+        server.terminate()
+        said = server.communicate(timeout=30)[0]
+    wrong = {
+        name: answer
+        for name, answer in answers.items()
+        if not (
+            answer[0] == OVER_HTTP[name].status  # type: ignore[union-attr]
+            and set(answer[1]) == {"detail"}
+            and "\n" not in answer[1]["detail"]
+            and OVER_HTTP[name].expect in answer[1]["detail"]  # type: ignore[union-attr]
+        )
+    }
+    assert not wrong, (wrong, said[-2000:])
+    assert after == before, f"refused requests left things behind: {before} -> {after}"

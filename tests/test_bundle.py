@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,31 +24,6 @@ from core.data.samples import bbc_news_csv
 from core.runtime import Predictor
 from tests.conftest import ROOT, train_here
 from tests.test_explain_maps import SIZE, _picture, _png, _shapes_zip, _tone
-
-
-@pytest.fixture(scope="module")
-def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv whose only packages are numpy and onnxruntime (linked from this
-    environment's, which is the onnxruntime-gpu wheel)."""
-    import numpy
-    import onnxruntime
-
-    root = tmp_path_factory.mktemp("bare")
-    venv.create(root / "env", with_pip=False, symlinks=True)
-    (site,) = (root / "env" / "lib").glob("python*/site-packages")
-    only = root / "packages"
-    only.mkdir()
-    for package in (numpy, onnxruntime):
-        folder = Path(package.__file__).parent
-        for path in (folder, folder.with_name(folder.name + ".libs")):
-            if path.exists():
-                (only / path.name).symlink_to(path)
-    (site / "packages.pth").write_text(f"{only}\n")
-    python = root / "env" / "bin" / "python"
-    probe = "import importlib.util as u; print([m for m in ('PIL', 'soundfile', 'scipy', 'tokenizers', 'pandas', 'torch', 'core') if u.find_spec(m)])"
-    done = subprocess.run([python, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]", done.stdout  # nothing else to lean on
-    return python
 
 
 def _bundle(run_id: int, dest: Path, *extra: str) -> Path:

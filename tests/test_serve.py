@@ -248,7 +248,7 @@ def test_bad_requests_get_one_line_and_a_4xx_status_and_write_nothing(  # type: 
 
 
 def test_a_generator_answers_whole_or_token_by_token_and_a_translator_translates(
-    home: Path, tmp_path: Path
+    home: Path, tmp_path: Path, bare_python: Path
 ) -> None:
     from core.data.samples import HELPDESK_FILE
     from core.models.translation import small_marian, train_tokenizer
@@ -319,6 +319,24 @@ def test_a_generator_answers_whole_or_token_by_token_and_a_translator_translates
     finally:
         server.terminate()
         print(server.communicate(timeout=30)[0][-3000:])  # the server's own words, when a check failed
+
+    # Their bundles: predict.py answers as the runtime does where tokenizers is installed, and
+    # says to install it where only numpy and onnxruntime are.
+    from tests.test_bundle import _bare, _bundle, _records
+
+    folder = _bundle(translation, tmp_path / "translator")
+    assert {"decoder.onnx", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert "pip install numpy onnxruntime tokenizers" in (folder / "README.md").read_text()
+    argv = ["--text", sentences[0], "--text", sentences[1]]
+    assert [r["text"] for r in _records(Path(sys.executable), folder, *argv)] == [
+        t["text"] for t in cli["translations"]
+    ]
+    bare = _bare(bare_python, folder, *argv)
+    assert bare.returncode == 2
+    assert bare.stderr == "error: a translation model needs the tokenizers package: pip install tokenizers\n"
+    folder = _bundle(generation, tmp_path / "generator")
+    (made,) = _records(Path(sys.executable), folder, "--text", QUESTION, "--max-new-tokens", "8")
+    assert made["text"] == expected.text and made["tokens"] == expected.tokens
 
 
 def test_bodies_over_the_limit_and_slow_predictions_are_refused(home: Path, data_dir: Path) -> None:
