@@ -1,5 +1,5 @@
 """Who may do what: users with Argon2id password hashes, signed expiring session tokens for the
-studio, and the one permission check the pages, the command line and later HTTP share.
+studio, and the one permission check the pages, the command line and the REST endpoint share (its API keys here too).
 
 Roles: viewers browse and predict; members also upload, train, cancel and measure; admins also
 delete or edit others' work and manage users. The command line acts as LOCAL (whoever has a

@@ -79,11 +79,13 @@ def contents(run_id: int, variant: str = "fp32") -> Iterator[tuple[str, Path | b
     assert model is not None  # variants() checked it
     records = {r.variant: r for r in certificate.certificate(run_id)}
     chosen = model if variant == "fp32" else Path(records[variant].path)
+    graphs = [chosen, *([certificate.decoder_file(chosen)] if run.task in SEQ2SEQ else [])]
     yield "model.onnx", chosen
-    if run.task in SEQ2SEQ:
-        yield "decoder.onnx", certificate.decoder_file(chosen)
-    for data in sorted(chosen.parent.glob(chosen.name + "*.data")):  # external weights, by their own name
-        yield data.name, data
+    if len(graphs) == 2:
+        yield "decoder.onnx", graphs[1]
+    for graph in graphs:  # weights past 2 GB beside a graph, under the name the graph gives them
+        for data in sorted(graph.parent.glob(graph.name + "*.data")):
+            yield data.name, data
     tokenizer = model.parent / "tokenizer.json"
     if tokenizer.is_file():
         yield "tokenizer.json", tokenizer
